@@ -1,0 +1,40 @@
+// The SQLite schema: keys, per-minute usage buckets and the ids of applied usage records.
+// Times are integer milliseconds since the epoch, so both dialects share one logical schema.
+import { sqliteTable, text, integer, primaryKey } from 'drizzle-orm/sqlite-core';
+
+export const apiKeys = sqliteTable('api_keys', {
+  id: text('id').primaryKey(),
+  /** SHA-256 of the plaintext key, lower-case hex. The plaintext is never stored. */
+  keyHash: text('key_hash').notNull().unique(),
+  /** A few leading characters of the key, for display (`tg-AbC...`). */
+  keyPrefix: text('key_prefix').notNull(),
+  name: text('name').notNull(),
+  model: text('model'),
+  tokenLimit: integer('token_limit_per_5h').notNull(),
+  expiresAt: integer('expiry_date').notNull(),
+  createdAt: integer('created_at').notNull(),
+  lastUsedAt: integer('last_used'),
+  totalLifetimeTokens: integer('total_lifetime_tokens').notNull().default(0),
+  totalRequests: integer('total_requests').notNull().default(0),
+});
+
+export const usageBuckets = sqliteTable(
+  'usage_buckets',
+  {
+    keyId: text('key_id')
+      .notNull()
+      .references(() => apiKeys.id, { onDelete: 'cascade' }),
+    /** Start of the bucket: floor(recorded at / bucket size) * bucket size. */
+    bucketStart: integer('bucket_start').notNull(),
+    tokens: integer('tokens').notNull(),
+  },
+  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] })],
+);
+
+/** One row per applied usage record: replaying a record whose id is here changes nothing. */
+export const usageRecords = sqliteTable('usage_records', {
+  id: text('id').primaryKey(),
+  keyId: text('key_id').notNull(),
+  tokens: integer('tokens').notNull(),
+  recordedAt: integer('recorded_at').notNull(),
+});

@@ -1,0 +1,42 @@
+// API key secrets: generation, the digest stored at rest, the display prefix and key-string checks.
+import { createHash, randomBytes } from 'node:crypto';
+
+/** Longest key accepted, in UTF-8 bytes; longer ones are rejected without a lookup. */
+export const MAX_KEY_BYTES = 512;
+
+// Control characters (C0, DEL, C1) and any whitespace make a key malformed.
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const MALFORMED = /[\u0000-\u0020\u007f-\u009f\s]/u;
+
+/** Why a key string cannot be a key, or undefined when it can. */
+export function keyProblem(key: string): string | undefined {
+  if (key.length === 0) return 'the key is empty';
+  if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) return `the key is longer than ${MAX_KEY_BYTES} bytes`;
+  if (MALFORMED.test(key)) return 'the key contains whitespace or control characters';
+  return undefined;
+}
+
+/** SHA-256 of the key, lower-case hex: the only form in which a key is stored. */
+export function digestKey(key: string): string {
+  return createHash('sha256').update(key, 'utf8').digest('hex');
+}
+
+/** A new random key: `tg-` and 32 base64url characters (192 bits). */
+export function generateKey(): string {
+  return `tg-${randomBytes(24).toString('base64url')}`;
+}
+
+/** A new key id: `key_` and 16 hex characters. */
+export function generateKeyId(): string {
+  return `key_${randomBytes(8).toString('hex')}`;
+}
+
+/** The characters kept for display: at most 8, and never more than a quarter of the key. */
+export function keyPrefix(key: string): string {
+  return [...key].slice(0, Math.min(8, Math.floor(key.length / 4))).join('');
+}
+
+/** How a stored key is shown: its prefix, then an ellipsis. */
+export function maskKey(prefix: string): string {
+  return `${prefix}...`;
+}

@@ -1,0 +1,83 @@
+// The JSON shapes of a key that users see: masked record, and the /stats view of the caller's key.
+import { maskKey } from './secret.js';
+import { remainingTokens } from '../quota/admission.js';
+import type { KeyRecord, WindowUsage } from '../storage/types.js';
+
+export interface KeyView {
+  id: string;
+  key: string;
+  name: string;
+  model: string | null;
+  token_limit_per_5h: number;
+  expiry_date: string;
+  created_at: string;
+  last_used: string | null;
+  total_lifetime_tokens: number;
+  total_requests: number;
+}
+
+export interface StatsView {
+  key: string;
+  name: string;
+  model: string | null;
+  token_limit_per_5h: number;
+  expiry_date: string;
+  created_at: string;
+  last_used: string | null;
+  is_expired: boolean;
+  current_usage: {
+    tokens_used_in_current_window: number;
+    reserved_tokens: number;
+    window_started_at: string;
+    window_ends_at: string;
+    remaining_tokens: number;
+  };
+  total_lifetime_tokens: number;
+  total_requests: number;
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+export function keyView(record: KeyRecord): KeyView {
+  return {
+    id: record.id,
+    key: maskKey(record.keyPrefix),
+    name: record.name,
+    model: record.model,
+    token_limit_per_5h: record.tokenLimit,
+    expiry_date: iso(record.expiresAt),
+    created_at: iso(record.createdAt),
+    last_used: record.lastUsedAt === null ? null : iso(record.lastUsedAt),
+    total_lifetime_tokens: record.totalLifetimeTokens,
+    total_requests: record.totalRequests,
+  };
+}
+
+/** The window starts at its oldest counting bucket (or now when nothing counts) and lasts `windowMs`. */
+export function windowStart(window: WindowUsage, now: number): number {
+  return window.oldestBucketStart ?? now;
+}
+
+export function statsView(record: KeyRecord, window: WindowUsage, now: number, windowMs: number): StatsView {
+  const { id: _id, ...view } = keyView(record);
+  const started = windowStart(window, now);
+  return {
+    key: view.key,
+    name: view.name,
+    model: view.model,
+    token_limit_per_5h: view.token_limit_per_5h,
+    expiry_date: view.expiry_date,
+    created_at: view.created_at,
+    last_used: view.last_used,
+    is_expired: record.expiresAt <= now,
+    current_usage: {
+      tokens_used_in_current_window: window.used,
+      reserved_tokens: window.reserved,
+      window_started_at: iso(started),
+      window_ends_at: iso(started + windowMs),
+      remaining_tokens: remainingTokens({ limit: record.tokenLimit, ...window }),
+    },
+    total_lifetime_tokens: view.total_lifetime_tokens,
+    total_requests: view.total_requests,
+  };
+}

@@ -1,0 +1,88 @@
+// The Storage interface: everything the gate and the tooling ask of a store.
+import type { KeyPatch, NewKey } from '../keys/validate.js';
+
+export type { KeyPatch, NewKey };
+
+/** A key as stored; times are milliseconds since the epoch. The plaintext key is not part of it. */
+export interface KeyRecord {
+  id: string;
+  keyPrefix: string;
+  name: string;
+  model: string | null;
+  tokenLimit: number;
+  expiresAt: number;
+  createdAt: number;
+  lastUsedAt: number | null;
+  totalLifetimeTokens: number;
+  totalRequests: number;
+}
+
+export interface CreatedKey {
+  record: KeyRecord;
+  /** The plaintext key: shown once, never stored. */
+  key: string;
+}
+
+/** A key's rolling window as seen at one instant. */
+export interface WindowUsage {
+  /** Tokens recorded in buckets that still count. */
+  used: number;
+  /** Tokens reserved by requests in flight. */
+  reserved: number;
+  /** Start of the oldest bucket that still counts, if any. */
+  oldestBucketStart: number | undefined;
+}
+
+export interface AdmitRequest {
+  keyId: string;
+  tokenLimit: number;
+  /** Tokens this request is expected to use. */
+  estimate: number;
+  /** Unique id of this request: its reservation and, later, its usage record. */
+  requestId: string;
+  now: number;
+  windowMs: number;
+}
+
+export interface Reservation {
+  id: string;
+  keyId: string;
+  tokens: number;
+  partial: boolean;
+}
+
+export type Admission =
+  | { admitted: true; reservation: Reservation; window: WindowUsage }
+  | { admitted: false; window: WindowUsage; retryAfterMs: number };
+
+/** What a finished request used; `id` makes applying it twice a no-op. */
+export interface UsageRecord {
+  id: string;
+  keyId: string;
+  tokens: number;
+  /** When the usage happened; decides its bucket. */
+  at: number;
+}
+
+export interface Storage {
+  readonly backend: string;
+  findKeyByDigest(digest: string): Promise<KeyRecord | undefined>;
+  /** Decides and, when admitted, reserves in one atomic step. */
+  admit(request: AdmitRequest): Promise<Admission>;
+  /**
+   * Replaces a reservation with actual usage in one transaction: the bucket, `last_used`,
+   * `total_lifetime_tokens` and `total_requests`. A record already applied changes nothing.
+   */
+  settle(reservation: Reservation, record: UsageRecord): Promise<void>;
+  /** Gives a reservation back without recording anything. */
+  release(reservation: Reservation): Promise<void>;
+  windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage>;
+  createKey(input: NewKey, now?: number): Promise<CreatedKey>;
+  listKeys(): Promise<KeyRecord[]>;
+  getKey(id: string): Promise<KeyRecord | undefined>;
+  /** Throws NotFoundError for an unknown id. */
+  updateKey(id: string, patch: KeyPatch): Promise<KeyRecord>;
+  /** False when there was no such key. */
+  deleteKey(id: string): Promise<boolean>;
+  close(): Promise<void>;
+}

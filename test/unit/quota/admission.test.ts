@@ -1,0 +1,75 @@
+// The admission decision and Retry-After arithmetic, without any I/O.
+import { describe, expect, it } from 'vitest';
+import { decide, msUntilAdmissible, remainingTokens } from '../../../src/quota/admission.js';
+import { ReservationBook } from '../../../src/quota/reservations.js';
+import { BUCKET_MS, bucketStart, msUntilLeaves } from '../../../src/quota/window.js';
+
+const state = (used: number, reserved = 0, partialInFlight = false) => ({ limit: 1000, used, reserved, partialInFlight });
+
+describe('decide', () => {
+  it('admits on the full estimate while it fits', () => {
+    expect(decide(state(100, 200), 700)).toEqual({ admit: true, reserve: 700, partial: false });
+  });
+  it('admits on what remains when the estimate does not fit, flagged partial', () => {
+    expect(decide(state(100, 200), 701)).toEqual({ admit: true, reserve: 700, partial: true });
+  });
+  it('refuses when nothing remains, including when usage overshot the limit', () => {
+    expect(decide(state(600, 400), 1)).toEqual({ admit: false });
+    expect(decide(state(1500), 1)).toEqual({ admit: false });
+    expect(remainingTokens(state(1500))).toBe(0);
+  });
+  it('refuses everything while a partial reservation is in flight', () => {
+    expect(decide(state(0, 10, true), 1)).toEqual({ admit: false });
+  });
+});
+
+describe('msUntilAdmissible', () => {
+  const now = 10 * 3600_000;
+  const window = 5 * 3600_000;
+  it('is when enough of the oldest usage has left for a token to remain', () => {
+    const buckets = [
+      { start: now - 4 * 3600_000, tokens: 300 },
+      { start: now - 3 * 3600_000, tokens: 500 },
+      { start: now - 3600_000, tokens: 200 },
+    ];
+    // used 1000 = limit: the first bucket leaving frees 300 > 0.
+    expect(msUntilAdmissible(state(1000), buckets, now, window)).toBe(3600_000);
+    // used 1000 + reserved 300: 300 freed is not enough (needs > 300), 800 is.
+    expect(msUntilAdmissible(state(1000, 300), buckets, now, window)).toBe(2 * 3600_000);
+  });
+  it('is 0 when usage leaving cannot help', () => {
+    expect(msUntilAdmissible(state(0, 10, true), [], now, window)).toBe(0);
+    expect(msUntilAdmissible(state(2000), [{ start: now - 1000, tokens: 5 }], now, window)).toBe(0);
+  });
+});
+
+describe('window arithmetic', () => {
+  it('puts usage in the bucket that starts at the minute', () => {
+    expect(bucketStart(5 * BUCKET_MS + 59_999)).toBe(5 * BUCKET_MS);
+    expect(bucketStart(5 * BUCKET_MS)).toBe(5 * BUCKET_MS);
+  });
+  it('counts the time until a bucket leaves, never negative', () => {
+    expect(msUntilLeaves(undefined, 100, 50)).toBe(0);
+    expect(msUntilLeaves(60, 100, 50)).toBe(10);
+    expect(msUntilLeaves(0, 100, 50)).toBe(0);
+  });
+});
+
+describe('ReservationBook', () => {
+  it('keeps per-key totals and the partial flag, and forgets what is removed', () => {
+    const book = new ReservationBook();
+    book.add('a', 'k1', 10, false);
+    book.add('b', 'k1', 5, true);
+    book.add('c', 'k2', 7, false);
+    book.add('a', 'k1', 10, false); // a duplicate id changes nothing
+    expect(book.held('k1')).toEqual({ reserved: 15, partialInFlight: true });
+    expect(book.total).toBe(22);
+    expect(book.remove('b')).toBe(true);
+    expect(book.remove('b')).toBe(false);
+    expect(book.held('k1')).toEqual({ reserved: 10, partialInFlight: false });
+    book.remove('a');
+    book.remove('c');
+    expect(book.held('k1')).toEqual({ reserved: 0, partialInFlight: false });
+    expect(book.total).toBe(0);
+  });
+});
