@@ -1,0 +1,19 @@
+// Runs the example proxy: UPSTREAM_URL (required), UPSTREAM_API_KEY, PORT, DATABASE_PATH.
+import { createStorage } from 'tokengate';
+import { createProxyApp } from './app.js';
+
+const upstreamUrl = process.env.UPSTREAM_URL;
+if (!upstreamUrl) {
+  console.error('UPSTREAM_URL is required, e.g. UPSTREAM_URL=https://api.openai.com node examples/express-proxy/server.js');
+  process.exit(1);
+}
+const storage = await createStorage().catch((error) => {
+  console.error(`cannot start: ${error.message}`);
+  process.exit(1);
+});
+const server = createProxyApp({ storage, upstreamUrl, upstreamApiKey: process.env.UPSTREAM_API_KEY }).listen(Number(process.env.PORT ?? 8080), () => {
+  console.log(`tokengate example proxy on http://localhost:${server.address().port}/v1 -> ${upstreamUrl}`);
+});
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => server.close(() => void storage.close()));
+}

@@ -1,0 +1,85 @@
+// tokenGate(): authenticate the key, admit on a reservation or refuse, then meter the response.
+import { randomUUID } from 'node:crypto';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { digestKey } from '../src/keys/secret.js';
+import { remainingTokens } from '../src/quota/admission.js';
+import { msUntilLeaves, toSeconds } from '../src/quota/window.js';
+import { windowStart } from '../src/keys/view.js';
+import type { KeyRecord } from '../src/storage/types.js';
+import { BodyTooLargeError, declaredTooLarge, readRequestBody } from './body.js';
+import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
+import { setQuotaHeaders } from './headers.js';
+import { meterResponse } from './meter.js';
+import { resolveOptions, type GateConfig, type TokenGateOptions } from './options.js';
+import { rejections, type Rejection } from './reject.js';
+import './request.js';
+
+/** The Express middleware. Mount it before the handler that proxies to the upstream. */
+export function tokenGate(options: TokenGateOptions): RequestHandler {
+  const config = resolveOptions(options);
+  return (req, res, next) => {
+    gate(req, res, next, config).catch(next);
+  };
+}
+
+/** The key a request carries, by the configured means. */
+export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'allowQueryKey'>): KeyLookup {
+  return config.getKey ? checkKey(config.getKey(req)) : extractKey(req, config.allowQueryKey);
+}
+
+async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig): Promise<void> {
+  const reject = (rejection: Rejection): void => {
+    if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
+    config.handler(req, res, next, rejection);
+  };
+  if (config.skip?.(req, res)) return next();
+  if (declaredTooLarge(req, config.bodyLimit)) return reject(rejections.tooLarge(config.bodyLimit));
+
+  const found = lookupKey(req, config);
+  if (found.kind === 'missing') return reject(rejections.missingKey());
+  if (found.kind === 'invalid') return reject(rejections.invalidKey(found.reason));
+
+  let body;
+  try {
+    body = await readRequestBody(req, config.bodyLimit);
+  } catch (error) {
+    if (error instanceof BodyTooLargeError) return reject(rejections.tooLarge(config.bodyLimit));
+    return; // the client went away while sending: there is no one to answer
+  }
+
+  let key: KeyRecord | undefined;
+  try {
+    key = await config.storage.findKeyByDigest(digestKey(found.key));
+  } catch (error) {
+    config.logger.error({ err: error }, 'key lookup failed');
+    return reject(rejections.unavailable());
+  }
+  if (!key) return reject(rejections.invalidKey());
+  const now = config.now();
+  if (key.expiresAt <= now) return reject(rejections.expiredKey(key.expiresAt));
+
+  const { windowMs } = config;
+  let admission;
+  try {
+    const estimate = Math.max(1, Math.ceil(config.estimate(req, body)));
+    admission = await config.storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: randomUUID(), now, windowMs });
+  } catch (error) {
+    config.logger.error({ err: error, keyId: key.id }, 'admission failed');
+    return reject(rejections.unavailable());
+  }
+  const { window } = admission;
+  const remaining = remainingTokens({ limit: key.tokenLimit, ...window });
+  setQuotaHeaders(res, { limit: key.tokenLimit, remaining, resetSeconds: toSeconds(msUntilLeaves(window.oldestBucketStart, now, windowMs)), windowMs });
+  const windowEndsAt = windowStart(window, now) + windowMs;
+
+  if (!admission.admitted) {
+    const retryAfter = Math.max(1, toSeconds(admission.retryAfterMs));
+    return reject(rejections.rateLimited(window.used, key.tokenLimit, windowEndsAt, retryAfter));
+  }
+  req.tokenGate = {
+    key: { id: key.id, name: key.name, model: key.model, tokenLimit: key.tokenLimit },
+    usage: { used: window.used, reserved: window.reserved, remaining, windowEndsAt: new Date(windowEndsAt) },
+  };
+  meterResponse(req, res, config, admission.reservation, body.bytes);
+  next();
+}

@@ -1,0 +1,108 @@
+// The response tap: sees every chunk the response writes (without holding any back), then settles.
+import type { Request, Response } from 'express';
+import { UsageTap } from '../src/usage/tap.js';
+import { usageFromHeader } from '../src/usage/header.js';
+import { chargeFor } from '../src/usage/charge.js';
+import type { UsageReading } from '../src/usage/tokens.js';
+import type { Reservation } from '../src/storage/types.js';
+import { MAX_JSON_RESPONSE_BYTES, type GateConfig } from './options.js';
+
+type Chunk = string | Buffer | Uint8Array;
+
+/**
+ * Wraps `res.write` / `res.end` to copy each chunk to a usage tap after handing it on, and settles
+ * the reservation once, when the response finishes or the connection closes before that.
+ */
+export function meterResponse(req: Request, res: Response, config: GateConfig, reservation: Reservation, requestBytes: number): void {
+  let tap: UsageTap | undefined;
+  const observe = (chunk: unknown, encoding: unknown): void => {
+    if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
+    tap ??= openTap(res, config);
+    tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+  };
+  const write = res.write;
+  const end = res.end;
+  res.write = function (this: Response, chunk: unknown, ...rest: unknown[]) {
+    const result = (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
+    observe(chunk, rest[0]);
+    return result;
+  } as Response['write'];
+  res.end = function (this: Response, chunk?: unknown, ...rest: unknown[]) {
+    observe(chunk, rest[0]);
+    return (end as (...args: unknown[]) => Response).call(this, chunk, ...rest);
+  } as Response['end'];
+
+  let done = false;
+  const settle = (aborted: boolean): void => {
+    if (done) return;
+    done = true;
+    void settleResponse(req, res, config, reservation, requestBytes, tap, aborted);
+  };
+  res.once('finish', () => settle(false));
+  res.once('close', () => settle(!res.writableFinished));
+}
+
+function openTap(res: Response, config: GateConfig): UsageTap {
+  // Non-2xx bodies are only counted, not parsed, unless they are to be charged.
+  const parse = config.chargeFailedResponses || (res.statusCode >= 200 && res.statusCode < 300);
+  return new UsageTap({
+    contentType: parse ? headerText(res.getHeader('content-type')) : undefined,
+    contentEncoding: headerText(res.getHeader('content-encoding')),
+    maxJsonBytes: MAX_JSON_RESPONSE_BYTES,
+  });
+}
+
+async function settleResponse(
+  req: Request,
+  res: Response,
+  config: GateConfig,
+  reservation: Reservation,
+  requestBytes: number,
+  tap: UsageTap | undefined,
+  aborted: boolean,
+): Promise<void> {
+  const { logger } = config;
+  try {
+    const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0 };
+    const readings: (UsageReading | undefined)[] = [
+      customReading(req, res, config),
+      usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),
+      seen.reading,
+    ];
+    const charge = chargeFor({
+      status: res.statusCode,
+      aborted,
+      chargeFailedResponses: config.chargeFailedResponses,
+      readings,
+      requestBytes,
+      responseBytes: seen.bytes,
+    });
+    if (charge.problem !== undefined || seen.malformedEvents > 0) {
+      logger.warn(
+        { keyId: reservation.keyId, status: res.statusCode, problem: charge.problem, malformedEvents: seen.malformedEvents, charged: charge.tokens, source: charge.source },
+        'upstream usage could not be read exactly',
+      );
+    }
+    await config.storage.settle(reservation, { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() });
+  } catch (error) {
+    logger.error({ err: error, keyId: reservation.keyId, requestId: reservation.id }, 'recording usage failed');
+    await config.storage.release(reservation).catch(() => undefined);
+  }
+}
+
+function customReading(req: Request, res: Response, config: GateConfig): UsageReading | undefined {
+  if (!config.getUsage) return undefined;
+  let tokens: number | undefined;
+  try {
+    tokens = config.getUsage(req, res);
+  } catch (error) {
+    return { problem: `getUsage threw: ${(error as Error).message}` };
+  }
+  if (tokens === undefined) return undefined;
+  return Number.isSafeInteger(tokens) && tokens >= 0 ? { tokens } : { problem: `getUsage returned ${String(tokens)}, not a non-negative integer` };
+}
+
+function headerText(value: number | string | string[] | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  return Array.isArray(value) ? value.join(', ') : String(value);
+}

@@ -1,0 +1,70 @@
+// tokenGate() options, each documented where it is declared, and their defaults.
+import type { Request, Response } from 'express';
+import type { Storage } from '../src/storage/types.js';
+import type { Logger } from '../src/ops/logger.js';
+import { defaultLogger } from '../src/ops/logger.js';
+import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
+import { estimateRequestTokens } from '../src/usage/estimate.js';
+import type { RequestBody } from './body.js';
+import { sendRejection, type RejectionHandler } from './reject.js';
+
+export interface TokenGateOptions {
+  /** The store that holds keys and usage: `await createStorage()`. */
+  storage: Storage;
+  /** Length of the rolling window, in milliseconds. Default: 5 hours. */
+  windowMs?: number;
+  /**
+   * Reads the key from a request, replacing the default (`Authorization: Bearer`, then `x-api-key`,
+   * then `?api_key=` when `allowQueryKey` is set). Return undefined when the request carries none.
+   */
+  getKey?: (req: Request) => string | undefined;
+  /** Also accept the key in the `api_key` query parameter. Default: false (query strings end up in logs). */
+  allowQueryKey?: boolean;
+  /** Requests for which this returns true pass ungated and uncounted (health checks, say). */
+  skip?: (req: Request, res: Response) => boolean;
+  /** Sends refusals (401, 403, 413, 429, 503). Status, quota headers and Retry-After are set before it runs. */
+  handler?: RejectionHandler;
+  /** Tokens to reserve at admission. Default: ceil(body bytes / 4) + the body's max_tokens / max_completion_tokens. */
+  estimate?: (req: Request, body: RequestBody) => number;
+  /**
+   * Tokens a finished response used, for upstreams that report usage their own way. Return
+   * undefined to fall back to the usage header, then the body's usage, then an estimate.
+   */
+  getUsage?: (req: Request, res: Response) => number | undefined;
+  /** Response header carrying a token count, for non-LLM upstreams. Default: `x-tokengate-usage`. */
+  usageHeader?: string;
+  /** Charge non-2xx responses too. Default: false, only 2xx responses are charged. */
+  chargeFailedResponses?: boolean;
+  /** Largest request body accepted, in bytes; a larger one gets 413 before any lookup. Default: 10 MiB. */
+  bodyLimit?: number;
+  /** The clock, in milliseconds since the epoch. Default: Date.now. */
+  now?: () => number;
+  /** Where warnings (unreadable upstream usage) and errors go; any pino logger. Default: JSON on stdout. */
+  logger?: Logger;
+}
+
+export type GateConfig = Required<Omit<TokenGateOptions, 'getKey' | 'skip' | 'getUsage'>> &
+  Pick<TokenGateOptions, 'getKey' | 'skip' | 'getUsage'>;
+
+/** A copy of JSON response bodies is kept up to this size to read their usage. */
+export const MAX_JSON_RESPONSE_BYTES = 8 * 1024 * 1024;
+
+export function resolveOptions(options: TokenGateOptions): GateConfig {
+  if (!options?.storage) throw new TypeError('tokenGate: the `storage` option is required (await createStorage())');
+  const windowMs = options.windowMs ?? DEFAULT_WINDOW_MS;
+  if (!Number.isSafeInteger(windowMs) || windowMs < 60_000) throw new TypeError('tokenGate: `windowMs` must be an integer of at least 60000');
+  const bodyLimit = options.bodyLimit ?? 10 * 1024 * 1024;
+  if (!Number.isSafeInteger(bodyLimit) || bodyLimit < 0) throw new TypeError('tokenGate: `bodyLimit` must be a non-negative integer');
+  return {
+    ...options,
+    windowMs,
+    bodyLimit,
+    allowQueryKey: options.allowQueryKey ?? false,
+    handler: options.handler ?? sendRejection,
+    estimate: options.estimate ?? ((_req, body) => estimateRequestTokens(body.bytes, body.json)),
+    usageHeader: (options.usageHeader ?? 'x-tokengate-usage').toLowerCase(),
+    chargeFailedResponses: options.chargeFailedResponses ?? false,
+    now: options.now ?? Date.now,
+    logger: options.logger ?? defaultLogger(),
+  };
+}

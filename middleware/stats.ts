@@ -1,0 +1,35 @@
+// statsHandler(): the caller's own key, its window and its totals, in the /stats shape.
+import type { RequestHandler } from 'express';
+import { digestKey } from '../src/keys/secret.js';
+import { statsView } from '../src/keys/view.js';
+import { defaultLogger } from '../src/ops/logger.js';
+import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
+import { lookupKey } from './gate.js';
+import type { TokenGateOptions } from './options.js';
+import { errorBody, rejections, type Rejection } from './reject.js';
+
+export type StatsOptions = Pick<TokenGateOptions, 'storage' | 'windowMs' | 'getKey' | 'allowQueryKey' | 'now' | 'logger'>;
+
+/** Answers with the caller's key stats; an expired key still sees its stats (`is_expired: true`). */
+export function statsHandler(options: StatsOptions): RequestHandler {
+  const { storage, getKey, allowQueryKey = false, windowMs = DEFAULT_WINDOW_MS, now = Date.now } = options;
+  const logger = options.logger ?? defaultLogger();
+  return async (req, res) => {
+    const send = (rejection: Rejection): void => {
+      if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
+      res.status(rejection.status).json(errorBody(rejection));
+    };
+    const found = lookupKey(req, { getKey, allowQueryKey });
+    if (found.kind === 'missing') return send(rejections.missingKey());
+    if (found.kind === 'invalid') return send(rejections.invalidKey(found.reason));
+    try {
+      const key = await storage.findKeyByDigest(digestKey(found.key));
+      if (!key) return send(rejections.invalidKey());
+      const at = now();
+      res.json(statsView(key, await storage.windowUsage(key.id, at, windowMs), at, windowMs));
+    } catch (error) {
+      logger.error({ err: error }, 'stats lookup failed');
+      send(rejections.unavailable());
+    }
+  };
+}

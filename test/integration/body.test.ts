@@ -1,0 +1,121 @@
+// The gate reads the body for its estimate and leaves it intact for whatever runs after it.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express from 'express';
+import { afterEach, describe, expect, it } from 'vitest';
+import { tokenGate } from '../../middleware/gate.js';
+import { createStorage } from '../../src/storage/create.js';
+import type { Storage } from '../../src/storage/types.js';
+import { post, startGate, tempDbPath, type Gate } from '../helpers/gate.js';
+import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!();
+});
+
+async function listen(app: express.Express): Promise<string> {
+  const server = await new Promise<http.Server>((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+async function newStorage(): Promise<Storage> {
+  const storage = await createStorage({ databasePath: tempDbPath() });
+  cleanups.push(() => storage.close());
+  return storage;
+}
+
+/** Sends a body in several chunks with Transfer-Encoding: chunked. */
+function sendChunked(url: string, key: string, parts: Buffer[]): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' } }, (res) => {
+      let body = '';
+      res.on('data', (chunk) => (body += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    let i = 0;
+    const next = (): void => {
+      if (i === parts.length) return void req.end();
+      req.write(parts[i++]);
+      setTimeout(next, 5);
+    };
+    next();
+  });
+}
+
+describe('request body', () => {
+  let upstream: Upstream;
+  let gate: Gate;
+  afterEach(async () => {
+    await gate?.close();
+    await upstream?.close();
+  });
+
+  it('reaches the upstream byte for byte through the proxy, sent chunked or whole', async () => {
+    upstream = await startUpstream(json({ usage: { total_tokens: 1 } }));
+    gate = await startGate(upstream);
+    const { key } = await gate.createKey(1_000_000);
+    const text = JSON.stringify({ messages: [{ role: 'user', content: 'héllo 🌍 '.repeat(5000) }], max_tokens: 10 });
+    const raw = Buffer.from(text);
+    const parts = [raw.subarray(0, 7), raw.subarray(7, 40_001), raw.subarray(40_001)];
+    expect((await sendChunked(`${gate.url}/v1/chat/completions`, key, parts)).status).toBe(200);
+    expect(upstream.last?.body.equals(raw)).toBe(true);
+    const whole = await post(gate, key, JSON.parse(text));
+    expect(whole.status).toBe(200);
+    expect(upstream.last?.body.equals(raw)).toBe(true);
+  });
+
+  it('answers 413 before any lookup when the declared or streamed body is over the limit', async () => {
+    upstream = await startUpstream(json({ usage: { total_tokens: 1 } }));
+    gate = await startGate(upstream, { bodyLimit: 1000 });
+    const { key } = await gate.createKey(1_000_000);
+    const big = { messages: [{ content: 'x'.repeat(2000) }] };
+    const declared = await post(gate, 'tg-unknown-key-but-too-large', big);
+    expect(declared.status).toBe(413);
+    expect(((await declared.json()) as { error: { code: string } }).error.code).toBe('request_too_large');
+    const streamed = await sendChunked(`${gate.url}/v1/chat/completions`, key, [Buffer.from('{"a":"'), Buffer.alloc(1500, 0x61), Buffer.from('"}')]);
+    expect(streamed.status).toBe(413);
+    expect(upstream.hits).toBe(0);
+  });
+});
+
+describe('with body parsers', () => {
+  it('leaves the raw stream for express.json() mounted after the gate', async () => {
+    const storage = await newStorage();
+    const { key } = await storage.createKey({ name: 'a', tokenLimit: 10_000, expiresAt: Date.now() + 3600_000 });
+    const app = express();
+    app.use(tokenGate({ storage }), express.json(), (req, res) => res.json({ echoed: req.body as unknown, gate: req.tokenGate?.usage.reserved }));
+    const url = await listen(app);
+    const body = { messages: [{ content: 'ünïcode' }], max_tokens: 50 };
+    const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    expect(await response.json()).toEqual({ echoed: body, gate: Math.ceil(Buffer.byteLength(JSON.stringify(body)) / 4) + 50 });
+    const chunked = await sendChunked(url, key, [Buffer.from('{"max_tokens":'), Buffer.from('7}')]);
+    expect(JSON.parse(chunked.body)).toEqual({ echoed: { max_tokens: 7 }, gate: Math.ceil(15 / 4) + 7 });
+  });
+
+  it('does not hang a later parser on an empty chunked body', async () => {
+    const storage = await newStorage();
+    const { key } = await storage.createKey({ name: 'a', tokenLimit: 10_000, expiresAt: Date.now() + 3600_000 });
+    const app = express();
+    app.use(tokenGate({ storage }), express.json(), (req, res) => res.json({ body: (req.body as unknown) ?? null }));
+    const url = await listen(app);
+    const response = await sendChunked(url, key, []);
+    expect(response.status).toBe(200);
+  });
+
+  it('uses req.body parsed by express.json() mounted before the gate', async () => {
+    const storage = await newStorage();
+    const { key } = await storage.createKey({ name: 'a', tokenLimit: 10_000, expiresAt: Date.now() + 3600_000 });
+    const app = express();
+    app.use(express.json(), tokenGate({ storage }), (req, res) => res.json({ echoed: req.body as unknown, reserved: req.tokenGate?.usage.reserved }));
+    const url = await listen(app);
+    const body = { prompt: 'p'.repeat(400), max_completion_tokens: 100 };
+    const text = JSON.stringify(body);
+    const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: text });
+    expect(await response.json()).toEqual({ echoed: body, reserved: Math.ceil(text.length / 4) + 100 });
+  });
+});
