@@ -1,0 +1,192 @@
+// `tokengate keys …`: create, list, show, update and delete API keys in the configured store.
+import { Command } from 'commander';
+import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
+import { parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { keyView, type KeyView } from '../keys/view.js';
+import type { KeyRecord } from '../storage/types.js';
+import { UsageError, note, printJson, printLine, printable, withStorage } from './shared.js';
+
+interface CreateOptions {
+  name: string;
+  limit: string;
+  expires: string;
+  model?: string;
+  key?: string;
+  json?: boolean;
+}
+
+interface UpdateOptions {
+  name?: string;
+  limit?: string;
+  expires?: string;
+  model?: string;
+  json?: boolean;
+}
+
+interface JsonOption {
+  json?: boolean;
+}
+
+/** The `keys` command group. */
+export function keysCommand(): Command {
+  const keys = new Command('keys').description('manage API keys (same store and environment as `tokengate serve`)');
+
+  keys
+    .command('create')
+    .description('create a key; prints the plaintext key alone on stdout, once')
+    .requiredOption('--name <name>', 'who or what the key is for')
+    .requiredOption('--limit <tokens>', 'tokens allowed per rolling 5-hour window (a positive integer)')
+    .requiredOption('--expires <date>', 'expiry, an ISO 8601 date or date-time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)')
+    .option('--model <model>', 'model label recorded with the key')
+    .option('--key <key>', 'use this plaintext key (e.g. one being migrated) instead of a random one')
+    .option('--json', 'print the key record with the plaintext key as one JSON object')
+    .action(async (options: CreateOptions) => {
+      const input: NewKey = {
+        name: options.name,
+        tokenLimit: parseLimit(options.limit),
+        expiresAt: parseDate(options.expires, '--expires'),
+        model: options.model === undefined || options.model === '' ? null : options.model,
+      };
+      if (options.key !== undefined) input.key = options.key;
+      asOptions(() => validateNewKey(input));
+      const { record, key } = await withStorage((storage) => storage.createKey(input)).catch((error: unknown) => {
+        throw error instanceof ConflictError && input.key !== undefined ? new ValidationError('--key', 'a key with this value already exists') : error;
+      });
+      const view = keyView(record);
+      if (options.json) printJson({ ...view, key });
+      else printLine(key);
+      note(
+        `Created ${view.id} "${printable(view.name)}" (${view.key}): ${view.token_limit_per_5h} tokens per 5h, ` +
+          `expires ${view.expiry_date}${view.model === null ? '' : `, model ${printable(view.model)}`}; ` +
+          'store it now, it is not shown again',
+      );
+    });
+
+  keys
+    .command('list')
+    .description('list all keys (masked)')
+    .option('--json', 'print {"keys": [...]} as JSON')
+    .action(async (options: JsonOption) => {
+      const records = await withStorage((storage) => storage.listKeys());
+      const views = records.map(keyView);
+      if (options.json) printJson({ keys: views });
+      else printTable(views, Date.now());
+    });
+
+  keys
+    .command('show')
+    .description('show one key (masked)')
+    .argument('<id>', 'key id (key_…)')
+    .option('--json', 'print the key as JSON')
+    .action(async (id: string, options: JsonOption) => {
+      const record = await withStorage((storage) => storage.getKey(id));
+      if (!record) throw new NotFoundError(`no key with id ${id}`);
+      printKey(record, options.json);
+    });
+
+  keys
+    .command('update')
+    .description('change a key; give at least one option')
+    .argument('<id>', 'key id (key_…)')
+    .option('--name <name>', 'new name')
+    .option('--limit <tokens>', 'new tokens per rolling 5-hour window (a positive integer)')
+    .option('--expires <date>', 'new expiry, an ISO 8601 date or date-time')
+    .option('--model <model>', "new model label; --model '' clears it")
+    .option('--json', 'print the updated key as JSON')
+    .action(async (id: string, options: UpdateOptions) => {
+      const patch: KeyPatch = {};
+      if (options.name !== undefined) patch.name = options.name;
+      if (options.limit !== undefined) patch.tokenLimit = parseLimit(options.limit);
+      if (options.expires !== undefined) patch.expiresAt = parseDate(options.expires, '--expires');
+      if (options.model !== undefined) patch.model = options.model === '' ? null : options.model;
+      if (Object.keys(patch).length === 0) throw new UsageError('nothing to update: give at least one of --name, --limit, --expires, --model');
+      asOptions(() => validatePatch(patch));
+      const record = await withStorage((storage) => storage.updateKey(id, patch));
+      printKey(record, options.json);
+    });
+
+  keys
+    .command('delete')
+    .description('delete a key and its usage')
+    .argument('<id>', 'key id (key_…)')
+    .action(async (id: string) => {
+      const deleted = await withStorage((storage) => storage.deleteKey(id));
+      if (!deleted) throw new NotFoundError(`no key with id ${id}`);
+      printLine(`deleted ${id}`);
+    });
+
+  return keys;
+}
+
+/** `--limit`: digits only, making a positive safe integer. */
+export function parseLimit(value: string): number {
+  const limit = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+  if (!Number.isSafeInteger(limit) || limit <= 0) throw new ValidationError('--limit', `"${value}" is not a positive integer`);
+  return limit;
+}
+
+/** The option each validated field comes from, so errors name what the user typed. */
+const OPTION_FOR_FIELD: Record<string, string> = {
+  name: '--name',
+  token_limit_per_5h: '--limit',
+  expiry_date: '--expires',
+  model: '--model',
+  key: '--key',
+};
+
+/** Runs a validation, renaming a failing field to its command-line option. */
+function asOptions(validate: () => unknown): void {
+  try {
+    validate();
+  } catch (error) {
+    const option = error instanceof ValidationError ? OPTION_FOR_FIELD[error.field] : undefined;
+    if (error instanceof ValidationError && option !== undefined) {
+      throw new ValidationError(option, error.message.slice(`${error.field}: `.length));
+    }
+    throw error;
+  }
+}
+
+function printKey(record: KeyRecord, json: boolean | undefined): void {
+  const view = keyView(record);
+  if (json) {
+    printJson(view);
+    return;
+  }
+  const entries = Object.entries(view);
+  const width = Math.max(...entries.map(([label]) => label.length)) + 1;
+  for (const [label, value] of entries) printLine(`${`${label}:`.padEnd(width)} ${display(value)}`);
+}
+
+function display(value: string | number | null): string {
+  return value === null ? '-' : printable(String(value));
+}
+
+interface Column {
+  title: string;
+  right?: boolean;
+  cell(view: KeyView): string;
+}
+
+function printTable(views: KeyView[], now: number): void {
+  if (views.length === 0) {
+    printLine('no keys');
+    return;
+  }
+  const columns: Column[] = [
+    { title: 'ID', cell: (v) => v.id },
+    { title: 'KEY', cell: (v) => v.key },
+    { title: 'NAME', cell: (v) => display(v.name) },
+    { title: 'MODEL', cell: (v) => display(v.model) },
+    { title: 'LIMIT/5H', right: true, cell: (v) => String(v.token_limit_per_5h) },
+    { title: 'EXPIRES', cell: (v) => (Date.parse(v.expiry_date) <= now ? `${v.expiry_date} (expired)` : v.expiry_date) },
+    { title: 'LIFETIME TOKENS', right: true, cell: (v) => String(v.total_lifetime_tokens) },
+    { title: 'REQUESTS', right: true, cell: (v) => String(v.total_requests) },
+  ];
+  const rows = [columns.map((c) => c.title), ...views.map((v) => columns.map((c) => c.cell(v)))];
+  const widths = columns.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0)));
+  for (const row of rows) {
+    const cells = row.map((text, i) => (columns[i]?.right ? text.padStart(widths[i] ?? 0) : text.padEnd(widths[i] ?? 0)));
+    printLine(cells.join('  ').trimEnd());
+  }
+}

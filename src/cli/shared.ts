@@ -1,0 +1,74 @@
+// What every tokengate command shares: running the program, one-line errors, the package version, storage.
+import type { Command } from 'commander';
+import { TokenGateError } from '../errors.js';
+import { createStorage } from '../storage/create.js';
+import type { Storage } from '../storage/types.js';
+
+/** A command used the wrong way (beyond what commander itself checks). */
+export class UsageError extends TokenGateError {
+  constructor(message: string) {
+    super(message, 'usage');
+  }
+}
+
+/** Opens the store the environment names (as `serve` does), runs `use`, and always closes it. */
+export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Promise<T> {
+  const storage = await createStorage();
+  try {
+    return await use(storage);
+  } finally {
+    await storage.close();
+  }
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+export function printLine(line = ''): void {
+  process.stdout.write(`${line}\n`);
+}
+
+/** Writes one line to stderr, for notes that must stay out of stdout. */
+export function note(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
+
+/** Shows stored text on a terminal without letting control characters (newlines, escapes) through. */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex -- replacing control characters is the point
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/gu, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+const PREFIX = 'tokengate: ';
+
+/** One line for stderr: commander's "error: …" (and any "Did you mean" line) joined and prefixed like ours. */
+function commanderLine(message: string): string {
+  const text = message.trim().replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
+  return `${PREFIX}${text}\n`;
+}
+
+function allCommands(command: Command): Command[] {
+  return [command, ...command.commands.flatMap(allCommands)];
+}
+
+/**
+ * Parses `argv` and runs the chosen command. Every failure ends as exit code 1 and one stderr line
+ * `tokengate: <message>`, with no stack trace; help and `--version` exit 0.
+ */
+export async function runCli(program: Command, argv: readonly string[]): Promise<void> {
+  for (const command of allCommands(program)) {
+    command.configureOutput({ outputError: (message, write) => write(commanderLine(message)) });
+  }
+  try {
+    await program.parseAsync([...argv]);
+  } catch (error) {
+    process.stderr.write(`${PREFIX}${errorMessage(error)}\n`);
+    process.exitCode = 1;
+  }
+}
+
+function errorMessage(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return message.trim().replace(/\s*\n\s*/g, ' ') || (error instanceof Error ? error.name : 'unknown error');
+}
