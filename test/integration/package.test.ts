@@ -1,0 +1,42 @@
+// The package as users get it: plain node imports the built entry point, and the demo runs.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { tempDbPath } from '../helpers/gate.js';
+
+const ROOT = join(import.meta.dirname, '../..');
+
+describe('the package', () => {
+  it('imports with plain node, by its name, from the built files', () => {
+    const script = `
+      import { tokenGate, statsHandler, createStorage } from 'tokengate';
+      const storage = await createStorage({ databasePath: process.env.DB });
+      const gate = tokenGate({ storage });
+      console.log(typeof gate, gate.length, typeof statsHandler({ storage }), storage.backend);
+      await storage.close();`;
+    const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, DB: tempDbPath() }, encoding: 'utf8' });
+    expect(result.stderr).toBe('');
+    expect(result.stdout.trim()).toBe('function 3 function sqlite');
+  });
+
+  it('publishes the built code, its types and the migrations', () => {
+    const result = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' });
+    const files = (JSON.parse(result.stdout) as [{ files: { path: string }[] }])[0].files.map((f) => f.path);
+    expect(files).toEqual(expect.arrayContaining(['dist/src/index.js', 'dist/src/index.d.ts', 'dist/middleware/gate.js', 'dist/src/cli/main.js', 'drizzle/sqlite/0000_init.sql', 'drizzle/sqlite/meta/_journal.json']));
+    expect(files.some((f) => f.startsWith('test/') || f.startsWith('src/'))).toBe(false);
+  });
+
+  it('runs the demo the README starts with: a real request through the gate, usage recorded', () => {
+    const result = spawnSync(process.execPath, ['examples/express-proxy/demo.js', '--once'], {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_PATH: tempDbPath(), PORT: '0' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(result.status).toBe(0);
+    expect(result.stdout).toMatch(/POST \/v1\/chat\/completions -> 200/);
+    const reported = /Upstream reported (\d+) tokens; \/stats shows (\d+) used/.exec(result.stdout);
+    expect(reported?.[1]).toBeDefined();
+    expect(reported?.[2]).toBe(reported?.[1]);
+  });
+});
