@@ -60,11 +60,14 @@ function parseJsonObject(raw: Buffer): unknown {
 }
 
 function readAndRestore(req: Request, limit: number): Promise<Buffer> {
+  // Read by an earlier middleware that left no req.body: there is nothing left to see.
+  if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     const finish = (error?: Error): void => {
       req.off('readable', onReadable);
+      req.off('end', onEnd);
       req.off('error', finish);
       req.off('close', onClose);
       if (error) return reject(error);
@@ -73,12 +76,14 @@ function readAndRestore(req: Request, limit: number): Promise<Buffer> {
       if (size > 0) req.unshift(body);
       resolve(body);
     };
-    const onClose = (): void => {
-      if (!req.complete) finish(new Error('client closed the connection while sending the body'));
-    };
+    const onEnd = (): void => finish();
+    const onClose = (): void => finish(req.complete ? undefined : new Error('client closed the connection while sending the body'));
     const onReadable = (): void => {
-      let chunk: Buffer | null;
-      while ((chunk = req.read() as Buffer | null) !== null) {
+      // read(n) with n = what is buffered never runs into the end of the stream, so 'end' is
+      // left for whoever reads the restored body.
+      while (req.readableLength > 0) {
+        const chunk = req.read(req.readableLength) as Buffer | null;
+        if (chunk === null) break;
         size += chunk.length;
         if (size > limit) return finish(new BodyTooLargeError(limit));
         chunks.push(chunk);
@@ -86,6 +91,7 @@ function readAndRestore(req: Request, limit: number): Promise<Buffer> {
       if (req.complete) finish();
     };
     req.on('readable', onReadable);
+    req.on('end', onEnd);
     req.on('error', finish);
     req.on('close', onClose);
   });

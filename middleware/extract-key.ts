@@ -10,7 +10,8 @@ const BEARER = /^\s*bearer(?:\s+([^]*))?$/i;
 export function extractKey(req: IncomingMessage, allowQueryKey: boolean): KeyLookup {
   const authorization = req.headers.authorization;
   const bearer = authorization === undefined ? null : BEARER.exec(authorization);
-  if (bearer) return checkKey(bearer[1]);
+  // An empty Bearer is no key at all: x-api-key may still carry one.
+  if (bearer && bearer[1]?.trim()) return checkKey(bearer[1]);
   const apiKey = req.headers['x-api-key'];
   if (apiKey !== undefined) return checkKey(Array.isArray(apiKey) ? apiKey.join(', ') : apiKey);
   if (allowQueryKey) {

@@ -6,7 +6,8 @@ import { remainingTokens } from '../src/quota/admission.js';
 import { msUntilLeaves, toSeconds } from '../src/quota/window.js';
 import { windowStart } from '../src/keys/view.js';
 import type { KeyRecord } from '../src/storage/types.js';
-import { BodyTooLargeError, declaredTooLarge, readRequestBody } from './body.js';
+import { BodyTooLargeError, declaredTooLarge, readRequestBody, type RequestBody } from './body.js';
+import { estimateRequestTokens } from '../src/usage/estimate.js';
 import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
 import { setQuotaHeaders } from './headers.js';
 import { meterResponse } from './meter.js';
@@ -22,6 +23,14 @@ export function tokenGate(options: TokenGateOptions): RequestHandler {
   };
 }
 
+/** Tokens to reserve: the configured estimate, or the default one when that is not a usable number. */
+function estimateFor(req: Request, body: RequestBody, config: GateConfig): number {
+  const estimate = config.estimate(req, body);
+  if (typeof estimate === 'number' && Number.isFinite(estimate) && estimate >= 0) return Math.max(1, Math.ceil(estimate));
+  config.logger.warn({ estimate: String(estimate) }, 'the estimate option returned no usable number; using the default estimate');
+  return estimateRequestTokens(body.bytes, body.json);
+}
+
 /** The key a request carries, by the configured means. */
 export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'allowQueryKey'>): KeyLookup {
   return config.getKey ? checkKey(config.getKey(req)) : extractKey(req, config.allowQueryKey);
@@ -29,6 +38,7 @@ export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'all
 
 async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig): Promise<void> {
   const reject = (rejection: Rejection): void => {
+    res.status(rejection.status);
     if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
     config.handler(req, res, next, rejection);
   };
@@ -59,9 +69,9 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   if (key.expiresAt <= now) return reject(rejections.expiredKey(key.expiresAt));
 
   const { windowMs } = config;
+  const estimate = estimateFor(req, body, config);
   let admission;
   try {
-    const estimate = Math.max(1, Math.ceil(config.estimate(req, body)));
     admission = await config.storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: randomUUID(), now, windowMs });
   } catch (error) {
     config.logger.error({ err: error, keyId: key.id }, 'admission failed');

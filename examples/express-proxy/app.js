@@ -39,7 +39,7 @@ export function proxyTo(upstreamUrl, upstreamApiKey) {
     delete headers['x-api-key'];
     if (upstreamApiKey) headers.authorization = `Bearer ${upstreamApiKey}`;
     const upstream = client.request(
-      { protocol: base.protocol, hostname: base.hostname, port: base.port, method: req.method, path: basePath + req.originalUrl, headers },
+      { protocol: base.protocol, hostname: base.hostname, port: base.port, method: req.method, path: basePath + withoutQueryKey(req.originalUrl), headers },
       (answer) => {
         res.status(answer.statusCode ?? 502);
         // Headers the gate already set (the quota headers) win over the upstream's.
@@ -56,6 +56,19 @@ export function proxyTo(upstreamUrl, upstreamApiKey) {
     });
     pipeline(req, upstream, () => undefined);
   };
+}
+
+/**
+ * The path and query to forward, without an `api_key` query parameter (the client's key).
+ * @param {string} url
+ */
+function withoutQueryKey(url) {
+  const query = url.indexOf('?');
+  if (query === -1 || !url.includes('api_key=', query)) return url;
+  const params = new URLSearchParams(url.slice(query + 1));
+  params.delete('api_key');
+  const rest = params.toString();
+  return url.slice(0, query) + (rest ? `?${rest}` : '');
 }
 
 /**

@@ -31,10 +31,11 @@ export function decide(state: WindowState, estimate: number): Decision {
 
 /**
  * Milliseconds until enough recorded usage leaves the window for tokens to remain again, given the
- * window's buckets oldest first. 0 when usage leaving cannot help (reservations hold the budget).
+ * window's buckets oldest first. Reservations are left out: requests in flight end within moments,
+ * so when they are what holds the budget the answer is 0 (retry soon), not hours.
  */
 export function msUntilAdmissible(state: WindowState, buckets: readonly Bucket[], now: number, windowMs: number): number {
-  const excess = state.used + state.reserved - state.limit;
+  const excess = state.used - state.limit;
   if (excess < 0) return 0;
   let freed = 0;
   for (const bucket of buckets) {

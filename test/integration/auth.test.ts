@@ -108,10 +108,16 @@ describe('authentication', () => {
     expect((await gate.storage.getKey(other.id))?.totalRequests).toBe(1);
   });
 
-  it('does not forward the client key to the upstream', async () => {
+  it('reads x-api-key when the Bearer is empty', async () => {
+    expect((await call({ authorization: 'Bearer  ', 'x-api-key': key })).status).toBe(200);
+  });
+
+  it('does not forward the client key to the upstream, in headers or query', async () => {
     await call({ authorization: `Bearer ${key}` });
     expect(upstream.last?.headers.authorization).toBeUndefined();
     expect(JSON.stringify(upstream.last?.headers)).not.toContain(key);
+    await call({}, `?api_key=${encodeURIComponent(key)}&stream=1`);
+    expect(upstream.last?.url).toBe('/v1/chat/completions?stream=1');
   });
 });
 

@@ -105,6 +105,38 @@ describe('with body parsers', () => {
     const url = await listen(app);
     const response = await sendChunked(url, key, []);
     expect(response.status).toBe(200);
+    expect(JSON.parse(response.body)).toEqual({ body: {} });
+  });
+
+  it('leaves an empty chunked body readable by data/end listeners', async () => {
+    const storage = await newStorage();
+    const { key } = await storage.createKey({ name: 'a', tokenLimit: 10_000, expiresAt: Date.now() + 3600_000 });
+    const app = express();
+    app.use(tokenGate({ storage }), (req, res) => {
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      req.on('end', () => res.json({ bytes }));
+    });
+    const url = await listen(app);
+    expect(JSON.parse((await sendChunked(url, key, [])).body)).toEqual({ bytes: 0 });
+    expect(JSON.parse((await sendChunked(url, key, [Buffer.from('abc'), Buffer.from('de')])).body)).toEqual({ bytes: 5 });
+  });
+
+  it('does not wait for a body an earlier middleware already read without setting req.body', async () => {
+    const storage = await newStorage();
+    const { key } = await storage.createKey({ name: 'a', tokenLimit: 10_000, expiresAt: Date.now() + 3600_000 });
+    const app = express();
+    app.use(
+      (req, _res, next) => {
+        req.on('data', () => undefined);
+        req.on('end', () => next());
+      },
+      tokenGate({ storage }),
+      (req, res) => res.json({ reserved: req.tokenGate?.usage.reserved }),
+    );
+    const url = await listen(app);
+    const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: 'x'.repeat(100), signal: AbortSignal.timeout(5000) });
+    expect(await response.json()).toEqual({ reserved: 1 });
   });
 
   it('uses req.body parsed by express.json() mounted before the gate', async () => {

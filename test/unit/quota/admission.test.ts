@@ -34,11 +34,14 @@ describe('msUntilAdmissible', () => {
     ];
     // used 1000 = limit: the first bucket leaving frees 300 > 0.
     expect(msUntilAdmissible(state(1000), buckets, now, window)).toBe(3600_000);
-    // used 1000 + reserved 300: 300 freed is not enough (needs > 300), 800 is.
-    expect(msUntilAdmissible(state(1000, 300), buckets, now, window)).toBe(2 * 3600_000);
+    // used 1300 over a limit of 1000: 300 freed is not enough (needs > 300), 800 is.
+    expect(msUntilAdmissible({ ...state(1300), limit: 1000 }, buckets, now, window)).toBe(2 * 3600_000);
+    // Reservations do not push the retry out: they end when their requests do.
+    expect(msUntilAdmissible(state(1000, 300), buckets, now, window)).toBe(3600_000);
   });
-  it('is 0 when usage leaving cannot help', () => {
+  it('is 0 when reservations, not usage, hold the budget', () => {
     expect(msUntilAdmissible(state(0, 10, true), [], now, window)).toBe(0);
+    expect(msUntilAdmissible(state(500, 500), [{ start: now - 1000, tokens: 500 }], now, window)).toBe(0);
     expect(msUntilAdmissible(state(2000), [{ start: now - 1000, tokens: 5 }], now, window)).toBe(0);
   });
 });
