@@ -1,8 +1,12 @@
-// drizzle-kit configuration: `npm run db:generate` writes SQL migrations for the embedded SQLite store.
+// drizzle-kit configuration for both dialects: DRIZZLE_DIALECT=postgres selects PostgreSQL.
+// `npm run db:generate` writes migrations for each into drizzle/<dialect>.
 import { defineConfig } from 'drizzle-kit';
 
+const dialect = process.env.DRIZZLE_DIALECT === 'postgres' ? 'postgresql' : 'sqlite';
+const folder = dialect === 'postgresql' ? 'postgres' : 'sqlite';
+
 export default defineConfig({
-  dialect: 'sqlite',
-  schema: './src/db/schema/sqlite.ts',
-  out: './drizzle/sqlite',
+  dialect,
+  schema: `./src/db/schema/${folder}.ts`,
+  out: `./drizzle/${folder}`,
 });

@@ -41,3 +41,17 @@ export class ConfigError extends TokenGateError {
     super(message, 'invalid_config', options);
   }
 }
+
+/**
+ * A store operation that failed. `transient` marks failures of the connection class (the database
+ * went away, restarted, or was overloaded), which may succeed on another attempt.
+ */
+export class StorageError extends TokenGateError {
+  constructor(
+    message: string,
+    readonly transient: boolean,
+    options?: ErrorOptions,
+  ) {
+    super(message, transient ? 'storage_unavailable' : 'storage_error', options);
+  }
+}

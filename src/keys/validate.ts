@@ -36,6 +36,11 @@ export function validateNewKey(input: NewKey): NewKey {
   return input;
 }
 
+/** A usage charge must be a non-negative integer: anything else would corrupt the counters. */
+export function validateCharge(tokens: number): void {
+  if (!Number.isSafeInteger(tokens) || tokens < 0) throw new ValidationError('tokens', `${tokens} is not a non-negative integer`);
+}
+
 export function validatePatch(patch: KeyPatch): KeyPatch {
   if (patch.name !== undefined) checkName(patch.name);
   if (patch.tokenLimit !== undefined) checkLimit(patch.tokenLimit);

@@ -1,13 +1,13 @@
 // SQLite storage on better-sqlite3 through Drizzle: synchronous, so each admission is atomic in-process.
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
-import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
+import { ConflictError, NotFoundError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import { decide, msUntilAdmissible } from '../quota/admission.js';
 import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
-import { digestKey, generateKey, generateKeyId, keyPrefix } from '../keys/secret.js';
-import { validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { buildKey, patchChanges } from '../keys/build.js';
+import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, UsageRecord, WindowUsage } from './types.js';
 
 const keyColumns = {
@@ -103,11 +103,8 @@ export class SqliteStorage implements Storage {
   }
 
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
-    if (!Number.isSafeInteger(record.tokens) || record.tokens < 0) {
-      this.reservations.remove(reservation.id);
-      throw new ValidationError('tokens', `${record.tokens} is not a non-negative integer`);
-    }
     try {
+      validateCharge(record.tokens);
       this.applyRecord(record);
     } finally {
       this.reservations.remove(reservation.id);
@@ -124,22 +121,9 @@ export class SqliteStorage implements Storage {
   }
 
   async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
-    const valid = validateNewKey(input);
-    const key = valid.key ?? generateKey();
-    const record: KeyRecord = {
-      id: generateKeyId(),
-      keyPrefix: keyPrefix(key),
-      name: valid.name,
-      model: valid.model ?? null,
-      tokenLimit: valid.tokenLimit,
-      expiresAt: valid.expiresAt,
-      createdAt: now,
-      lastUsedAt: null,
-      totalLifetimeTokens: 0,
-      totalRequests: 0,
-    };
+    const { record, key, keyHash } = buildKey(input, now);
     try {
-      this.opened.db.insert(apiKeys).values({ ...record, keyHash: digestKey(key) }).run();
+      this.opened.db.insert(apiKeys).values({ ...record, keyHash }).run();
     } catch (error) {
       if ((error as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw new ConflictError('a key with this value already exists');
       throw error;
@@ -156,8 +140,7 @@ export class SqliteStorage implements Storage {
   }
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
-    const { name, tokenLimit, expiresAt, model } = validatePatch(patch);
-    const changes = Object.fromEntries(Object.entries({ name, tokenLimit, expiresAt, model }).filter(([, value]) => value !== undefined));
+    const changes = patchChanges(validatePatch(patch));
     const updated =
       Object.keys(changes).length === 0
         ? this.statements.keyById.get({ id })

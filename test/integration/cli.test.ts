@@ -298,7 +298,13 @@ describe('tokengate errors', () => {
 
   it('reports a configuration error in one line', () => {
     const { dbPath } = freshDb();
-    expectFailure(cli(dbPath, ['keys', 'list'], { DATABASE_URL: 'postgres://localhost/tokengate' }), /DATABASE_URL/);
+    expectFailure(cli(dbPath, ['keys', 'list'], { DATABASE_URL: 'mysql://localhost/tokengate' }), /DATABASE_URL must start with postgres:\/\//);
+  });
+
+  it('reports an unreachable database in one line, without its password', () => {
+    const { dbPath } = freshDb();
+    const line = expectFailure(cli(dbPath, ['keys', 'list'], { DATABASE_URL: 'postgres://tg:hunter2@127.0.0.1:1/tokengate' }), /cannot migrate PostgreSQL at 127\.0\.0\.1:1\/tokengate: .*ECONNREFUSED/);
+    expect(line).not.toContain('hunter2');
   });
 });
 

@@ -1,0 +1,53 @@
+// Connects to PostgreSQL with a postgres.js pool, and migrates under an advisory lock.
+import postgres from 'postgres';
+import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
+import { migrate } from 'drizzle-orm/postgres-js/migrator';
+import * as schema from './schema/postgres.js';
+import { migrationsFolder } from './migrations.js';
+
+export type PostgresDb = PostgresJsDatabase<typeof schema>;
+
+export interface PoolSettings {
+  /** Connections this instance opens at most. */
+  poolSize: number;
+  /** Seconds to wait for a new connection. */
+  connectTimeoutSeconds: number;
+  /** Milliseconds a statement may run before the server cancels it. */
+  statementTimeoutMs: number;
+}
+
+export const DEFAULT_POOL: PoolSettings = { poolSize: 10, connectTimeoutSeconds: 5, statementTimeoutMs: 5000 };
+
+export interface OpenedPostgres {
+  sql: postgres.Sql;
+  db: PostgresDb;
+}
+
+export function connectPostgres(url: string, pool: PoolSettings = DEFAULT_POOL): OpenedPostgres {
+  const sql = postgres(url, {
+    max: pool.poolSize,
+    connect_timeout: pool.connectTimeoutSeconds,
+    idle_timeout: 60,
+    onnotice: () => undefined,
+    connection: { statement_timeout: pool.statementTimeoutMs, application_name: 'tokengate' },
+  });
+  return { sql, db: drizzle(sql, { schema }) };
+}
+
+// Any fixed number will do, as long as every tokengate instance takes the same one.
+const MIGRATION_LOCK = 7_370_001;
+
+/**
+ * Applies pending migrations on one dedicated connection holding a session advisory lock, so
+ * instances starting together migrate one after the other and the later ones find nothing to do.
+ */
+export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds): Promise<void> {
+  const sql = postgres(url, { max: 1, connect_timeout: connectTimeoutSeconds, onnotice: () => undefined });
+  try {
+    await sql`select pg_advisory_lock(${MIGRATION_LOCK})`;
+    await migrate(drizzle(sql), { migrationsFolder: migrationsFolder('postgres') });
+    await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`;
+  } finally {
+    await sql.end({ timeout: 5 });
+  }
+}

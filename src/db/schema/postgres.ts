@@ -1,0 +1,60 @@
+// The PostgreSQL schema: the same logical schema as SQLite (see sqlite.ts), plus the reservations
+// that instances share. Times are bigint milliseconds since the epoch, as in SQLite.
+import { pgTable, text, bigint, boolean, primaryKey, index } from 'drizzle-orm/pg-core';
+
+const ms = (name: string) => bigint(name, { mode: 'number' });
+
+export const apiKeys = pgTable('api_keys', {
+  id: text('id').primaryKey(),
+  /** SHA-256 of the plaintext key, lower-case hex. The plaintext is never stored. */
+  keyHash: text('key_hash').notNull().unique(),
+  /** A few leading characters of the key, for display (`tg-AbC...`). */
+  keyPrefix: text('key_prefix').notNull(),
+  name: text('name').notNull(),
+  model: text('model'),
+  tokenLimit: bigint('token_limit_per_5h', { mode: 'number' }).notNull(),
+  expiresAt: ms('expiry_date').notNull(),
+  createdAt: ms('created_at').notNull(),
+  lastUsedAt: ms('last_used'),
+  totalLifetimeTokens: bigint('total_lifetime_tokens', { mode: 'number' }).notNull().default(0),
+  totalRequests: bigint('total_requests', { mode: 'number' }).notNull().default(0),
+});
+
+export const usageBuckets = pgTable(
+  'usage_buckets',
+  {
+    keyId: text('key_id')
+      .notNull()
+      .references(() => apiKeys.id, { onDelete: 'cascade' }),
+    /** Start of the bucket: floor(recorded at / bucket size) * bucket size. */
+    bucketStart: ms('bucket_start').notNull(),
+    tokens: bigint('tokens', { mode: 'number' }).notNull(),
+  },
+  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] })],
+);
+
+/** One row per applied usage record: replaying a record whose id is here changes nothing. */
+export const usageRecords = pgTable('usage_records', {
+  id: text('id').primaryKey(),
+  keyId: text('key_id').notNull(),
+  tokens: bigint('tokens', { mode: 'number' }).notNull(),
+  recordedAt: ms('recorded_at').notNull(),
+});
+
+/**
+ * Tokens held by requests in flight on any instance. A row past `expires_at` (its instance
+ * crashed, or the request outlived the reservation TTL) no longer counts.
+ */
+export const reservations = pgTable(
+  'reservations',
+  {
+    id: text('id').primaryKey(),
+    keyId: text('key_id')
+      .notNull()
+      .references(() => apiKeys.id, { onDelete: 'cascade' }),
+    tokens: bigint('tokens', { mode: 'number' }).notNull(),
+    partial: boolean('partial').notNull(),
+    expiresAt: ms('expires_at').notNull(),
+  },
+  (table) => [index('reservations_key_id').on(table.keyId)],
+);

@@ -1,0 +1,189 @@
+// PostgreSQL across instances: shared budgets, crashed reservations, indexes, migrations, retries.
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createProxyApp } from '../../examples/express-proxy/app.js';
+import { createStorage } from '../../src/storage/create.js';
+import type { Storage } from '../../src/storage/types.js';
+import { StorageError } from '../../src/errors.js';
+import { createLogger } from '../../src/ops/logger.js';
+import { freshDatabase } from '../helpers/postgres.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+const HOUR = 3600_000;
+const WINDOW = 5 * HOUR;
+const ROOT = join(import.meta.dirname, '../..');
+
+async function serve(storage: Storage, upstream: Upstream): Promise<{ url: string; close(): Promise<void> }> {
+  const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: createLogger(new PassThrough()) } });
+  const server: http.Server = await new Promise((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe('two gate instances on one PostgreSQL database', () => {
+  let upstream: Upstream;
+  let url: string;
+  const actual = 40;
+  beforeAll(async () => {
+    upstream = await startUpstream((_req, _body, res) => {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ usage: { total_tokens: actual } }));
+      }, 10);
+    });
+    url = await freshDatabase();
+  });
+  afterAll(() => upstream.close());
+
+  it('holds the limit under 200 concurrent requests split across both, counting each admitted request once', async () => {
+    const [a, b] = await Promise.all([createStorage({ databaseUrl: url, poolSize: 5 }), createStorage({ databaseUrl: url, poolSize: 5 })]);
+    const [gateA, gateB] = await Promise.all([serve(a!, upstream), serve(b!, upstream)]);
+    try {
+      const limit = 3000;
+      const { key, record } = await a!.createKey({ name: 'shared', tokenLimit: limit, expiresAt: Date.now() + HOUR });
+      const body = JSON.stringify({ model: 'm', messages: [], max_tokens: 50 }); // estimate 50 + ceil(45 / 4) > 40
+      const responses = await Promise.all(
+        Array.from({ length: 200 }, (_, i) =>
+          fetch(`${i % 2 ? gateA.url : gateB.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body }).then(async (r) => {
+            await r.text();
+            return r.status;
+          }),
+        ),
+      );
+      expect(responses.filter((s) => s !== 200 && s !== 429)).toEqual([]);
+      const admitted = responses.filter((s) => s === 200).length;
+      expect(admitted).toBeGreaterThan(0);
+      expect(responses).toContain(429);
+      await expect.poll(async () => (await a!.getKey(record.id))?.totalRequests, { timeout: 5000 }).toBe(admitted);
+      const final = await b!.getKey(record.id);
+      expect(final?.totalLifetimeTokens).toBe(admitted * actual);
+      expect(final?.totalLifetimeTokens).toBeLessThanOrEqual(limit);
+      expect(await a!.windowUsage(record.id, Date.now(), WINDOW)).toMatchObject({ used: admitted * actual, reserved: 0 });
+    } finally {
+      await Promise.all([gateA.close(), gateB.close()]);
+      await Promise.all([a!.close(), b!.close()]);
+    }
+  });
+});
+
+describe('PostgreSQL storage', () => {
+  let url: string;
+  let storage: Storage;
+  beforeAll(async () => {
+    url = await freshDatabase();
+    storage = await createStorage({ databaseUrl: url, reservationTtlMs: 60_000 });
+  });
+  afterAll(() => storage.close());
+
+  it('stops counting the reservations of a crashed instance after the reservation TTL', async () => {
+    const now = Date.UTC(2026, 10, 28, 12);
+    const { record } = await storage.createKey({ name: 'ttl', tokenLimit: 100, expiresAt: now + HOUR }, now);
+    const crashed = await createStorage({ databaseUrl: url, reservationTtlMs: 60_000 });
+    const held = await crashed.admit({ keyId: record.id, tokenLimit: 100, estimate: 100, requestId: 'lost', now, windowMs: WINDOW });
+    expect(held.admitted).toBe(true);
+    await crashed.close(); // never settles: its process is gone
+    const admit = (at: number, requestId: string) => storage.admit({ keyId: record.id, tokenLimit: 100, estimate: 10, requestId, now: at, windowMs: WINDOW });
+    expect((await admit(now + 59_999, 'early')).admitted).toBe(false);
+    expect(await admit(now + 60_000, 'later')).toMatchObject({ admitted: true, window: { used: 0, reserved: 10 } });
+  });
+
+  it('answers a retried admission (its first acknowledgement lost) with the reservation it already made', async () => {
+    const now = Date.now();
+    const { record } = await storage.createKey({ name: 'retry', tokenLimit: 100, expiresAt: now + HOUR }, now);
+    const request = { keyId: record.id, tokenLimit: 100, estimate: 100, requestId: 'same-request', now, windowMs: WINDOW };
+    const first = await storage.admit(request);
+    const again = await storage.admit(request);
+    expect(first).toMatchObject({ admitted: true, reservation: { tokens: 100 } });
+    expect(again).toMatchObject({ admitted: true, reservation: { id: 'same-request', tokens: 100 } });
+    expect((await storage.windowUsage(record.id, now, WINDOW)).reserved).toBe(100);
+  });
+
+  it('uses indexes for admission and recording, however many keys and buckets there are', async () => {
+    const sql = postgres(url, { max: 1 });
+    try {
+      const now = Date.now();
+      // 10^5 other keys, and one hot key with 5 h of dense minute buckets.
+      await sql`insert into api_keys (id, key_hash, key_prefix, name, token_limit_per_5h, expiry_date, created_at)
+                select 'bulk_' || i, md5(i::text), 'x', 'bulk', 1000, ${now + HOUR}, ${now} from generate_series(1, 100000) i`;
+      await sql`insert into api_keys (id, key_hash, key_prefix, name, token_limit_per_5h, expiry_date, created_at) values ('hot', 'hot-hash', 'x', 'hot', 1000000, ${now + HOUR}, ${now})`;
+      await sql`insert into usage_buckets (key_id, bucket_start, tokens) select 'bulk_' || (i % 100000 + 1), ${now}::bigint - (i % 300) * 60000, 1 from generate_series(1, 300000) i`;
+      await sql`insert into usage_buckets (key_id, bucket_start, tokens) select 'hot', ${now}::bigint - i::bigint * 60000, 5 from generate_series(0, 299) i`;
+      await sql`analyze`;
+      const plans = [
+        await sql.unsafe(`explain select sum(tokens) from usage_buckets where key_id = 'hot' and bucket_start > ${now - WINDOW}`),
+        await sql.unsafe(`explain select * from api_keys where key_hash = 'hot-hash'`),
+        await sql.unsafe(`explain update api_keys set total_requests = total_requests + 1 where id = 'hot'`),
+      ].map((rows) => rows.map((r) => String(r['QUERY PLAN'])).join('\n'));
+      for (const plan of plans) {
+        expect(plan).not.toMatch(/Seq Scan on (usage_buckets|api_keys)/);
+        expect(plan).toMatch(/Index|Bitmap/);
+      }
+      const admission = await storage.admit({ keyId: 'hot', tokenLimit: 1_000_000, estimate: 10, requestId: 'hot-1', now, windowMs: WINDOW });
+      expect(admission).toMatchObject({ admitted: true, window: { used: 5 * 300 } });
+    } finally {
+      await sql.end();
+    }
+  });
+
+  it('retries an operation whose connection the server terminates (57P01)', async () => {
+    const admin = postgres(url, { max: 1 });
+    try {
+      await storage.listKeys(); // warm the pool
+      await admin`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'tokengate' and pid <> pg_backend_pid()`;
+      expect((await storage.listKeys()).length).toBeGreaterThan(0);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  it('reports a permanent failure as a StorageError naming the operation', async () => {
+    const brokenUrl = await freshDatabase();
+    const broken = await createStorage({ databaseUrl: brokenUrl });
+    const admin = postgres(brokenUrl, { max: 1, onnotice: () => undefined });
+    try {
+      await admin`drop table usage_records`;
+      const error = await broken.settle({ id: 'r', keyId: 'k', tokens: 1, partial: false }, { id: 'r', keyId: 'k', tokens: 1, at: Date.now() }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(StorageError);
+      expect((error as StorageError).transient).toBe(false);
+      expect((error as Error).message).toMatch(/^PostgreSQL recording usage failed: .*usage_records.* \(42P01\)$/);
+    } finally {
+      await admin.end();
+      await broken.close();
+    }
+  });
+});
+
+describe('migrations', () => {
+  const migrate = (databaseUrl: string) =>
+    new Promise<{ code: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, ['dist/src/cli/main.js', 'db', 'migrate'], { cwd: ROOT, env: { ...process.env, DATABASE_URL: databaseUrl } });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on('exit', (code) => resolve({ code, stderr }));
+    });
+
+  it('run from two processes at once, and then again, leave one correct schema', async () => {
+    const url = await freshDatabase();
+    const results = await Promise.all([migrate(url), migrate(url), migrate(url)]);
+    expect(results).toEqual([0, 0, 0].map((code) => ({ code, stderr: '' })));
+    expect(await migrate(url)).toEqual({ code: 0, stderr: '' });
+    const sql = postgres(url, { max: 1 });
+    try {
+      const applied = await sql`select count(*)::int as n from drizzle.__drizzle_migrations`;
+      expect(applied[0]?.n).toBe(1);
+      const tables = await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
+      expect(tables.map((t) => t.table_name)).toEqual(['api_keys', 'reservations', 'usage_buckets', 'usage_records']);
+    } finally {
+      await sql.end();
+    }
+  });
+});
