@@ -13,7 +13,8 @@ export class UsageError extends TokenGateError {
 
 /** Opens the store the environment names (as `serve` does), runs `use`, and always closes it. */
 export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Promise<T> {
-  const storage = await createStorage();
+  // Key tools talk to the database directly: the file fallback belongs to the running gate.
+  const storage = await createStorage({ fallback: false });
   try {
     return await use(storage);
   } finally {

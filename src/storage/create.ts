@@ -1,13 +1,22 @@
 // createStorage(): picks and opens the store from explicit config or the environment.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { openSqlite } from '../db/sqlite.js';
 import { connectPostgres, DEFAULT_POOL, migratePostgres } from '../db/postgres.js';
+import { defaultLogger, type Logger } from '../ops/logger.js';
+import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { SqliteStorage } from './sqlite.js';
 import { DEFAULT_RESERVATION_TTL_MS, PostgresStorage } from './postgres.js';
-import { errorCode } from './retry.js';
+import { FileStorage } from './file.js';
+import { FallbackStorage } from './fallback.js';
+import { readKeyFile } from './key-file.js';
+import { SNAPSHOT_FILE } from './snapshot.js';
+import { errorCode, isTransient } from './retry.js';
 import type { Storage } from './types.js';
 
 export const DEFAULT_DATABASE_PATH = './data/tokengate.db';
+export const DEFAULT_FALLBACK_DIR = './data/fallback';
 
 export interface StorageConfig {
   /** `postgres://…` selects PostgreSQL; defaults to `DATABASE_URL`. */
@@ -22,17 +31,43 @@ export interface StorageConfig {
   statementTimeoutMs?: number;
   /** PostgreSQL: how long a reservation counts before it is presumed abandoned. Default `RESERVATION_TTL_MS`, then 15 min. */
   reservationTtlMs?: number;
+  /** `file` keeps everything in the file store alone (no database). Default `STORAGE`. */
+  storage?: 'file';
+  /** The file store: the fallback behind PostgreSQL, or the store itself. Default `FALLBACK_DIR`, then `./data/fallback`. */
+  fallbackDir?: string;
+  /** Longest a request waits on PostgreSQL before the file fallback decides it. Default `FALLBACK_TIMEOUT_MS`, then 2000. */
+  fallbackTimeoutMs?: number;
+  /** How often the fallback snapshot is refreshed from PostgreSQL. Default `FALLBACK_SNAPSHOT_INTERVAL_MS`, then 30000. */
+  snapshotIntervalMs?: number;
+  /** `storage: 'file'` only: the old JSON key file to start from when the file store is new. Default `KEY_FILE`. */
+  keyFile?: string;
+  /** Where state changes (fallback entered and left) are logged. Default: JSON on stdout. */
+  logger?: Logger;
+  /** PostgreSQL: put the file fallback behind it. Default: true (tools that only change keys turn it off). */
+  fallback?: boolean;
+  /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
+  windowMs?: number;
 }
 
 /** Opens the configured store, migrated and ready; with no config at all, the embedded SQLite default. */
 export async function createStorage(config: StorageConfig = {}): Promise<Storage> {
+  const fallbackDir = config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? DEFAULT_FALLBACK_DIR;
+  const logger = config.logger ?? defaultLogger();
+  const mode = config.storage ?? nonEmpty(process.env.STORAGE);
+  if (mode !== undefined && mode !== 'file') throw new ConfigError(`STORAGE must be "file" or unset, not "${mode}"`);
+  if (mode === 'file') {
+    const keyFile = config.keyFile ?? nonEmpty(process.env.KEY_FILE);
+    const windowMs = config.windowMs ?? DEFAULT_WINDOW_MS;
+    const initialKeys = keyFile ? () => readKeyFile(keyFile, Date.now(), windowMs) : undefined;
+    return FileStorage.open({ dir: fallbackDir, role: 'standalone', logger, windowMs, ...(initialKeys ? { initialKeys } : {}) });
+  }
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
-  if (databaseUrl) return openPostgres(databaseUrl, config);
+  if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   return new SqliteStorage(openSqlite(databasePath));
 }
 
-async function openPostgres(url: string, config: StorageConfig): Promise<Storage> {
+async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
   if (!/^postgres(ql)?:\/\//.test(url)) throw new ConfigError('DATABASE_URL must start with postgres:// or postgresql://');
   const pool = {
     poolSize: config.poolSize ?? intFromEnv('DATABASE_POOL_SIZE', DEFAULT_POOL.poolSize),
@@ -40,13 +75,32 @@ async function openPostgres(url: string, config: StorageConfig): Promise<Storage
     statementTimeoutMs: config.statementTimeoutMs ?? intFromEnv('DATABASE_STATEMENT_TIMEOUT_MS', DEFAULT_POOL.statementTimeoutMs),
   };
   const reservationTtlMs = config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS);
+  const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds);
+  let down: unknown;
   try {
-    await migratePostgres(url, pool.connectTimeoutSeconds);
+    await migrate();
   } catch (error) {
     const code = errorCode(error);
-    throw new ConfigError(`cannot migrate PostgreSQL at ${describeUrl(url)}: ${(error as Error).message}${code ? ` (${code})` : ''}`, { cause: error });
+    // Down at start with a snapshot to decide from: serve from the files until it is back.
+    if (config.fallback === false || !isTransient(error) || !existsSync(join(fallbackDir, SNAPSHOT_FILE))) {
+      throw new ConfigError(`cannot migrate PostgreSQL at ${describeUrl(url)}: ${(error as Error).message}${code ? ` (${code})` : ''}`, { cause: error });
+    }
+    down = error;
   }
-  return new PostgresStorage(connectPostgres(url, pool), reservationTtlMs);
+  if (config.fallback === false) return new PostgresStorage(connectPostgres(url, pool), reservationTtlMs);
+  const windowMs = config.windowMs ?? DEFAULT_WINDOW_MS;
+  const file = FileStorage.open({ dir: fallbackDir, role: 'fallback', logger, windowMs });
+  const storage = new FallbackStorage(new PostgresStorage(connectPostgres(url, pool), reservationTtlMs), file, {
+    logger,
+    reconnect: migrate,
+    timeoutMs: config.fallbackTimeoutMs ?? intFromEnv('FALLBACK_TIMEOUT_MS', 2000),
+    snapshotIntervalMs: config.snapshotIntervalMs ?? intFromEnv('FALLBACK_SNAPSHOT_INTERVAL_MS', 30_000),
+    windowMs,
+  });
+  // Records journaled by an earlier run (it crashed, or stopped during an outage) go in first.
+  if (down !== undefined || file.journalLength > 0) storage.enterFallback(down ?? 'journal left by an earlier run');
+  else await storage.refreshSnapshot();
+  return storage;
 }
 
 /** Host, port and database of a URL, never its password. */

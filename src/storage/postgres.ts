@@ -8,7 +8,8 @@ import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { errorCode, withRetry } from './retry.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, UsageRecord, WindowUsage } from './types.js';
+import type { SnapshotKey } from './snapshot.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 const keyColumns = {
   id: apiKeys.id,
@@ -48,6 +49,14 @@ export class PostgresStorage implements Storage {
     private readonly opened: OpenedPostgres,
     private readonly reservationTtlMs = DEFAULT_RESERVATION_TTL_MS,
   ) {}
+
+  async ping(): Promise<void> {
+    await withRetry('ping', () => this.opened.sql`select 1`);
+  }
+
+  health(): StorageHealth {
+    return { mode: 'primary', journalPendingRecords: 0, lastFailure: null, lastReplay: null };
+  }
 
   findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
     return withRetry('key lookup', async () => (await this.opened.db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, digest)))[0]);
@@ -175,6 +184,26 @@ export class PostgresStorage implements Storage {
   async deleteKey(id: string): Promise<boolean> {
     const deleted = await withRetry('deleting a key', () => this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).returning({ id: apiKeys.id }));
     return deleted.length > 0;
+  }
+
+  /** Every key with its digest and the buckets that start after `since`: what the file fallback mirrors. */
+  snapshotKeys(since: number): Promise<SnapshotKey[]> {
+    return withRetry('reading a snapshot', async () => {
+      const [keys, buckets] = await Promise.all([
+        this.opened.db.select({ ...keyColumns, keyHash: apiKeys.keyHash }).from(apiKeys),
+        this.opened.db
+          .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+          .from(usageBuckets)
+          .where(gt(usageBuckets.bucketStart, since)),
+      ]);
+      const byKey = new Map<string, [number, number][]>();
+      for (const bucket of buckets) {
+        const list = byKey.get(bucket.keyId) ?? [];
+        list.push([bucket.start, bucket.tokens]);
+        byKey.set(bucket.keyId, list);
+      }
+      return keys.map((key) => ({ ...key, buckets: byKey.get(key.id) ?? [] }));
+    });
   }
 
   async close(): Promise<void> {

@@ -8,7 +8,7 @@ import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, UsageRecord, WindowUsage } from './types.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 const keyColumns = {
   id: apiKeys.id,
@@ -78,6 +78,14 @@ export class SqliteStorage implements Storage {
       if (this.statements.chargeKey.run({ ...record }).changes === 0) return; // key deleted meanwhile
       if (record.tokens > 0) this.statements.addToBucket.run({ ...record, bucket: bucketStart(record.at) });
     });
+  }
+
+  async ping(): Promise<void> {
+    this.opened.sqlite.prepare('select 1').get();
+  }
+
+  health(): StorageHealth {
+    return { mode: 'primary', journalPendingRecords: 0, lastFailure: null, lastReplay: null };
   }
 
   async findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {

@@ -64,8 +64,21 @@ export interface UsageRecord {
   at: number;
 }
 
+/** How a store is doing, for /healthz and metrics. */
+export interface StorageHealth {
+  /** `fallback` while requests are decided from the file store because the database is unreachable. */
+  mode: 'primary' | 'fallback';
+  /** Usage records in the journal, waiting to be replayed into the database. */
+  journalPendingRecords: number;
+  lastFailure: { at: number; message: string } | null;
+  lastReplay: { at: number; records: number } | null;
+}
+
 export interface Storage {
   readonly backend: string;
+  /** Resolves when the store answers; rejects otherwise. */
+  ping(): Promise<void>;
+  health(): StorageHealth;
   findKeyByDigest(digest: string): Promise<KeyRecord | undefined>;
   /** Decides and, when admitted, reserves in one atomic step. */
   admit(request: AdmitRequest): Promise<Admission>;

@@ -35,9 +35,16 @@ export interface Gate {
   close(): Promise<void>;
 }
 
-export function tempDbPath(): string {
-  return join(mkdtempSync(join(tmpdir(), 'tokengate-')), 'tokengate.db');
+export function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), 'tokengate-'));
 }
+
+export function tempDbPath(): string {
+  return join(tempDir(), 'tokengate.db');
+}
+
+/** A logger that keeps its lines to itself (for tests that do not read them). */
+export const quietLogger = () => createLogger(new Writable({ write: (_chunk, _encoding, done) => done() }));
 
 export async function startGate(upstream: Upstream, gate: Partial<TokenGateOptions> = {}): Promise<Gate> {
   const dbPath = tempDbPath();

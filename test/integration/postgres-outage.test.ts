@@ -4,10 +4,13 @@ import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProxyApp } from '../../examples/express-proxy/app.js';
+import postgres from 'postgres';
 import { StorageError } from '../../src/errors.js';
+import { digestKey } from '../../src/keys/secret.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
+import { tempDir, quietLogger } from '../helpers/gate.js';
 import { startPostgres, type PostgresServer } from '../helpers/postgres.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
@@ -20,7 +23,7 @@ describe('PostgreSQL going away and coming back', () => {
 
   beforeAll(async () => {
     pg = await startPostgres();
-    storage = await createStorage({ databaseUrl: pg.url, connectTimeoutSeconds: 2 });
+    storage = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: pg.url, connectTimeoutSeconds: 2 });
     upstream = await startUpstream(json({ usage: { total_tokens: 7 } }));
     const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: createLogger(new PassThrough()) } });
     server = await new Promise((resolve) => {
@@ -35,24 +38,32 @@ describe('PostgreSQL going away and coming back', () => {
     await pg.close();
   });
 
-  it('answers 503 with Retry-After while the database is down, never reaching the upstream, and recovers', async () => {
+  it('decides known keys from the file fallback while the database is down, 503 only for keys it cannot know, then recovers', async () => {
     const { key, record } = await storage.createKey({ name: 'outage', tokenLimit: 1000, expiresAt: Date.now() + 3600_000 });
-    const call = () => fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{}' });
-    expect((await call()).status).toBe(200);
+    // A key written to the database behind the gate's back: its fallback snapshot cannot know it.
+    const sql = postgres(pg.url, { max: 1, onnotice: () => undefined });
+    await sql`insert into api_keys (id, key_hash, key_prefix, name, token_limit_per_5h, expiry_date, created_at)
+              values ('key_unseen', ${digestKey('tg-unseen-key')}, 'tg', 'unseen', 1000, ${Date.now() + 3600_000}, ${Date.now()})`;
+    await sql.end();
+    const call = (k: string) => fetch(url, { method: 'POST', headers: { authorization: `Bearer ${k}` }, body: '{}' });
+    expect((await call(key)).status).toBe(200);
 
     await pg.stop();
     const hits = upstream.hits;
-    const down = await call();
-    expect(down.status).toBe(503);
-    expect(down.headers.get('retry-after')).toBe('1');
-    expect(((await down.json()) as { error: { type: string } }).error.type).toBe('service_unavailable');
-    expect(upstream.hits).toBe(hits);
-    const error = await storage.listKeys().catch((e: unknown) => e);
+    expect((await call(key)).status).toBe(200);
+    await expect.poll(() => storage.health()).toMatchObject({ mode: 'fallback', journalPendingRecords: 1 });
+    const unknown = await call('tg-unseen-key');
+    expect(unknown.status).toBe(503);
+    expect(unknown.headers.get('retry-after')).toBe('1');
+    expect(((await unknown.json()) as { error: { type: string } }).error.type).toBe('service_unavailable');
+    expect(upstream.hits).toBe(hits + 1);
+    const error = await storage.createKey({ name: 'x', tokenLimit: 1, expiresAt: Date.now() + 1000 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).transient).toBe(true);
 
     await pg.start();
-    await expect.poll(async () => (await call()).status, { timeout: 10_000, interval: 200 }).toBe(200);
-    await expect.poll(async () => (await storage.getKey(record.id))?.totalLifetimeTokens).toBeGreaterThanOrEqual(14);
+    await expect.poll(() => storage.health(), { timeout: 15_000, interval: 100 }).toMatchObject({ mode: 'primary', journalPendingRecords: 0, lastReplay: { records: 1 } });
+    expect(await storage.getKey(record.id)).toMatchObject({ totalRequests: 2, totalLifetimeTokens: 14 });
+    expect((await call('tg-unseen-key')).status).toBe(200);
   });
 });

@@ -1,12 +1,13 @@
 // The Storage contract, one suite for every backend, against real databases.
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { digestKey } from '../../src/keys/secret.js';
 import { ConflictError, NotFoundError, ValidationError } from '../../src/errors.js';
 import postgres from 'postgres';
-import { tempDbPath } from '../helpers/gate.js';
+import { tempDbPath, tempDir, quietLogger } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';
 
 const HOUR = 3600_000;
@@ -41,6 +42,14 @@ const backends: Backend[] = [
     },
   },
   {
+    name: 'file',
+    async open() {
+      const dir = tempDir();
+      const dump = async (): Promise<Buffer> => Buffer.concat(readdirSync(dir).map((name) => readIfThere(join(dir, name))));
+      return { storage: await createStorage({ storage: 'file', fallbackDir: dir, logger: quietLogger() }), dump };
+    },
+  },
+  {
     name: 'postgres',
     async open() {
       const url = await freshDatabase();
@@ -54,7 +63,7 @@ const backends: Backend[] = [
           await sql.end();
         }
       };
-      return { storage: await createStorage({ databaseUrl: url }), dump };
+      return { storage: await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: url }), dump };
     },
   },
 ];

@@ -1,0 +1,223 @@
+// The database store with a file store behind it: decides from files while the database is away,
+// and replays what it journaled into the database, exactly once, when it is back.
+import pRetry from 'p-retry';
+import { StorageError } from '../errors.js';
+import type { Logger } from '../ops/logger.js';
+import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
+import type { KeyPatch, NewKey } from '../keys/validate.js';
+import type { FileStorage } from './file.js';
+import type { PostgresStorage } from './postgres.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+
+export interface FallbackOptions {
+  logger: Logger;
+  /** Longest a request waits on the database before it is decided from the files. Default: 2000 ms. */
+  timeoutMs?: number;
+  /** How often the file snapshot is refreshed from the database. Default: 30 s. */
+  snapshotIntervalMs?: number;
+  /** Length of the window the snapshot keeps buckets for. Default: 5 hours. */
+  windowMs?: number;
+  /** Makes the database ready again before replaying into it (runs migrations). */
+  reconnect: () => Promise<void>;
+}
+
+const DOWN = Symbol('database unreachable');
+
+/** A failure that means the database is unreachable (as opposed to a bad query). */
+function isConnectionFailure(error: unknown): boolean {
+  return error instanceof StorageError && error.transient;
+}
+
+/** Rejects after `ms`; `onLate` sees the result should the work still succeed after that. */
+function withTimeout<T>(work: Promise<T>, ms: number, onLate?: (value: T) => void): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let timedOut = false;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      timedOut = true;
+      reject(new StorageError(`the database did not answer within ${ms} ms`, true));
+    }, ms);
+  });
+  if (onLate) work.then((value) => timedOut && onLate(value)).catch(() => undefined);
+  return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
+export class FallbackStorage implements Storage {
+  readonly backend = 'postgres';
+  private mode: 'primary' | 'fallback' = 'primary';
+  private lastFailure: StorageHealth['lastFailure'] = null;
+  private lastReplay: StorageHealth['lastReplay'] = null;
+  private probe: AbortController | undefined;
+  private refreshing: Promise<void> = Promise.resolve();
+  private readonly refresher: NodeJS.Timeout;
+  private readonly timeoutMs: number;
+  private readonly windowMs: number;
+
+  constructor(
+    private readonly primary: PostgresStorage,
+    private readonly file: FileStorage,
+    private readonly options: FallbackOptions,
+  ) {
+    this.timeoutMs = options.timeoutMs ?? 2000;
+    this.windowMs = options.windowMs ?? DEFAULT_WINDOW_MS;
+    this.refresher = setInterval(() => void this.refreshSnapshot(), options.snapshotIntervalMs ?? 30_000).unref();
+  }
+
+  health(): StorageHealth {
+    return { mode: this.mode, journalPendingRecords: this.file.journalLength, lastFailure: this.lastFailure, lastReplay: this.lastReplay };
+  }
+
+  async ping(): Promise<void> {
+    await withTimeout(this.primary.ping(), this.timeoutMs);
+  }
+
+  /** Switches to the files and starts probing the database; used on failures and at start. */
+  enterFallback(reason: unknown): void {
+    if (this.mode === 'fallback') return;
+    this.mode = 'fallback';
+    const message = reason instanceof Error ? reason.message : String(reason);
+    this.lastFailure = { at: Date.now(), message };
+    this.options.logger.warn({ reason: message, journalPendingRecords: this.file.journalLength }, 'database unreachable: deciding from the file store');
+    this.startProbe();
+  }
+
+  async findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
+    const found = await this.attempt(() => this.primary.findKeyByDigest(digest));
+    if (found !== DOWN) return found;
+    const key = await this.file.findKeyByDigest(digest);
+    // Unknown to the snapshot is not unknown to the database: say "cannot decide", never a false 401.
+    if (!key) throw new StorageError('the database is unreachable and the fallback snapshot does not know this key', true);
+    return key;
+  }
+
+  async admit(request: AdmitRequest): Promise<Admission> {
+    // An admission that commits after its timeout was decided by the files instead: give its
+    // reservation back, or it would hold tokens in the database until the reservation TTL.
+    const abandon = (late: Admission): void => {
+      if (late.admitted) void this.primary.release(late.reservation).catch(() => undefined);
+    };
+    const admission = await this.attempt(() => this.primary.admit(request), abandon);
+    return admission === DOWN ? this.file.admit(request) : admission;
+  }
+
+  async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
+    await this.file.release(reservation);
+    const settled = await this.attempt(() => this.primary.settle(reservation, record));
+    if (settled === DOWN) return this.file.settle(reservation, record);
+    this.file.observe(record);
+  }
+
+  async release(reservation: Reservation): Promise<void> {
+    await this.file.release(reservation);
+    await this.attempt(() => this.primary.release(reservation));
+  }
+
+  async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
+    const usage = await this.attempt(() => this.primary.windowUsage(keyId, now, windowMs));
+    return usage === DOWN ? this.file.windowUsage(keyId, now, windowMs) : usage;
+  }
+
+  createKey(input: NewKey, now?: number): Promise<CreatedKey> {
+    return this.change(() => this.primary.createKey(input, now), () => this.file.createKey(input, now));
+  }
+
+  async listKeys(): Promise<KeyRecord[]> {
+    const keys = await this.attempt(() => this.primary.listKeys());
+    return keys === DOWN ? this.file.listKeys() : keys;
+  }
+
+  async getKey(id: string): Promise<KeyRecord | undefined> {
+    const key = await this.attempt(() => this.primary.getKey(id));
+    return key === DOWN ? this.file.getKey(id) : key;
+  }
+
+  updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
+    return this.change(() => this.primary.updateKey(id, patch), () => this.file.updateKey(id, patch));
+  }
+
+  deleteKey(id: string): Promise<boolean> {
+    return this.change(() => this.primary.deleteKey(id), () => this.file.deleteKey(id));
+  }
+
+  /**
+   * Refreshes the file snapshot from the database (skipped while the journal waits for replay).
+   * Refreshes run one after another, so the last one applied is the last one read.
+   */
+  refreshSnapshot(): Promise<void> {
+    this.refreshing = this.refreshing.then(() => this.refreshNow());
+    return this.refreshing;
+  }
+
+  private async refreshNow(): Promise<void> {
+    if (this.mode !== 'primary' || this.file.journalLength > 0) return;
+    try {
+      const keys = await this.attempt(() => this.primary.snapshotKeys(countsAfter(Date.now(), this.windowMs)));
+      if (keys !== DOWN && this.mode === 'primary') this.file.refresh(keys);
+    } catch (error) {
+      this.options.logger.error({ err: error }, 'refreshing the fallback snapshot failed');
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.refresher);
+    this.probe?.abort();
+    await this.file.close();
+    await this.primary.close();
+  }
+
+  /** Runs a database operation; DOWN (after switching to the files) when the database is unreachable. */
+  private async attempt<T>(operation: () => Promise<T>, onLate?: (value: T) => void): Promise<T | typeof DOWN> {
+    if (this.mode === 'fallback') return DOWN;
+    try {
+      return await withTimeout(operation(), this.timeoutMs, onLate);
+    } catch (error) {
+      if (!isConnectionFailure(error)) throw error;
+      this.enterFallback(error);
+      return DOWN;
+    }
+  }
+
+  /** Key changes go to the database; the mirror follows at once, so a new key works during an outage. */
+  private async change<T>(onDatabase: () => Promise<T>, onFiles: () => Promise<T>): Promise<T> {
+    const result = await this.attempt(onDatabase);
+    if (result === DOWN) return onFiles(); // the file store refuses: key changes need the database
+    await this.refreshSnapshot();
+    return result;
+  }
+
+  private startProbe(): void {
+    this.probe?.abort();
+    const probe = new AbortController();
+    this.probe = probe;
+    const check = async (): Promise<void> => {
+      await this.options.reconnect();
+      await withTimeout(this.primary.ping(), this.timeoutMs);
+    };
+    pRetry(check, { retries: Number.POSITIVE_INFINITY, minTimeout: 200, maxTimeout: 5000, factor: 2, signal: probe.signal })
+      .then(() => this.recover(probe))
+      .catch(() => undefined); // aborted: closed, or a newer probe took over
+  }
+
+  /** Replays the journal into the database until it is empty, then decides from the database again. */
+  private async recover(probe: AbortController): Promise<void> {
+    const { logger } = this.options;
+    let replayed = 0;
+    try {
+      do {
+        replayed += await this.file.replay((record) =>
+          withTimeout(this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record), this.timeoutMs),
+        );
+      } while (this.file.journalLength > 0 && !probe.signal.aborted);
+    } catch (error) {
+      logger.warn({ err: error, replayed }, 'replay into the database interrupted; probing again');
+      if (!probe.signal.aborted) this.startProbe();
+      return;
+    }
+    if (probe.signal.aborted) return;
+    // Same tick as the last emptiness check: no record can slip into the journal in between.
+    this.mode = 'primary';
+    this.lastReplay = { at: Date.now(), records: replayed };
+    logger.info({ replayed }, 'database back: journal replayed, deciding from the database again');
+    await this.refreshSnapshot();
+  }
+}

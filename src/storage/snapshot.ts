@@ -1,0 +1,91 @@
+// The key snapshot: keys, limits, expiry, totals and window buckets, replaced atomically on disk.
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import type { KeyRecord } from './types.js';
+
+export const SNAPSHOT_FILE = 'snapshot.json';
+const FORMAT = 'tokengate-snapshot';
+
+export interface SnapshotKey extends KeyRecord {
+  keyHash: string;
+  /** [bucket start, tokens] pairs of the buckets that may still count. */
+  buckets: [number, number][];
+}
+
+export interface Snapshot {
+  /** Journal generations up to this one are included in the snapshot's numbers. */
+  journalGeneration: number;
+  writtenAt: number;
+  keys: SnapshotKey[];
+}
+
+export class SnapshotError extends Error {}
+
+/** The snapshot in `dir`; undefined when there is none; a SnapshotError when it cannot be read. */
+export function readSnapshot(dir: string): Snapshot | undefined {
+  const path = join(dir, SNAPSHOT_FILE);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new SnapshotError(`${path} is not valid JSON (${(error as Error).message})`);
+  }
+  const snapshot = value as Partial<Snapshot> & { format?: unknown };
+  if (snapshot?.format !== FORMAT || !Array.isArray(snapshot.keys) || !Number.isSafeInteger(snapshot.journalGeneration)) {
+    throw new SnapshotError(`${path} is not a tokengate snapshot`);
+  }
+  for (const [index, key] of snapshot.keys.entries()) {
+    if (!validKey(key)) throw new SnapshotError(`${path}: key ${index} is malformed`);
+  }
+  return { journalGeneration: snapshot.journalGeneration!, writtenAt: Number(snapshot.writtenAt), keys: snapshot.keys };
+}
+
+const isInt = (value: unknown): boolean => Number.isSafeInteger(value);
+
+function validKey(key: SnapshotKey | undefined): boolean {
+  return (
+    typeof key?.id === 'string' &&
+    typeof key.keyHash === 'string' &&
+    typeof key.keyPrefix === 'string' &&
+    typeof key.name === 'string' &&
+    (key.model === null || typeof key.model === 'string') &&
+    [key.tokenLimit, key.expiresAt, key.createdAt, key.totalLifetimeTokens, key.totalRequests].every(isInt) &&
+    (key.lastUsedAt === null || isInt(key.lastUsedAt)) &&
+    Array.isArray(key.buckets) &&
+    key.buckets.every((bucket) => Array.isArray(bucket) && isInt(bucket[0]) && isInt(bucket[1]))
+  );
+}
+
+/** Writes the snapshot to a temporary file, fsyncs it, renames it over the old one and fsyncs the directory. */
+export function writeSnapshot(dir: string, snapshot: Snapshot): void {
+  const path = join(dir, SNAPSHOT_FILE);
+  const temporary = `${path}.${process.pid}.tmp`;
+  const fd = openSync(temporary, 'w');
+  try {
+    writeSync(fd, JSON.stringify({ format: FORMAT, ...snapshot }));
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(temporary, path);
+  const dirFd = openSync(dir, 'r');
+  try {
+    fsyncSync(dirFd);
+  } finally {
+    closeSync(dirFd);
+  }
+}
+
+/** Moves an unreadable snapshot aside, so that writing a new one never destroys what might be recovered. */
+export function setAsideSnapshot(dir: string, now: number): string {
+  const aside = join(dir, `snapshot.corrupt-${now}.json`);
+  renameSync(join(dir, SNAPSHOT_FILE), aside);
+  return aside;
+}
