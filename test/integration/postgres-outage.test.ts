@@ -47,6 +47,7 @@ describe('PostgreSQL going away and coming back', () => {
     await sql.end();
     const call = (k: string) => fetch(url, { method: 'POST', headers: { authorization: `Bearer ${k}` }, body: '{}' });
     expect((await call(key)).status).toBe(200);
+    await expect.poll(async () => (await storage.getKey(record.id))?.totalRequests).toBe(1); // recorded before the outage
 
     await pg.stop();
     const hits = upstream.hits;

@@ -15,6 +15,8 @@ import { tempDir, quietLogger } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
+// These tests are about the database itself: a long fallback timeout keeps the file fallback from
+// taking over when a loaded machine makes a query slow.
 const HOUR = 3600_000;
 const WINDOW = 5 * HOUR;
 const ROOT = join(import.meta.dirname, '../..');
@@ -46,7 +48,7 @@ describe('two gate instances on one PostgreSQL database', () => {
   afterAll(() => upstream.close());
 
   it('holds the limit under 200 concurrent requests split across both, counting each admitted request once', async () => {
-    const [a, b] = await Promise.all([createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: url, poolSize: 5 }), createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: url, poolSize: 5 })]);
+    const [a, b] = await Promise.all([createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: url, poolSize: 5 }), createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: url, poolSize: 5 })]);
     const [gateA, gateB] = await Promise.all([serve(a!, upstream), serve(b!, upstream)]);
     try {
       const limit = 3000;
@@ -81,14 +83,14 @@ describe('PostgreSQL storage', () => {
   let storage: Storage;
   beforeAll(async () => {
     url = await freshDatabase();
-    storage = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: url, reservationTtlMs: 60_000 });
+    storage = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: url, reservationTtlMs: 60_000 });
   });
   afterAll(() => storage.close());
 
   it('stops counting the reservations of a crashed instance after the reservation TTL', async () => {
     const now = Date.UTC(2026, 10, 28, 12);
     const { record } = await storage.createKey({ name: 'ttl', tokenLimit: 100, expiresAt: now + HOUR }, now);
-    const crashed = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: url, reservationTtlMs: 60_000 });
+    const crashed = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: url, reservationTtlMs: 60_000 });
     const held = await crashed.admit({ keyId: record.id, tokenLimit: 100, estimate: 100, requestId: 'lost', now, windowMs: WINDOW });
     expect(held.admitted).toBe(true);
     await crashed.close(); // never settles: its process is gone
@@ -148,7 +150,7 @@ describe('PostgreSQL storage', () => {
 
   it('reports a permanent failure as a StorageError naming the operation', async () => {
     const brokenUrl = await freshDatabase();
-    const broken = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: brokenUrl });
+    const broken = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: brokenUrl });
     const admin = postgres(brokenUrl, { max: 1, onnotice: () => undefined });
     try {
       await admin`drop table usage_records`;
