@@ -103,8 +103,18 @@ export class FallbackStorage implements Storage {
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     await this.file.release(reservation);
     const settled = await this.attempt(() => this.primary.settle(reservation, record));
-    if (settled === DOWN) return this.file.settle(reservation, record);
-    this.file.observe(record);
+    if (settled !== DOWN) return this.file.observe(record);
+    await this.file.settle(reservation, record);
+    // Journaled just as the database came back (after the last replay pass): replay it now.
+    if (this.mode === 'primary') void this.replayStragglers();
+  }
+
+  private async replayStragglers(): Promise<void> {
+    try {
+      await this.file.replay((usage) => this.primary.settle({ id: usage.id, keyId: usage.keyId, tokens: 0, partial: false }, usage));
+    } catch (error) {
+      this.options.logger.warn({ err: error, journalPendingRecords: this.file.journalLength }, 'replaying late journal records failed; they are replayed after the next recovery or restart');
+    }
   }
 
   async release(reservation: Reservation): Promise<void> {
