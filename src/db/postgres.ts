@@ -36,13 +36,21 @@ export function connectPostgres(url: string, pool: PoolSettings = DEFAULT_POOL):
 
 // Any fixed number will do, as long as every tokengate instance takes the same one.
 const MIGRATION_LOCK = 7_370_001;
+// How long an instance waits for another one's migration before it gives up (and retries, if it is
+// reconnecting after an outage): a session stuck holding the lock must not hang it for ever.
+const MIGRATION_LOCK_TIMEOUT_MS = 60_000;
 
 /**
  * Applies pending migrations on one dedicated connection holding a session advisory lock, so
  * instances starting together migrate one after the other and the later ones find nothing to do.
  */
 export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds): Promise<void> {
-  const sql = postgres(url, { max: 1, connect_timeout: connectTimeoutSeconds, onnotice: () => undefined });
+  const sql = postgres(url, {
+    max: 1,
+    connect_timeout: connectTimeoutSeconds,
+    onnotice: () => undefined,
+    connection: { lock_timeout: MIGRATION_LOCK_TIMEOUT_MS },
+  });
   try {
     await sql`select pg_advisory_lock(${MIGRATION_LOCK})`;
     await migrate(drizzle(sql), { migrationsFolder: migrationsFolder('postgres') });

@@ -45,10 +45,17 @@ function withTimeout<T>(work: Promise<T>, ms: number, onLate?: (value: T) => voi
 export class FallbackStorage implements Storage {
   readonly backend = 'postgres';
   private mode: 'primary' | 'fallback' = 'primary';
+  private closed = false;
   private lastFailure: StorageHealth['lastFailure'] = null;
   private lastReplay: StorageHealth['lastReplay'] = null;
   private probe: AbortController | undefined;
+  /** The running probe-and-recover, so that close() can wait for it. */
+  private recovering: Promise<void> = Promise.resolve();
   private refreshing: Promise<void> = Promise.resolve();
+  /** Reservations the database holds for requests in flight here. */
+  private readonly heldInDatabase = new Set<string>();
+  /** Reservations given back while the database was unreachable: deleted there on recovery. */
+  private readonly unreleased = new Map<string, Reservation>();
   private readonly refresher: NodeJS.Timeout;
   private readonly timeoutMs: number;
   private readonly windowMs: number;
@@ -73,7 +80,7 @@ export class FallbackStorage implements Storage {
 
   /** Switches to the files and starts probing the database; used on failures and at start. */
   enterFallback(reason: unknown): void {
-    if (this.mode === 'fallback') return;
+    if (this.mode === 'fallback' || this.closed) return;
     this.mode = 'fallback';
     const message = reason instanceof Error ? reason.message : String(reason);
     this.lastFailure = { at: Date.now(), message };
@@ -94,14 +101,18 @@ export class FallbackStorage implements Storage {
     // An admission that commits after its timeout was decided by the files instead: give its
     // reservation back, or it would hold tokens in the database until the reservation TTL.
     const abandon = (late: Admission): void => {
-      if (late.admitted) void this.primary.release(late.reservation).catch(() => undefined);
+      if (late.admitted) void this.primary.release(late.reservation).catch(() => this.unreleased.set(late.reservation.id, late.reservation));
     };
     const admission = await this.attempt(() => this.primary.admit(request), abandon);
-    return admission === DOWN ? this.file.admit(request) : admission;
+    if (admission === DOWN) return this.file.admit(request);
+    if (admission.admitted) this.heldInDatabase.add(admission.reservation.id);
+    return admission;
   }
 
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     await this.file.release(reservation);
+    // Settling deletes the database's reservation too, now or when the journal is replayed.
+    this.heldInDatabase.delete(reservation.id);
     const settled = await this.attempt(() => this.primary.settle(reservation, record));
     if (settled !== DOWN) return this.file.observe(record);
     await this.file.settle(reservation, record);
@@ -119,7 +130,10 @@ export class FallbackStorage implements Storage {
 
   async release(reservation: Reservation): Promise<void> {
     await this.file.release(reservation);
-    await this.attempt(() => this.primary.release(reservation));
+    const held = this.heldInDatabase.delete(reservation.id);
+    const released = await this.attempt(() => this.primary.release(reservation));
+    // Left in the database, it would hold the key's tokens until the reservation TTL.
+    if (released === DOWN && held) this.unreleased.set(reservation.id, reservation);
   }
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
@@ -160,17 +174,23 @@ export class FallbackStorage implements Storage {
 
   private async refreshNow(): Promise<void> {
     if (this.mode !== 'primary' || this.file.journalLength > 0) return;
+    // Not through attempt(): reading every key may take longer than a request may wait, and a slow
+    // or failed refresh says nothing about whether requests can be decided by the database.
     try {
-      const keys = await this.attempt(() => this.primary.snapshotKeys(countsAfter(Date.now(), this.windowMs)));
-      if (keys !== DOWN && this.mode === 'primary') this.file.refresh(keys);
+      const keys = await this.primary.snapshotKeys(countsAfter(Date.now(), this.windowMs));
+      if (this.mode === 'primary') this.file.refresh(keys);
     } catch (error) {
-      this.options.logger.error({ err: error }, 'refreshing the fallback snapshot failed');
+      this.options.logger.warn({ err: error }, 'refreshing the fallback snapshot failed; keeping the previous one');
     }
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     clearInterval(this.refresher);
     this.probe?.abort();
+    // A replay or refresh still writing to the file store finishes before it closes.
+    await this.recovering;
+    await this.refreshing;
     await this.file.close();
     await this.primary.close();
   }
@@ -203,7 +223,7 @@ export class FallbackStorage implements Storage {
       await this.options.reconnect();
       await withTimeout(this.primary.ping(), this.timeoutMs);
     };
-    pRetry(check, { retries: Number.POSITIVE_INFINITY, minTimeout: 200, maxTimeout: 5000, factor: 2, signal: probe.signal })
+    this.recovering = pRetry(check, { retries: Number.POSITIVE_INFINITY, minTimeout: 200, maxTimeout: 5000, factor: 2, signal: probe.signal })
       .then(() => this.recover(probe))
       .catch(() => undefined); // aborted: closed, or a newer probe took over
   }
@@ -218,6 +238,7 @@ export class FallbackStorage implements Storage {
           withTimeout(this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record), this.timeoutMs),
         );
       } while (this.file.journalLength > 0 && !probe.signal.aborted);
+      await this.releaseLeftovers();
     } catch (error) {
       logger.warn({ err: error, replayed }, 'replay into the database interrupted; probing again');
       if (!probe.signal.aborted) this.startProbe();
@@ -229,5 +250,13 @@ export class FallbackStorage implements Storage {
     this.lastReplay = { at: Date.now(), records: replayed };
     logger.info({ replayed }, 'database back: journal replayed, deciding from the database again');
     await this.refreshSnapshot();
+  }
+
+  /** Deletes from the database the reservations given back while it was unreachable. */
+  private async releaseLeftovers(): Promise<void> {
+    for (const [id, reservation] of this.unreleased) {
+      await withTimeout(this.primary.release(reservation), this.timeoutMs);
+      this.unreleased.delete(id);
+    }
   }
 }

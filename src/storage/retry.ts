@@ -3,11 +3,13 @@ import pRetry, { AbortError } from 'p-retry';
 import { StorageError, TokenGateError } from '../errors.js';
 
 // SQLSTATE classes and driver codes of failures that another attempt may get past: the server shut
-// down or restarted (57P01-57P03), a connection broke (08xxx, sockets), serialization failures and
-// deadlocks (40001, 40P01), too many connections (53300).
+// down or restarted (57P01-57P03), a connection broke (08xxx, sockets), the host cannot be resolved
+// or reached (DNS, routes), serialization failures and deadlocks (40001, 40P01), too many
+// connections (53300).
 const TRANSIENT = new Set([
   '57P01', '57P02', '57P03', '40001', '40P01', '53300', '08000', '08001', '08003', '08004', '08006',
-  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT',
+  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN',
+  'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT',
 ]);
 
 /** The SQLSTATE or driver code of an error, looking through wrappers such as Drizzle's query error. */
