@@ -1,6 +1,5 @@
 // File storage: keys in an atomically replaced snapshot, usage in an fsynced append-only journal.
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import { decide, msUntilAdmissible } from '../quota/admission.js';
@@ -8,6 +7,7 @@ import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { lockDirectory } from './dir-lock.js';
 import { Journal } from './journal.js';
 import { readSnapshot, setAsideSnapshot, SnapshotError, writeSnapshot, type SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
@@ -33,38 +33,6 @@ export interface FileStorageOptions {
 
 const COMPACT_EVERY_MS = 60_000;
 
-/**
- * One process per file store: a second one would delete or overwrite what the first writes. The
- * lock file holds the owner's pid; a lock whose process is gone (killed) is taken over.
- */
-function lockDirectory(dir: string): () => void {
-  const path = join(dir, 'lock');
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      writeFileSync(path, String(process.pid), { flag: 'wx' });
-      return () => rmSync(path, { force: true });
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      const owner = Number(readFileSync(path, 'utf8'));
-      if (owner === process.pid) return () => rmSync(path, { force: true });
-      if (Number.isSafeInteger(owner) && owner > 0 && isAlive(owner)) {
-        throw new ConfigError(`the file store ${dir} is in use by process ${owner}; each gate instance needs its own FALLBACK_DIR`);
-      }
-      rmSync(path, { force: true });
-    }
-  }
-  throw new ConfigError(`cannot lock the file store ${dir}`);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 const toRecord = ({ keyHash: _hash, buckets: _buckets, ...record }: MemKey): KeyRecord => record;
 
 export class FileStorage implements Storage {
@@ -85,7 +53,8 @@ export class FileStorage implements Storage {
     const { dir } = options;
     this.windowMs = options.windowMs ?? DEFAULT_WINDOW_MS;
     mkdirSync(dir, { recursive: true });
-    this.releaseLock = lockDirectory(dir);
+    const lock = lockDirectory(dir, options.logger);
+    this.releaseLock = () => lock.release();
     try {
       this.load();
     } catch (error) {
