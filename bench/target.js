@@ -1,0 +1,34 @@
+// @ts-check
+// One proxy under test, in a process of its own: `bare` (no gate) or the gated proxy on the store the
+// environment names (DATABASE_URL, DATABASE_PATH, FALLBACK_DIR). Prints {"port"} when it listens.
+import express from 'express';
+import { createLogger, createStorage } from 'tokengate';
+import { createProxyApp, proxyTo } from '../examples/express-proxy/app.js';
+import { benchKeys } from './keys.js';
+
+const [variant = 'gated'] = process.argv.slice(2);
+const upstreamUrl = /** @type {string} */ (process.env.UPSTREAM_URL);
+const logger = createLogger();
+logger.level = 'warn';
+
+/** @type {import('tokengate').Storage | undefined} */
+let storage;
+/** @type {import('express').Express} */
+let app;
+if (variant === 'bare') {
+  app = express();
+  app.use('/v1', proxyTo(upstreamUrl));
+} else {
+  storage = await createStorage({ logger });
+  for (const key of benchKeys()) {
+    await storage.createKey({ name: 'bench', key, tokenLimit: 1e12, expiresAt: Date.now() + 24 * 3600_000 }).catch(() => undefined); // already there
+  }
+  app = createProxyApp({ storage, upstreamUrl, gate: { logger } });
+}
+const server = app.listen(0, '127.0.0.1', () => {
+  process.stdout.write(`${JSON.stringify({ port: /** @type {import('node:net').AddressInfo} */ (server.address()).port })}\n`);
+});
+process.on('SIGTERM', () => {
+  server.closeAllConnections();
+  server.close(() => void (storage?.close() ?? Promise.resolve()).then(() => process.exit(0)));
+});

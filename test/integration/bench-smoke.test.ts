@@ -1,0 +1,40 @@
+// The benchmark in miniature (a few hundred requests per variant), so that it keeps working.
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { tempDir } from '../helpers/gate.js';
+
+interface ProxyRow {
+  variant: string;
+  response: string;
+  requests: number;
+  failures: number;
+  ratioToBare: number;
+  peakRssMiB: number;
+}
+
+describe('npm run bench -- --smoke', () => {
+  it('drives every variant without a failed request and writes the JSON and Markdown tables', () => {
+    const out = tempDir();
+    const run = spawnSync(process.execPath, ['bench/run.js', '--smoke', '--out', out], { cwd: join(import.meta.dirname, '../..'), encoding: 'utf8', timeout: 150_000 });
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { proxy: ProxyRow[]; scale: { backend: string; keys: number; cyclesPerSecond: number }[] };
+    expect(result.proxy.map((row) => `${row.variant} ${row.response}`)).toEqual([
+      'bare proxy JSON',
+      'gate, SQLite JSON',
+      'gate, PostgreSQL JSON',
+      'gate, file fallback (PostgreSQL down) JSON',
+      'bare proxy SSE',
+      'gate, SQLite SSE',
+    ]);
+    for (const row of result.proxy) {
+      expect(row, row.variant).toMatchObject({ requests: 300, failures: 0 });
+      expect(row.ratioToBare, row.variant).toBeGreaterThan(0);
+      expect(row.peakRssMiB, row.variant).toBeGreaterThan(0);
+    }
+    expect(result.scale.map((row) => `${row.backend} ${row.keys}`)).toEqual(['sqlite 1', 'sqlite 1', 'sqlite 100', 'sqlite 100', 'postgres 1', 'postgres 1', 'postgres 100', 'postgres 100']);
+    for (const row of result.scale) expect(row.cyclesPerSecond).toBeGreaterThan(0);
+    expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| gate, SQLite | JSON | ');
+  }, 180_000);
+});
