@@ -13,11 +13,14 @@ import { setQuotaHeaders } from './headers.js';
 import { meterResponse } from './meter.js';
 import { resolveOptions, type GateConfig, type TokenGateOptions } from './options.js';
 import { rejections, type Rejection } from './reject.js';
+import type { RequestOutcome } from '../src/ops/metrics.js';
+import { storageCall } from './storage-call.js';
 import './request.js';
 
 /** The Express middleware. Mount it before the handler that proxies to the upstream. */
 export function tokenGate(options: TokenGateOptions): RequestHandler {
   const config = resolveOptions(options);
+  config.metrics?.watch(config.storage);
   return (req, res, next) => {
     gate(req, res, next, config).catch(next);
   };
@@ -37,7 +40,9 @@ export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'all
 }
 
 async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig): Promise<void> {
-  const reject = (rejection: Rejection): void => {
+  const { metrics } = config;
+  const reject = (rejection: Rejection, outcome?: RequestOutcome, keyId?: string): void => {
+    if (outcome) metrics?.countRequest(outcome, keyId);
     res.status(rejection.status);
     if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
     config.handler(req, res, next, rejection);
@@ -46,8 +51,8 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   if (declaredTooLarge(req, config.bodyLimit)) return reject(rejections.tooLarge(config.bodyLimit));
 
   const found = lookupKey(req, config);
-  if (found.kind === 'missing') return reject(rejections.missingKey());
-  if (found.kind === 'invalid') return reject(rejections.invalidKey(found.reason));
+  if (found.kind === 'missing') return reject(rejections.missingKey(), 'unauthenticated');
+  if (found.kind === 'invalid') return reject(rejections.invalidKey(found.reason), 'unauthenticated');
 
   let body;
   try {
@@ -59,23 +64,25 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
 
   let key: KeyRecord | undefined;
   try {
-    key = await config.storage.findKeyByDigest(digestKey(found.key));
+    const digest = digestKey(found.key);
+    key = await storageCall(config, 'findKey', () => config.storage.findKeyByDigest(digest));
   } catch (error) {
     config.logger.error({ err: error }, 'key lookup failed');
-    return reject(rejections.unavailable());
+    return reject(rejections.unavailable(), 'unavailable');
   }
-  if (!key) return reject(rejections.invalidKey());
+  if (!key) return reject(rejections.invalidKey(), 'unauthenticated');
   const now = config.now();
-  if (key.expiresAt <= now) return reject(rejections.expiredKey(key.expiresAt));
+  if (key.expiresAt <= now) return reject(rejections.expiredKey(key.expiresAt), 'expired', key.id);
 
   const { windowMs } = config;
   const estimate = estimateFor(req, body, config);
   let admission;
   try {
-    admission = await config.storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: randomUUID(), now, windowMs });
+    const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: randomUUID(), now, windowMs };
+    admission = await storageCall(config, 'admit', () => config.storage.admit(request));
   } catch (error) {
     config.logger.error({ err: error, keyId: key.id }, 'admission failed');
-    return reject(rejections.unavailable());
+    return reject(rejections.unavailable(), 'unavailable');
   }
   const { window } = admission;
   const remaining = remainingTokens({ limit: key.tokenLimit, ...window });
@@ -84,8 +91,10 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
 
   if (!admission.admitted) {
     const retryAfter = Math.max(1, toSeconds(admission.retryAfterMs));
-    return reject(rejections.rateLimited(window.used, key.tokenLimit, windowEndsAt, retryAfter));
+    return reject(rejections.rateLimited(window.used, key.tokenLimit, windowEndsAt, retryAfter), 'rate_limited', key.id);
   }
+  metrics?.countRequest('admitted', key.id);
+  metrics?.reservedTokens.inc(admission.reservation.tokens);
   req.tokenGate = {
     key: { id: key.id, name: key.name, model: key.model, tokenLimit: key.tokenLimit },
     usage: { used: window.used, reserved: window.reserved, remaining, windowEndsAt: new Date(windowEndsAt) },

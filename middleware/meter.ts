@@ -6,6 +6,7 @@ import { chargeFor } from '../src/usage/charge.js';
 import type { UsageReading } from '../src/usage/tokens.js';
 import type { Reservation } from '../src/storage/types.js';
 import { MAX_JSON_RESPONSE_BYTES, type GateConfig } from './options.js';
+import { storageCall } from './storage-call.js';
 
 type Chunk = string | Buffer | Uint8Array;
 
@@ -83,10 +84,14 @@ async function settleResponse(
         'upstream usage could not be read exactly',
       );
     }
-    await config.storage.settle(reservation, { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() });
+    const record = { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() };
+    await storageCall(config, 'settle', () => config.storage.settle(reservation, record));
+    if (charge.source !== 'none') config.metrics?.countTokens(charge.source, charge.tokens, reservation.keyId);
   } catch (error) {
     logger.error({ err: error, keyId: reservation.keyId, requestId: reservation.id }, 'recording usage failed');
-    await config.storage.release(reservation).catch(() => undefined);
+    await storageCall(config, 'release', () => config.storage.release(reservation)).catch(() => undefined);
+  } finally {
+    config.metrics?.reservedTokens.dec(reservation.tokens);
   }
 }
 

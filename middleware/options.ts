@@ -3,6 +3,7 @@ import type { Request, Response } from 'express';
 import type { Storage } from '../src/storage/types.js';
 import type { Logger } from '../src/ops/logger.js';
 import { defaultLogger } from '../src/ops/logger.js';
+import type { TokenGateMetrics } from '../src/ops/metrics.js';
 import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
 import type { RequestBody } from './body.js';
@@ -41,10 +42,16 @@ export interface TokenGateOptions {
   now?: () => number;
   /** Where warnings (unreadable upstream usage) and errors go; any pino logger. Default: JSON on stdout. */
   logger?: Logger;
+  /**
+   * Prometheus metrics to keep: `createMetrics()`. Counts each decision's outcome (a 413 is not a
+   * decision and is not counted), charged tokens by source, tokens reserved in flight, and the
+   * duration of each storage call. Default: none, and no metrics work at all.
+   */
+  metrics?: TokenGateMetrics;
 }
 
-export type GateConfig = Required<Omit<TokenGateOptions, 'getKey' | 'skip' | 'getUsage'>> &
-  Pick<TokenGateOptions, 'getKey' | 'skip' | 'getUsage'>;
+type Unset = 'getKey' | 'skip' | 'getUsage' | 'metrics';
+export type GateConfig = Required<Omit<TokenGateOptions, Unset>> & Pick<TokenGateOptions, Unset>;
 
 /** A copy of JSON response bodies is kept up to this size to read their usage. */
 export const MAX_JSON_RESPONSE_BYTES = 8 * 1024 * 1024;

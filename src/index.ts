@@ -1,8 +1,10 @@
 // Public entry point of the tokengate package.
-export { tokenGate, statsHandler } from '../middleware/index.js';
+export { tokenGate, statsHandler, metricsHandler, healthHandler, readyHandler } from '../middleware/index.js';
 export type { TokenGateOptions, StatsOptions, Rejection, RejectionHandler, RejectionType, ErrorBody, RequestBody, TokenGateContext } from '../middleware/index.js';
 export { createStorage, DEFAULT_DATABASE_PATH, type StorageConfig } from './storage/create.js';
-export type { Storage, KeyRecord, CreatedKey, NewKey, KeyPatch, WindowUsage, Admission, AdmitRequest, Reservation, UsageRecord } from './storage/types.js';
+export type { Storage, StorageHealth, KeyRecord, CreatedKey, NewKey, KeyPatch, WindowUsage, Admission, AdmitRequest, Reservation, UsageRecord } from './storage/types.js';
 export { keyView, statsView, type KeyView, type StatsView } from './keys/view.js';
 export { createLogger, type Logger } from './ops/logger.js';
+export { createMetrics, type TokenGateMetrics, type MetricsOptions, type RequestOutcome, type StorageOperation } from './ops/metrics.js';
+export { monitorStorage, type StorageMonitor, type MonitorOptions, type ProbeState, type HealthBody, type ReadyBody, type HealthStatus } from './ops/health.js';
 export { TokenGateError, ValidationError, NotFoundError, ConflictError, ConfigError } from './errors.js';

@@ -4,7 +4,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { pipeline } from 'node:stream';
 import express from 'express';
-import { tokenGate, statsHandler } from 'tokengate';
+import { tokenGate, statsHandler, metricsHandler, healthHandler, readyHandler } from 'tokengate';
 
 // Connection-level headers, never forwarded (RFC 9110 section 7.6.1).
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'host']);
@@ -14,10 +14,16 @@ const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'p
  * @param {import('tokengate').Storage} options.storage
  * @param {string} options.upstreamUrl  e.g. https://api.openai.com
  * @param {string} [options.upstreamApiKey]  sent upstream instead of the client's key
- * @param {Partial<import('tokengate').TokenGateOptions>} [options.gate]  more tokenGate() options
+ * @param {Partial<import('tokengate').TokenGateOptions>} [options.gate]  more tokenGate() options; with `metrics`, also GET /metrics
+ * @param {import('tokengate').StorageMonitor} [options.monitor]  from monitorStorage(): GET /healthz and /readyz
  */
-export function createProxyApp({ storage, upstreamUrl, upstreamApiKey, gate = {} }) {
+export function createProxyApp({ storage, upstreamUrl, upstreamApiKey, gate = {}, monitor }) {
   const app = express();
+  if (gate.metrics) app.get('/metrics', metricsHandler(gate.metrics));
+  if (monitor) {
+    app.get('/healthz', healthHandler(monitor));
+    app.get('/readyz', readyHandler(monitor));
+  }
   app.get('/stats', statsHandler({ storage, ...gate }));
   app.use('/v1', tokenGate({ storage, ...gate }), proxyTo(upstreamUrl, upstreamApiKey));
   return app;

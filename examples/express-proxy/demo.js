@@ -1,6 +1,6 @@
 // The demo: a mock upstream, the example proxy on the embedded SQLite store, a fresh key, a real request.
 // `npm run demo` keeps serving until Ctrl-C; `npm run demo -- --once` exits after the check.
-import { createStorage, DEFAULT_DATABASE_PATH } from 'tokengate';
+import { createMetrics, createStorage, monitorStorage, DEFAULT_DATABASE_PATH } from 'tokengate';
 import { createProxyApp } from './app.js';
 import { startMockUpstream } from './mock-upstream.js';
 
@@ -8,7 +8,9 @@ const once = process.argv.includes('--once');
 const upstream = await startMockUpstream();
 const upstreamUrl = `http://127.0.0.1:${upstream.address().port}`;
 const storage = await createStorage();
-const app = createProxyApp({ storage, upstreamUrl });
+const metrics = createMetrics();
+const monitor = monitorStorage(storage, { metrics });
+const app = createProxyApp({ storage, upstreamUrl, gate: { metrics }, monitor });
 const server = await new Promise((resolve) => {
   const s = app.listen(Number(process.env.PORT ?? 8080), '127.0.0.1', () => resolve(s));
 });
@@ -31,6 +33,7 @@ const stats = await (await fetch(`${base}/stats`, { headers: { authorization: `B
 console.log(`Upstream reported ${answer.usage?.total_tokens} tokens; /stats shows ${stats.current_usage.tokens_used_in_current_window} used in the window.\n`);
 
 if (once) {
+  monitor.stop();
   server.close();
   upstream.close();
   await storage.close();
@@ -39,7 +42,9 @@ if (once) {
   console.log(`  curl -s ${base}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`);
   console.log(`    -d '{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"hi"}]}'`);
   console.log(`  curl -s ${base}/stats -H 'Authorization: Bearer ${key}'`);
+  console.log(`  curl -s ${base}/healthz; curl -s ${base}/metrics | grep ^tokengate_`);
   process.once('SIGINT', () => {
+    monitor.stop();
     server.close();
     upstream.close();
     void storage.close();

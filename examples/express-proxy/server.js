@@ -1,5 +1,5 @@
-// Runs the example proxy: UPSTREAM_URL (required), UPSTREAM_API_KEY, PORT, DATABASE_PATH.
-import { createStorage } from 'tokengate';
+// Runs the example proxy: UPSTREAM_URL (required), UPSTREAM_API_KEY, PORT, DATABASE_PATH; /metrics, /healthz, /readyz.
+import { createMetrics, createStorage, monitorStorage } from 'tokengate';
 import { createProxyApp } from './app.js';
 
 const upstreamUrl = process.env.UPSTREAM_URL;
@@ -11,9 +11,15 @@ const storage = await createStorage().catch((error) => {
   console.error(`cannot start: ${error.message}`);
   process.exit(1);
 });
-const server = createProxyApp({ storage, upstreamUrl, upstreamApiKey: process.env.UPSTREAM_API_KEY }).listen(Number(process.env.PORT ?? 8080), () => {
+const metrics = createMetrics();
+const monitor = monitorStorage(storage, { metrics });
+const app = createProxyApp({ storage, upstreamUrl, upstreamApiKey: process.env.UPSTREAM_API_KEY, gate: { metrics }, monitor });
+const server = app.listen(Number(process.env.PORT ?? 8080), () => {
   console.log(`tokengate example proxy on http://localhost:${server.address().port}/v1 -> ${upstreamUrl}`);
 });
 for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.once(signal, () => server.close(() => void storage.close()));
+  process.once(signal, () => {
+    monitor.stop();
+    server.close(() => void storage.close());
+  });
 }

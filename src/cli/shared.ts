@@ -1,6 +1,8 @@
 // What every tokengate command shares: running the program, one-line errors, the package version, storage.
 import type { Command } from 'commander';
+import { pino } from 'pino';
 import { TokenGateError } from '../errors.js';
+import { createLogger } from '../ops/logger.js';
 import { createStorage } from '../storage/create.js';
 import type { Storage } from '../storage/types.js';
 
@@ -14,7 +16,9 @@ export class UsageError extends TokenGateError {
 /** Opens the store the environment names (as `serve` does), runs `use`, and always closes it. */
 export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Promise<T> {
   // Key tools talk to the database directly: the file fallback belongs to the running gate.
-  const storage = await createStorage({ fallback: false });
+  // Logs go to stderr, so stdout stays the command's output; info lines (migrations applied) only with LOG_LEVEL=info.
+  const logger = createLogger(pino.destination({ dest: 2, sync: true }), process.env.LOG_LEVEL ?? 'warn');
+  const storage = await createStorage({ fallback: false, logger });
   try {
     return await use(storage);
   } finally {

@@ -4,6 +4,7 @@ import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
 import { migrate } from 'drizzle-orm/postgres-js/migrator';
 import * as schema from './schema/postgres.js';
 import { migrationsFolder } from './migrations.js';
+import type { Logger } from '../ops/logger.js';
 
 export type PostgresDb = PostgresJsDatabase<typeof schema>;
 
@@ -40,11 +41,20 @@ const MIGRATION_LOCK = 7_370_001;
 // reconnecting after an outage): a session stuck holding the lock must not hang it for ever.
 const MIGRATION_LOCK_TIMEOUT_MS = 60_000;
 
+/** Migrations recorded as applied (none before the first migration creates drizzle's table). */
+async function appliedMigrations(sql: postgres.Sql): Promise<number> {
+  const [table] = await sql`select to_regclass('drizzle.__drizzle_migrations') as name`;
+  if (!table?.name) return 0;
+  const [row] = await sql`select count(*)::int as n from drizzle.__drizzle_migrations`;
+  return (row?.n as number | undefined) ?? 0;
+}
+
 /**
  * Applies pending migrations on one dedicated connection holding a session advisory lock, so
  * instances starting together migrate one after the other and the later ones find nothing to do.
+ * Logs how many it applied, when there were any.
  */
-export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds): Promise<void> {
+export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds, logger?: Logger): Promise<void> {
   const sql = postgres(url, {
     max: 1,
     connect_timeout: connectTimeoutSeconds,
@@ -53,8 +63,11 @@ export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAU
   });
   try {
     await sql`select pg_advisory_lock(${MIGRATION_LOCK})`;
+    const before = await appliedMigrations(sql);
     await migrate(drizzle(sql), { migrationsFolder: migrationsFolder('postgres') });
+    const applied = (await appliedMigrations(sql)) - before;
     await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`;
+    if (applied > 0) logger?.info({ backend: 'postgres', applied }, 'database migrations applied');
   } finally {
     await sql.end({ timeout: 5 });
   }

@@ -5,6 +5,7 @@ import Database from 'better-sqlite3';
 import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3';
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
 import { ConfigError } from '../errors.js';
+import type { Logger } from '../ops/logger.js';
 import * as schema from './schema/sqlite.js';
 import { migrationsFolder } from './migrations.js';
 
@@ -16,11 +17,18 @@ export interface OpenedSqlite {
   path: string;
 }
 
+/** Migrations recorded as applied (none before the first migration creates drizzle's table). */
+function appliedMigrations(sqlite: Database.Database): number {
+  const table = sqlite.prepare("select 1 from sqlite_master where type = 'table' and name = '__drizzle_migrations'").get();
+  return table ? (sqlite.prepare('select count(*) as n from __drizzle_migrations').get() as { n: number }).n : 0;
+}
+
 /**
- * Opens (creating if needed) the database at `path` and applies pending migrations.
- * WAL with synchronous=NORMAL: a committed transaction survives the process being killed.
+ * Opens (creating if needed) the database at `path` and applies pending migrations, logging how
+ * many when there were any. WAL with synchronous=NORMAL: a committed transaction survives the
+ * process being killed.
  */
-export function openSqlite(path: string): OpenedSqlite {
+export function openSqlite(path: string, logger?: Logger): OpenedSqlite {
   const file = resolve(path);
   const dir = dirname(file);
   try {
@@ -37,7 +45,10 @@ export function openSqlite(path: string): OpenedSqlite {
     sqlite.pragma('busy_timeout = 5000');
     sqlite.pragma('foreign_keys = ON');
     const db = drizzle(sqlite, { schema });
+    const before = appliedMigrations(sqlite);
     migrate(db, { migrationsFolder: migrationsFolder('sqlite') });
+    const applied = appliedMigrations(sqlite) - before;
+    if (applied > 0) logger?.info({ backend: 'sqlite', path: file, applied }, 'database migrations applied');
     return { sqlite, db, path: file };
   } catch (error) {
     sqlite?.close();

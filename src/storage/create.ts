@@ -41,7 +41,7 @@ export interface StorageConfig {
   snapshotIntervalMs?: number;
   /** `storage: 'file'` only: the old JSON key file to start from when the file store is new. Default `KEY_FILE`. */
   keyFile?: string;
-  /** Where state changes (fallback entered and left) are logged. Default: JSON on stdout. */
+  /** Where state changes (migrations applied, fallback entered and left) are logged. Default: JSON on stdout. */
   logger?: Logger;
   /** PostgreSQL: put the file fallback behind it. Default: true (tools that only change keys turn it off). */
   fallback?: boolean;
@@ -64,7 +64,7 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  return new SqliteStorage(openSqlite(databasePath));
+  return new SqliteStorage(openSqlite(databasePath, logger));
 }
 
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
@@ -75,7 +75,7 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
     statementTimeoutMs: config.statementTimeoutMs ?? intFromEnv('DATABASE_STATEMENT_TIMEOUT_MS', DEFAULT_POOL.statementTimeoutMs),
   };
   const reservationTtlMs = config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS);
-  const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds);
+  const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds, logger);
   let down: unknown;
   try {
     await migrate();

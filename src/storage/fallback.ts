@@ -43,7 +43,6 @@ function withTimeout<T>(work: Promise<T>, ms: number, onLate?: (value: T) => voi
 }
 
 export class FallbackStorage implements Storage {
-  readonly backend = 'postgres';
   private mode: 'primary' | 'fallback' = 'primary';
   private closed = false;
   private lastFailure: StorageHealth['lastFailure'] = null;
@@ -74,8 +73,18 @@ export class FallbackStorage implements Storage {
     return { mode: this.mode, journalPendingRecords: this.file.journalLength, lastFailure: this.lastFailure, lastReplay: this.lastReplay };
   }
 
+  /** The store deciding requests now: PostgreSQL, or the file store while in fallback. */
+  get backend(): string {
+    return this.mode === 'fallback' ? this.file.backend : this.primary.backend;
+  }
+
+  /**
+   * Pings the database like any request would reach it: an unreachable database switches to the
+   * files (and starts the reconnect probe); in fallback it rejects without touching the database.
+   */
   async ping(): Promise<void> {
-    await withTimeout(this.primary.ping(), this.timeoutMs);
+    const answered = await this.attempt(() => this.primary.ping());
+    if (answered === DOWN) throw new StorageError('database unreachable, serving from the file store', true);
   }
 
   /** Switches to the files and starts probing the database; used on failures and at start. */

@@ -1,6 +1,7 @@
 // SQLite storage on better-sqlite3 through Drizzle: synchronous, so each admission is atomic in-process.
+import { existsSync } from 'node:fs';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
-import { ConflictError, NotFoundError } from '../errors.js';
+import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import { decide, msUntilAdmissible } from '../quota/admission.js';
@@ -80,8 +81,10 @@ export class SqliteStorage implements Storage {
     });
   }
 
+  /** Also fails when the file was removed under the open connection: what is written then is lost at restart. */
   async ping(): Promise<void> {
     this.opened.sqlite.prepare('select 1').get();
+    if (!existsSync(this.opened.path)) throw new StorageError(`the SQLite database file ${this.opened.path} was removed`, false);
   }
 
   health(): StorageHealth {

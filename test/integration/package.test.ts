@@ -16,7 +16,11 @@ describe('the package', () => {
       await storage.close();`;
     const result = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, env: { ...process.env, DB: tempDbPath() }, encoding: 'utf8' });
     expect(result.stderr).toBe('');
-    expect(result.stdout.trim()).toBe('function 3 function sqlite');
+    // The new database is migrated first, and that is logged (JSON, default logger on stdout).
+    const [migrated, printed, ...rest] = result.stdout.trim().split('\n');
+    expect(JSON.parse(migrated ?? '')).toMatchObject({ level: 30, backend: 'sqlite', applied: 1, msg: 'database migrations applied' });
+    expect(printed).toBe('function 3 function sqlite');
+    expect(rest).toEqual([]);
   });
 
   it('publishes the built code, its types and the migrations', () => {
