@@ -15,7 +15,7 @@ afterEach(async () => {
 const window = (id: string) => gate.storage.windowUsage(id, gate.clock.now(), WINDOW);
 
 describe('concurrency', () => {
-  it('with limit L and 50 concurrent requests within their estimates, records at most L', async () => {
+  it('with limit L and 50 concurrent requests within their estimates, records at most L plus one partial request', async () => {
     const actual = 70; // each request's estimate is ceil(bytes / 4) + max_tokens 100 > 70
     upstream = await startUpstream((_req, _body, res) => {
       setTimeout(() => {
@@ -36,7 +36,9 @@ describe('concurrency', () => {
     const settled = await gate.settled(record.id, admitted);
     expect(settled.totalRequests).toBe(admitted);
     expect(settled.totalLifetimeTokens).toBe(admitted * actual);
-    expect(settled.totalLifetimeTokens).toBeLessThanOrEqual(limit);
+    // The contract's bound: over the limit by at most the one request admitted on a partial
+    // reservation (when early responses settle before later requests arrive, one may be).
+    expect(settled.totalLifetimeTokens).toBeLessThanOrEqual(limit + actual);
     expect(upstream.hits).toBe(admitted);
     expect((await window(record.id)).reserved).toBe(0);
   });
