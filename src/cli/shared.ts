@@ -1,7 +1,8 @@
 // What every tokengate command shares: running the program, one-line errors, the package version, storage.
 import type { Command } from 'commander';
 import { TokenGateError } from '../errors.js';
-import { createStorage } from '../storage/create.js';
+import { createStorage, openAdminStore } from '../storage/create.js';
+import type { AdminStore } from '../storage/admin.js';
 import type { Storage } from '../storage/types.js';
 
 /** A command used the wrong way (beyond what commander itself checks). */
@@ -19,6 +20,16 @@ export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Pro
     return await use(storage);
   } finally {
     await storage.close();
+  }
+}
+
+/** Opens the configured database for the tools (import, export, backup, restore), runs `use`, and always closes it. */
+export async function withAdminStore<T>(use: (store: AdminStore) => Promise<T>): Promise<T> {
+  const store = await openAdminStore();
+  try {
+    return await use(store);
+  } finally {
+    await store.close();
   }
 }
 
