@@ -186,15 +186,17 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
   let number = 0;
   for await (const bytes of lines(path)) {
     number++;
+    if (!header) {
+      header = checkHeader(path, parseLine(path, number, bytes));
+      hash.update(bytes).update('\n');
+      continue;
+    }
+    // The last line is the manifest, outside the checksum: a row is taken once the next line shows it was not last.
     if (pending) {
-      const value = parseLine(path, pending.number, pending.bytes);
       hash.update(pending.bytes).update('\n');
-      if (!header) header = checkHeader(path, value);
-      else {
-        const entry = checkRow(path, pending.number, value);
-        tally(counts, totals, entry);
-        yield entry;
-      }
+      const entry = checkRow(path, pending.number, parseLine(path, pending.number, pending.bytes));
+      tally(counts, totals, entry);
+      yield entry;
     }
     pending = { bytes, number };
   }
