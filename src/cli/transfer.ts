@@ -2,6 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import cliProgress from 'cli-progress';
+import { StorageError } from '../errors.js';
 import { backupDirFromEnv } from '../ops/backup-schedule.js';
 import { writeBackup } from '../ops/backup.js';
 import { DEFAULT_WINDOW_MS, countsAfter } from '../quota/window.js';
@@ -35,7 +36,11 @@ export function importCommand(): Command {
         const planned = await store.importKeys(parsed.keys, { dryRun: true });
         if (options.dryRun || planned.added.length === 0) return { outcome: planned, backup: null };
         const { path } = await writeBackup(store, backupDirFromEnv());
-        const outcome = await withProgress(parsed.keys.length, !options.json, (onProgress) => store.importKeys(parsed.keys, { dryRun: false, onProgress }));
+        const outcome = await withProgress(parsed.keys.length, !options.json, (onProgress) => store.importKeys(parsed.keys, { dryRun: false, onProgress })).catch(
+          (error: unknown) => {
+            throw new StorageError(`import rolled back, nothing was written: ${(error as Error).message}`, false, { cause: error });
+          },
+        );
         return { outcome, backup: path };
       });
       const summary = importSummary(parsed, report.outcome, Boolean(options.dryRun), report.backup);
