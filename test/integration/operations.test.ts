@@ -3,7 +3,7 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createStorage, type StorageConfig } from '../../src/storage/create.js';
+import { createStorage, openAdminStore, type StorageConfig } from '../../src/storage/create.js';
 import { digestKey } from '../../src/keys/secret.js';
 import type { BackupManifest } from '../../src/ops/backup.js';
 import type { Storage } from '../../src/storage/types.js';
@@ -253,6 +253,28 @@ describe.each([
   });
 });
 
+describe.each([
+  ['sqlite', async () => sqliteTarget()],
+  ['postgres', postgresTarget],
+])('tokengate import into %s is one transaction', (_name, makeTarget) => {
+  it('a write failing halfway leaves nothing of the import behind', async () => {
+    const target = await makeTarget();
+    const generated = generate(Date.now(), 600);
+    // A stored key holding the id key 500 will get, under another digest: its insert fails after 500 went in.
+    const clash = { id: `key_${digestKey(generated[500]!.plaintext).slice(0, 16)}`, key_hash: 'f'.repeat(64), key_prefix: 'x', name: 'clash', model: null, token_limit_per_5h: 1, expiry_date: 0, created_at: 0, last_used: null, total_lifetime_tokens: 0, total_requests: 0 };
+    const admin = await openAdminStore(target.config);
+    await admin.replaceAll((async function* () {
+      yield { table: 'api_keys' as const, row: clash };
+    })());
+    await admin.close();
+
+    const result = run(target, ['import', writeKeyFile(generated.map((g) => g.entry))]);
+    expectFailure(result, /^tokengate: import rolled back, nothing was written: .*api_keys/);
+    const state = await storeState(target);
+    expect([...state.values()].map((key) => key.name)).toEqual(['clash']);
+  });
+});
+
 describe('tokengate import: malformed input', () => {
   it('names every bad entry and field, and writes nothing', () => {
     const target = sqliteTarget();
@@ -294,6 +316,15 @@ describe('tokengate import: malformed input', () => {
     expect(readdirSync(tempDirOf(target))).not.toContain('backups');
   });
 
+  it('refuses the file store, which has no database to import into', () => {
+    const target = sqliteTarget();
+    const file = writeKeyFile([{ key: 'pk_ok', name: 'ok', token_limit_per_5h: 10, expiry_date: iso(Date.now() + DAY) }]);
+    const env = { ...target.env, STORAGE: 'file', FALLBACK_DIR: tempDir() };
+    for (const args of [['import', file], ['backup'], ['export']]) {
+      expectFailure(cli(target.env.DATABASE_PATH!, args, env), /STORAGE=file has no database/);
+    }
+  });
+
   it('fails in one line on a missing file and on unreadable JSON', () => {
     const target = sqliteTarget();
     expectFailure(run(target, ['import', join(tempDir(), 'missing.json')]), /missing\.json cannot be read: no such file/);
@@ -311,8 +342,11 @@ function tempDirOf(target: Target): string {
 }
 
 describe('tokengate export', () => {
-  it('writes the old format without plaintext keys, with the usage inside the window', () => {
-    const target = sqliteTarget();
+  it.each([
+    ['sqlite', async () => sqliteTarget()],
+    ['postgres', postgresTarget],
+  ])('writes the old format from %s without plaintext keys, with the usage inside the window', async (_name, makeTarget) => {
+    const target = await makeTarget();
     const now = Date.now();
     const generated = generate(now, 12);
     expect(run(target, ['import', writeKeyFile(generated.map((g) => g.entry))]).status).toBe(0);
