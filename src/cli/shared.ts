@@ -3,7 +3,8 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { TokenGateError } from '../errors.js';
 import { createLogger } from '../ops/logger.js';
-import { createStorage } from '../storage/create.js';
+import { createStorage, openAdminStore } from '../storage/create.js';
+import type { AdminStore } from '../storage/admin.js';
 import type { Storage } from '../storage/types.js';
 
 /** A command used the wrong way (beyond what commander itself checks). */
@@ -23,6 +24,16 @@ export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Pro
     return await use(storage);
   } finally {
     await storage.close();
+  }
+}
+
+/** Opens the configured database for the tools (import, export, backup, restore), runs `use`, and always closes it. */
+export async function withAdminStore<T>(use: (store: AdminStore) => Promise<T>): Promise<T> {
+  const store = await openAdminStore();
+  try {
+    return await use(store);
+  } finally {
+    await store.close();
   }
 }
 

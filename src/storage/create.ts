@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { openSqlite } from '../db/sqlite.js';
-import { connectPostgres, DEFAULT_POOL, migratePostgres } from '../db/postgres.js';
+import { connectPostgres, DEFAULT_POOL, migratePostgres, type PoolSettings } from '../db/postgres.js';
 import { defaultLogger, type Logger } from '../ops/logger.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { SqliteStorage } from './sqlite.js';
@@ -14,9 +14,13 @@ import { readKeyFile } from './key-file.js';
 import { SNAPSHOT_FILE } from './snapshot.js';
 import { errorCode, isTransient } from './retry.js';
 import type { Storage } from './types.js';
+import type { AdminStore } from './admin.js';
+import { SqliteAdmin } from './sqlite-admin.js';
+import { PostgresAdmin } from './postgres-admin.js';
 
 export const DEFAULT_DATABASE_PATH = './data/tokengate.db';
 export const DEFAULT_FALLBACK_DIR = './data/fallback';
+const ADMIN_STATEMENT_TIMEOUT_MS = 10 * 60_000;
 
 export interface StorageConfig {
   /** `postgres://…` selects PostgreSQL; defaults to `DATABASE_URL`. */
@@ -67,24 +71,36 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   return new SqliteStorage(openSqlite(databasePath, logger));
 }
 
+/**
+ * Opens the configured database for the tools (import, export, backup, restore) on a connection of
+ * its own, migrated. The file store has no such tools: its snapshot is its backup.
+ */
+export async function openAdminStore(config: StorageConfig = {}): Promise<AdminStore> {
+  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+    throw new ConfigError('STORAGE=file has no database to import into, back up or restore: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
+  }
+  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  if (databaseUrl) {
+    const pool = poolSettings(databaseUrl, config);
+    await migrateOrExplain(databaseUrl, pool.connectTimeoutSeconds);
+    // Bulk statements (emptying a large table on restore) outlast the gate's short statement timeout.
+    const statementTimeoutMs = Math.max(pool.statementTimeoutMs, ADMIN_STATEMENT_TIMEOUT_MS);
+    return new PostgresAdmin(connectPostgres(databaseUrl, { ...pool, poolSize: 1, statementTimeoutMs }).sql);
+  }
+  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
+  return new SqliteAdmin(openSqlite(databasePath));
+}
+
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
-  if (!/^postgres(ql)?:\/\//.test(url)) throw new ConfigError('DATABASE_URL must start with postgres:// or postgresql://');
-  const pool = {
-    poolSize: config.poolSize ?? intFromEnv('DATABASE_POOL_SIZE', DEFAULT_POOL.poolSize),
-    connectTimeoutSeconds: config.connectTimeoutSeconds ?? intFromEnv('DATABASE_CONNECT_TIMEOUT', DEFAULT_POOL.connectTimeoutSeconds),
-    statementTimeoutMs: config.statementTimeoutMs ?? intFromEnv('DATABASE_STATEMENT_TIMEOUT_MS', DEFAULT_POOL.statementTimeoutMs),
-  };
+  const pool = poolSettings(url, config);
   const reservationTtlMs = config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS);
   const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds, logger);
   let down: unknown;
   try {
     await migrate();
   } catch (error) {
-    const code = errorCode(error);
     // Down at start with a snapshot to decide from: serve from the files until it is back.
-    if (config.fallback === false || !isTransient(error) || !existsSync(join(fallbackDir, SNAPSHOT_FILE))) {
-      throw new ConfigError(`cannot migrate PostgreSQL at ${describeUrl(url)}: ${(error as Error).message}${code ? ` (${code})` : ''}`, { cause: error });
-    }
+    if (config.fallback === false || !isTransient(error) || !existsSync(join(fallbackDir, SNAPSHOT_FILE))) throw migrationError(url, error);
     down = error;
   }
   if (config.fallback === false) return new PostgresStorage(connectPostgres(url, pool), reservationTtlMs);
@@ -101,6 +117,29 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
   if (down !== undefined || file.journalLength > 0) storage.enterFallback(down ?? 'journal left by an earlier run');
   else await storage.refreshSnapshot();
   return storage;
+}
+
+/** Checks the URL and reads the pool settings from config, then the environment. */
+function poolSettings(url: string, config: StorageConfig): PoolSettings {
+  if (!/^postgres(ql)?:\/\//.test(url)) throw new ConfigError('DATABASE_URL must start with postgres:// or postgresql://');
+  return {
+    poolSize: config.poolSize ?? intFromEnv('DATABASE_POOL_SIZE', DEFAULT_POOL.poolSize),
+    connectTimeoutSeconds: config.connectTimeoutSeconds ?? intFromEnv('DATABASE_CONNECT_TIMEOUT', DEFAULT_POOL.connectTimeoutSeconds),
+    statementTimeoutMs: config.statementTimeoutMs ?? intFromEnv('DATABASE_STATEMENT_TIMEOUT_MS', DEFAULT_POOL.statementTimeoutMs),
+  };
+}
+
+async function migrateOrExplain(url: string, connectTimeoutSeconds: number): Promise<void> {
+  try {
+    await migratePostgres(url, connectTimeoutSeconds);
+  } catch (error) {
+    throw migrationError(url, error);
+  }
+}
+
+function migrationError(url: string, error: unknown): ConfigError {
+  const code = errorCode(error);
+  return new ConfigError(`cannot migrate PostgreSQL at ${describeUrl(url)}: ${(error as Error).message}${code ? ` (${code})` : ''}`, { cause: error });
 }
 
 /** Host, port and database of a URL, never its password. */

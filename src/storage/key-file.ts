@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { digestKey, keyPrefix, keyProblem } from '../keys/secret.js';
+import { MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import type { SnapshotKey } from './snapshot.js';
 
@@ -15,6 +16,32 @@ interface Entry {
   last_used?: unknown;
   total_lifetime_tokens?: unknown;
   usage_windows?: unknown;
+  rolling_window_cache?: unknown;
+}
+
+/** One dated amount of usage from the file: a usage window, or a bucket of the rolling-window cache. */
+interface DatedUsage {
+  at: number;
+  tokens: number;
+}
+
+/** A key file, read: its keys and what became of its usage. */
+export interface ParsedKeyFile {
+  keys: SnapshotKey[];
+  /** Usage windows (or cache buckets) still inside the window: their tokens count now. */
+  usageInWindow: number;
+  /** Usage windows (or cache buckets) outside the window: only the lifetime total keeps them. */
+  usageOutsideWindow: number;
+}
+
+/** A key file with bad entries; `problems` names each one as `keys[i].field: what`. */
+export class KeyFileError extends ConfigError {
+  constructor(
+    path: string,
+    readonly problems: string[],
+  ) {
+    super(`key file ${path} has ${problems.length} problem(s), nothing was loaded: ${problems.join('; ')}`);
+  }
 }
 
 /** Milliseconds from an ISO date string or epoch milliseconds; NaN when it is neither. */
@@ -30,57 +57,124 @@ const count = (value: unknown): boolean => Number.isSafeInteger(value) && (value
  * throws one ConfigError listing every problem by entry index and field; nothing is half-read.
  */
 export function readKeyFile(path: string, now: number, windowMs: number): SnapshotKey[] {
+  return loadKeyFile(path, now, windowMs).keys;
+}
+
+/** Reads and parses the key file at `path`: a ConfigError when it cannot be read or is not JSON. */
+export function loadKeyFile(path: string, now: number, windowMs: number): ParsedKeyFile {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new ConfigError(`key file ${path} cannot be read: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
+  }
   let parsed: unknown;
   try {
-    parsed = JSON.parse(readFileSync(path, 'utf8'));
+    parsed = JSON.parse(text);
   } catch (error) {
-    throw new ConfigError(`key file ${path} cannot be read: ${(error as Error).message}`);
+    throw new ConfigError(`key file ${path} is not valid JSON: ${(error as Error).message}`);
   }
-  const entries = (parsed as { keys?: unknown })?.keys;
+  return parseKeyFile(parsed, path, now, windowMs);
+}
+
+/** Validates every entry of a parsed key file and converts them; throws KeyFileError naming all problems. */
+export function parseKeyFile(parsed: unknown, path: string, now: number, windowMs: number): ParsedKeyFile {
+  const entries = (parsed as { keys?: unknown } | null)?.keys;
   if (!Array.isArray(entries)) throw new ConfigError(`key file ${path} has no "keys" array`);
   const problems: string[] = [];
   const seen = new Map<string, number>();
-  const keys = entries.map((raw: Entry, index): SnapshotKey | undefined => {
-    const problem = (field: string, what: string): undefined => void problems.push(`keys[${index}].${field}: ${what}`);
-    if (typeof raw !== 'object' || raw === null) return problem('', 'not an object');
-    if (typeof raw.key !== 'string' || keyProblem(raw.key)) problem('key', typeof raw.key === 'string' ? keyProblem(raw.key)! : 'missing');
-    else if (seen.has(raw.key)) problem('key', `duplicate of keys[${seen.get(raw.key)}]`);
-    else seen.set(raw.key, index);
-    if (typeof raw.name !== 'string' || raw.name.trim() === '') problem('name', 'missing');
-    if (!Number.isSafeInteger(raw.token_limit_per_5h) || (raw.token_limit_per_5h as number) <= 0) problem('token_limit_per_5h', 'not a positive integer');
-    if (Number.isNaN(time(raw.expiry_date))) problem('expiry_date', 'not a date');
-    if (raw.created_at != null && Number.isNaN(time(raw.created_at))) problem('created_at', 'not a date');
-    if (raw.last_used != null && Number.isNaN(time(raw.last_used))) problem('last_used', 'not a date');
-    if (raw.total_lifetime_tokens != null && !count(raw.total_lifetime_tokens)) problem('total_lifetime_tokens', 'not a non-negative integer');
-    const windows = raw.usage_windows ?? [];
-    if (!Array.isArray(windows)) return problem('usage_windows', 'not an array');
+  const since = countsAfter(now, windowMs);
+  const result: ParsedKeyFile = { keys: [], usageInWindow: 0, usageOutsideWindow: 0 };
+  entries.forEach((raw: Entry, index) => {
+    const problem = (field: string, what: string): void => void problems.push(`keys[${index}]${field ? `.${field}` : ''}: ${what}`);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return problem('', 'not an object');
+    const before = problems.length;
+    checkEntry(raw, problem);
+    if (typeof raw.key === 'string' && !keyProblem(raw.key)) {
+      if (seen.has(raw.key)) problem('key', `duplicate of keys[${seen.get(raw.key)}]`);
+      else seen.set(raw.key, index);
+    }
+    const usage = entryUsage(raw, problem);
+    if (problems.length > before || usage === undefined) return;
     const buckets = new Map<number, number>();
-    windows.forEach((window: { window_start?: unknown; tokens_used?: unknown }, w) => {
-      const start = time(window?.window_start);
-      if (Number.isNaN(start)) return problem(`usage_windows[${w}].window_start`, 'not a date');
-      if (!count(window.tokens_used)) return problem(`usage_windows[${w}].tokens_used`, 'not a non-negative integer');
-      if (start <= countsAfter(now, windowMs)) return; // out of the window: only the lifetime total keeps it
-      const bucket = bucketStart(start);
-      buckets.set(bucket, (buckets.get(bucket) ?? 0) + (window.tokens_used as number));
-    });
-    if (problems.length > 0) return undefined;
-    const key = raw.key as string;
-    const keyHash = digestKey(key);
-    return {
-      id: `key_${keyHash.slice(0, 16)}`,
-      keyHash,
-      keyPrefix: keyPrefix(key),
-      name: raw.name as string,
-      model: typeof raw.model === 'string' && raw.model !== '' ? raw.model : null,
-      tokenLimit: raw.token_limit_per_5h as number,
-      expiresAt: time(raw.expiry_date),
-      createdAt: raw.created_at == null ? now : time(raw.created_at),
-      lastUsedAt: raw.last_used == null ? null : time(raw.last_used),
-      totalLifetimeTokens: (raw.total_lifetime_tokens as number | undefined) ?? 0,
-      totalRequests: 0,
-      buckets: [...buckets].sort((a, b) => a[0] - b[0]),
-    };
+    for (const { at, tokens } of usage) {
+      if (at <= since) {
+        result.usageOutsideWindow++;
+        continue;
+      }
+      result.usageInWindow++;
+      buckets.set(bucketStart(at), (buckets.get(bucketStart(at)) ?? 0) + tokens);
+    }
+    result.keys.push(snapshotKey(raw, now, [...buckets].sort((a, b) => a[0] - b[0])));
   });
-  if (problems.length > 0) throw new ConfigError(`key file ${path} has ${problems.length} problem(s), nothing was loaded: ${problems.join('; ')}`);
-  return keys as SnapshotKey[];
+  if (problems.length > 0) throw new KeyFileError(path, problems);
+  return result;
+}
+
+/** Checks the scalar fields of one entry, reporting each problem through `problem`. */
+function checkEntry(raw: Entry, problem: (field: string, what: string) => void): void {
+  if (raw.key === undefined || raw.key === null) problem('key', 'missing');
+  else if (typeof raw.key !== 'string') problem('key', 'not a string');
+  else if (keyProblem(raw.key)) problem('key', keyProblem(raw.key)!);
+  if (typeof raw.name !== 'string' || raw.name.trim() === '') problem('name', 'missing');
+  else if (raw.name.length > MAX_NAME_LENGTH) problem('name', `longer than ${MAX_NAME_LENGTH} characters`);
+  if (raw.model != null && (typeof raw.model !== 'string' || raw.model.length > MAX_MODEL_LENGTH)) problem('model', `not a string of at most ${MAX_MODEL_LENGTH} characters`);
+  if (!Number.isSafeInteger(raw.token_limit_per_5h) || (raw.token_limit_per_5h as number) <= 0) problem('token_limit_per_5h', 'not a positive integer');
+  if (Number.isNaN(time(raw.expiry_date))) problem('expiry_date', raw.expiry_date == null ? 'missing' : 'not a date');
+  if (raw.created_at != null && Number.isNaN(time(raw.created_at))) problem('created_at', 'not a date');
+  if (raw.last_used != null && Number.isNaN(time(raw.last_used))) problem('last_used', 'not a date');
+  if (raw.total_lifetime_tokens != null && !count(raw.total_lifetime_tokens)) problem('total_lifetime_tokens', 'not a non-negative integer');
+}
+
+/**
+ * The entry's dated usage. The gateway kept the same usage twice, in `usage_windows` and, once it
+ * had one, in `rolling_window_cache.buckets` ({timestamp, tokens}, finer-grained): the cache wins
+ * when present, so nothing is counted twice. Both are validated.
+ */
+function entryUsage(raw: Entry, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
+  const windows = dated(raw.usage_windows ?? [], 'usage_windows', 'window_start', 'tokens_used', problem);
+  if (raw.rolling_window_cache == null) return windows;
+  const cache = raw.rolling_window_cache as { buckets?: unknown };
+  if (typeof cache !== 'object' || Array.isArray(cache)) return void problem('rolling_window_cache', 'not an object');
+  const buckets = dated(cache.buckets ?? [], 'rolling_window_cache.buckets', 'timestamp', 'tokens', problem);
+  return windows && buckets;
+}
+
+function dated(list: unknown, field: string, atField: string, tokensField: string, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
+  if (!Array.isArray(list)) return void problem(field, 'not an array');
+  let ok = true;
+  const usage = list.map((item: Record<string, unknown> | null, i): DatedUsage => {
+    const at = time(item?.[atField]);
+    const tokens = item?.[tokensField];
+    if (Number.isNaN(at)) {
+      problem(`${field}[${i}].${atField}`, 'not a date');
+      ok = false;
+    }
+    if (!count(tokens)) {
+      problem(`${field}[${i}].${tokensField}`, 'not a non-negative integer');
+      ok = false;
+    }
+    return { at, tokens: tokens as number };
+  });
+  return ok ? usage : undefined;
+}
+
+function snapshotKey(raw: Entry, now: number, buckets: [number, number][]): SnapshotKey {
+  const key = raw.key as string;
+  const keyHash = digestKey(key);
+  return {
+    id: `key_${keyHash.slice(0, 16)}`,
+    keyHash,
+    keyPrefix: keyPrefix(key),
+    name: raw.name as string,
+    model: typeof raw.model === 'string' && raw.model !== '' ? raw.model : null,
+    tokenLimit: raw.token_limit_per_5h as number,
+    expiresAt: time(raw.expiry_date),
+    createdAt: raw.created_at == null ? now : time(raw.created_at),
+    lastUsedAt: raw.last_used == null ? null : time(raw.last_used),
+    totalLifetimeTokens: (raw.total_lifetime_tokens as number | undefined) ?? 0,
+    totalRequests: 0,
+    buckets,
+  };
 }

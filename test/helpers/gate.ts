@@ -46,9 +46,10 @@ export function tempDbPath(): string {
 /** A logger that keeps its lines to itself (for tests that do not read them). */
 export const quietLogger = () => createLogger(new Writable({ write: (_chunk, _encoding, done) => done() }));
 
-export async function startGate(upstream: Upstream, gate: Partial<TokenGateOptions> = {}): Promise<Gate> {
-  const dbPath = tempDbPath();
-  const storage = await createStorage({ databasePath: dbPath });
+/** Serves the example proxy on a new temp SQLite file, or on `store` when given (its `dbPath` is then ''). */
+export async function startGate(upstream: Upstream, gate: Partial<TokenGateOptions> = {}, store?: Storage): Promise<Gate> {
+  const dbPath = store ? '' : tempDbPath();
+  const storage = store ?? (await createStorage({ databasePath: dbPath }));
   const clock = manualClock();
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({

@@ -1,5 +1,4 @@
 // The built `tokengate` CLI run as users run it: a child process on a temp SQLite file.
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -7,46 +6,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
 import { digestKey } from '../../src/keys/secret.js';
 import type { KeyView } from '../../src/keys/view.js';
+import { ROOT, cli, expectFailure, requireBuiltCli } from '../helpers/cli.js';
 
-const ROOT = join(import.meta.dirname, '../..');
-const CLI = join(ROOT, 'dist/src/cli/main.js');
 const dirs: string[] = [];
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 /** A fresh directory and a database path inside it (the file does not exist yet). */
 function freshDb(): { dir: string; dbPath: string } {
   const dir = mkdtempSync(join(tmpdir(), 'tokengate-cli-'));
   dirs.push(dir);
   return { dir, dbPath: join(dir, 'tokengate.db') };
-}
-
-function cli(dbPath: string, args: string[], env: Record<string, string> = {}): Run {
-  const result = spawnSync(process.execPath, [CLI, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, DATABASE_URL: '', DATABASE_PATH: dbPath, ...env },
-    encoding: 'utf8',
-    timeout: 20_000,
-  });
-  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
-}
-
-/** Asserts the run failed with exit 1, nothing on stdout and exactly one stderr line `tokengate: …`. */
-function expectFailure(run: Run, mentions: RegExp): string {
-  expect(run.status).toBe(1);
-  expect(run.stdout).toBe('');
-  const lines = run.stderr.split('\n');
-  expect(lines).toHaveLength(2); // one line and its newline
-  expect(lines[1]).toBe('');
-  const line = lines[0] ?? '';
-  expect(line).toMatch(/^tokengate: /);
-  expect(line).toMatch(mentions);
-  expect(run.stderr).not.toMatch(/\bat .*\.js:\d+/); // no stack trace
-  return line;
 }
 
 function createArgs(extra: string[] = []): string[] {
@@ -64,9 +32,7 @@ function allBytes(dir: string): Buffer {
   return Buffer.concat(readdirSync(dir).map((name) => readFileSync(join(dir, name))));
 }
 
-beforeAll(() => {
-  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run \`npm run build\` first`);
-});
+beforeAll(requireBuiltCli);
 
 afterAll(() => {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });

@@ -1,0 +1,100 @@
+// Scheduled backups: a cron expression (croner), one backup at a time, the newest N files kept.
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { Cron } from 'croner';
+import { ConfigError } from '../errors.js';
+import type { AdminStore } from '../storage/admin.js';
+import { DEFAULT_BACKUP_DIR, listBackups, writeBackup } from './backup.js';
+import type { Logger } from './logger.js';
+
+export const DEFAULT_BACKUP_RETAIN = 7;
+
+export interface BackupScheduleOptions {
+  /** Opens the store to back up; each run opens it and closes it again. */
+  open: () => Promise<AdminStore>;
+  /** A cron expression; six fields put seconds first (`*\/30 * * * * *`). Evaluated in UTC. */
+  schedule: string;
+  dir: string;
+  /** How many backup files of this store to keep in `dir`; older ones are deleted. */
+  retain: number;
+  logger: Logger;
+  /** Called after each successful backup with its time, e.g. for `tokengate_last_backup_timestamp_seconds`. */
+  onSuccess?: (atMs: number) => void;
+}
+
+export interface BackupSchedule {
+  /** Stops scheduling and waits for a backup in progress to finish. */
+  stop(): Promise<void>;
+}
+
+/** Parses a cron expression, throwing a ConfigError that names `variable` when it is not one. */
+function cronPattern(schedule: string, variable: string): string {
+  try {
+    new Cron(schedule, { paused: true, timezone: 'UTC' }).stop();
+  } catch (error) {
+    throw new ConfigError(`${variable} is not a cron expression: "${schedule}" (${(error as Error).message})`);
+  }
+  return schedule;
+}
+
+/**
+ * Runs backups on `schedule`. A run never starts while the previous one is still going (croner's
+ * `protect`); a failed run is logged and the schedule goes on.
+ */
+export function scheduleBackups(options: BackupScheduleOptions): BackupSchedule {
+  const { dir, retain, logger } = options;
+  let running: Promise<void> | undefined;
+  const run = async (): Promise<void> => {
+    const started = Date.now();
+    try {
+      const store = await options.open();
+      try {
+        const { path, manifest } = await writeBackup(store, dir, started);
+        const deleted = prune(dir, store.backend, retain);
+        logger.info({ event: 'backup', path, tables: manifest.tables, ms: Date.now() - started, deleted }, 'backup written');
+      } finally {
+        await store.close();
+      }
+      options.onSuccess?.(started);
+    } catch (error) {
+      logger.error({ event: 'backup_failed', err: error, dir }, 'scheduled backup failed');
+    }
+  };
+  const job = new Cron(cronPattern(options.schedule, 'BACKUP_SCHEDULE'), { protect: true, timezone: 'UTC' }, () => {
+    running = run();
+    return running;
+  });
+  return {
+    async stop() {
+      job.stop();
+      await running;
+    },
+  };
+}
+
+/** Deletes the oldest backups of `backend` in `dir` beyond the newest `retain`; returns their names. */
+export function prune(dir: string, backend: string, retain: number): string[] {
+  const names = listBackups(dir, backend);
+  const old = names.slice(0, Math.max(0, names.length - retain));
+  for (const name of old) rmSync(join(dir, name), { force: true });
+  return old;
+}
+
+/** Backup settings from the environment; undefined when BACKUP_SCHEDULE is unset (no scheduled backups). */
+export function backupConfigFromEnv(env: NodeJS.ProcessEnv = process.env): { schedule: string; dir: string; retain: number } | undefined {
+  const schedule = env.BACKUP_SCHEDULE?.trim();
+  const retainText = env.BACKUP_RETAIN?.trim();
+  let retain = DEFAULT_BACKUP_RETAIN;
+  if (retainText) {
+    retain = /^\d+$/.test(retainText) ? Number(retainText) : Number.NaN;
+    if (!Number.isSafeInteger(retain) || retain < 1) throw new ConfigError(`BACKUP_RETAIN must be a positive integer, not "${retainText}"`);
+  }
+  if (!schedule) return undefined;
+  return { schedule: cronPattern(schedule, 'BACKUP_SCHEDULE'), dir: backupDirFromEnv(env), retain };
+}
+
+/** BACKUP_DIR, else `./backups`. */
+export function backupDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {
+  const dir = env.BACKUP_DIR?.trim();
+  return dir ? dir : DEFAULT_BACKUP_DIR;
+}
