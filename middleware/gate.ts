@@ -15,12 +15,31 @@ import { resolveOptions, type GateConfig, type TokenGateOptions } from './option
 import { rejections, type Rejection } from './reject.js';
 import './request.js';
 
+/** The middleware, and a way to wait for the usage of finished responses to be recorded. */
+export interface TokenGateMiddleware extends RequestHandler {
+  /**
+   * Resolves once the usage of every response that has ended so far is recorded (recording runs
+   * after a response ends). Await it on shutdown, after the server has closed, before closing the storage.
+   */
+  settled(): Promise<void>;
+}
+
 /** The Express middleware. Mount it before the handler that proxies to the upstream. */
-export function tokenGate(options: TokenGateOptions): RequestHandler {
+export function tokenGate(options: TokenGateOptions): TokenGateMiddleware {
   const config = resolveOptions(options);
-  return (req, res, next) => {
-    gate(req, res, next, config).catch(next);
+  const recording = new Set<Promise<void>>();
+  const track = (settling: Promise<void>): void => {
+    recording.add(settling);
+    void settling.finally(() => recording.delete(settling));
   };
+  const middleware: RequestHandler = (req, res, next) => {
+    gate(req, res, next, config, track).catch(next);
+  };
+  return Object.assign(middleware, {
+    async settled(): Promise<void> {
+      while (recording.size > 0) await Promise.allSettled([...recording]);
+    },
+  });
 }
 
 /** Tokens to reserve: the configured estimate, or the default one when that is not a usable number. */
@@ -36,7 +55,7 @@ export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'all
   return config.getKey ? checkKey(config.getKey(req)) : extractKey(req, config.allowQueryKey);
 }
 
-async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig): Promise<void> {
+async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig, track: (settling: Promise<void>) => void): Promise<void> {
   const reject = (rejection: Rejection): void => {
     res.status(rejection.status);
     if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
@@ -90,6 +109,6 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
     key: { id: key.id, name: key.name, model: key.model, tokenLimit: key.tokenLimit },
     usage: { used: window.used, reserved: window.reserved, remaining, windowEndsAt: new Date(windowEndsAt) },
   };
-  meterResponse(req, res, config, admission.reservation, body.bytes);
+  meterResponse(req, res, config, admission.reservation, body.bytes, track);
   next();
 }
