@@ -4,11 +4,13 @@ import { Command } from 'commander';
 import { dbCommand } from './db.js';
 import { keysCommand } from './keys.js';
 import { packageVersion } from '../package-root.js';
+import { serveCommand } from './serve.js';
 import { runCli } from './shared.js';
 
 const program = new Command('tokengate')
   .description('Per-key token quotas over a rolling 5-hour window in front of LLM and HTTP proxies')
   .version(packageVersion())
+  .addCommand(serveCommand())
   .addCommand(keysCommand())
   .addCommand(dbCommand());
 
