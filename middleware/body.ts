@@ -34,7 +34,8 @@ export async function readRequestBody(req: Request, limit: number): Promise<Requ
   return { bytes: raw.length, json: parseJsonObject(raw) };
 }
 
-function hasBody(req: Request): boolean {
+/** Whether the request declares a body (a length above zero, or a transfer coding). */
+export function hasBody(req: Request): boolean {
   return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length']) > 0;
 }
 

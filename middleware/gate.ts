@@ -17,13 +17,32 @@ import type { RequestOutcome } from '../src/ops/metrics.js';
 import { storageCall } from './storage-call.js';
 import './request.js';
 
+/** The middleware, and a way to wait for the usage of finished responses to be recorded. */
+export interface TokenGateMiddleware extends RequestHandler {
+  /**
+   * Resolves once the usage of every response that has ended so far is recorded (recording runs
+   * after a response ends). Await it on shutdown, after the server has closed, before closing the storage.
+   */
+  settled(): Promise<void>;
+}
+
 /** The Express middleware. Mount it before the handler that proxies to the upstream. */
-export function tokenGate(options: TokenGateOptions): RequestHandler {
+export function tokenGate(options: TokenGateOptions): TokenGateMiddleware {
   const config = resolveOptions(options);
   config.metrics?.watch(config.storage);
-  return (req, res, next) => {
-    gate(req, res, next, config).catch(next);
+  const recording = new Set<Promise<void>>();
+  const track = (settling: Promise<void>): void => {
+    recording.add(settling);
+    void settling.finally(() => recording.delete(settling));
   };
+  const middleware: RequestHandler = (req, res, next) => {
+    gate(req, res, next, config, track).catch(next);
+  };
+  return Object.assign(middleware, {
+    async settled(): Promise<void> {
+      while (recording.size > 0) await Promise.allSettled([...recording]);
+    },
+  });
 }
 
 /** Tokens to reserve: the configured estimate, or the default one when that is not a usable number. */
@@ -39,7 +58,7 @@ export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'all
   return config.getKey ? checkKey(config.getKey(req)) : extractKey(req, config.allowQueryKey);
 }
 
-async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig): Promise<void> {
+async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig, track: (settling: Promise<void>) => void): Promise<void> {
   const { metrics } = config;
   const reject = (rejection: Rejection, outcome?: RequestOutcome, keyId?: string): void => {
     if (outcome) metrics?.countRequest(outcome, keyId);
@@ -99,6 +118,6 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
     key: { id: key.id, name: key.name, model: key.model, tokenLimit: key.tokenLimit },
     usage: { used: window.used, reserved: window.reserved, remaining, windowEndsAt: new Date(windowEndsAt) },
   };
-  meterResponse(req, res, config, admission.reservation, body.bytes);
+  meterResponse(req, res, config, admission.reservation, body.bytes, track);
   next();
 }

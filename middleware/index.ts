@@ -1,8 +1,8 @@
 // The Express face of tokengate.
-export { tokenGate } from './gate.js';
+export { tokenGate, type TokenGateMiddleware } from './gate.js';
 export { statsHandler, type StatsOptions } from './stats.js';
 export { metricsHandler, healthHandler, readyHandler } from './ops.js';
 export type { TokenGateOptions } from './options.js';
-export type { Rejection, RejectionHandler, RejectionType, ErrorBody } from './reject.js';
+export type { Rejection, RejectionHandler, RejectionType, ErrorType, ErrorBody } from './reject.js';
 export type { RequestBody } from './body.js';
 export type { TokenGateContext } from './request.js';

@@ -12,9 +12,17 @@ type Chunk = string | Buffer | Uint8Array;
 
 /**
  * Wraps `res.write` / `res.end` to copy each chunk to a usage tap after handing it on, and settles
- * the reservation once, when the response finishes or the connection closes before that.
+ * the reservation once, when the response finishes or the connection closes before that; `track`
+ * is handed the settling, so that shutdown can wait for it.
  */
-export function meterResponse(req: Request, res: Response, config: GateConfig, reservation: Reservation, requestBytes: number): void {
+export function meterResponse(
+  req: Request,
+  res: Response,
+  config: GateConfig,
+  reservation: Reservation,
+  requestBytes: number,
+  track: (settling: Promise<void>) => void,
+): void {
   let tap: UsageTap | undefined;
   const observe = (chunk: unknown, encoding: unknown): void => {
     if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
@@ -37,7 +45,7 @@ export function meterResponse(req: Request, res: Response, config: GateConfig, r
   const settle = (aborted: boolean): void => {
     if (done) return;
     done = true;
-    void settleResponse(req, res, config, reservation, requestBytes, tap, aborted);
+    track(settleResponse(req, res, config, reservation, requestBytes, tap, aborted));
   };
   res.once('finish', () => settle(false));
   res.once('close', () => settle(!res.writableFinished));

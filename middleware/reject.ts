@@ -17,12 +17,23 @@ export interface Rejection {
 /** Sends a rejection; replace it with the `handler` option. Headers are already set when it runs. */
 export type RejectionHandler = (req: Request, res: Response, next: NextFunction, rejection: Rejection) => void;
 
+/** Error types beyond the gate's own refusals: the sidecar's proxy and admin API answer with these too. */
+export type ErrorType = RejectionType | 'not_found_error' | 'conflict_error' | 'upstream_error' | 'api_error';
+
 export interface ErrorBody {
-  error: { message: string; type: RejectionType; code: string } & Record<string, unknown>;
+  error: { message: string; type: ErrorType; code: string } & Record<string, unknown>;
 }
 
-export function errorBody(rejection: Rejection): ErrorBody {
-  return { error: { message: rejection.message, type: rejection.type, code: rejection.code, ...rejection.details } };
+/** The fields of an error body: those of a Rejection, or of any other error tokengate answers with. */
+export interface ErrorFields {
+  type: ErrorType;
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+export function errorBody(error: ErrorFields): ErrorBody {
+  return { error: { message: error.message, type: error.type, code: error.code, ...error.details } };
 }
 
 export const sendRejection: RejectionHandler = (_req, res, _next, rejection) => {

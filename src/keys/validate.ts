@@ -51,9 +51,15 @@ export function validatePatch(patch: KeyPatch): KeyPatch {
 
 /** Parses an ISO 8601 date-time into epoch milliseconds, naming `field` when it is not one. */
 export function parseDate(value: string, field: string): number {
-  const ms = /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : Number.NaN;
+  const day = /^(\d{4})-(\d{2})-(\d{2})/.exec(value);
+  const ms = day && isCalendarDay(Number(day[1]), Number(day[2]), Number(day[3])) ? Date.parse(value) : Number.NaN;
   if (!Number.isFinite(ms)) throw new ValidationError(field, `"${value}" is not an ISO 8601 date`);
   return ms;
+}
+
+/** Date.parse rolls 2027-02-30 over into March; a date that does not exist is refused instead. */
+function isCalendarDay(year: number, month: number, day: number): boolean {
+  return month >= 1 && month <= 12 && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
 }
 
 function checkName(name: unknown): void {

@@ -80,8 +80,14 @@ export function prune(dir: string, backend: string, retain: number): string[] {
   return old;
 }
 
+export interface BackupConfig {
+  schedule: string;
+  dir: string;
+  retain: number;
+}
+
 /** Backup settings from the environment; undefined when BACKUP_SCHEDULE is unset (no scheduled backups). */
-export function backupConfigFromEnv(env: NodeJS.ProcessEnv = process.env): { schedule: string; dir: string; retain: number } | undefined {
+export function backupConfigFromEnv(env: NodeJS.ProcessEnv = process.env): BackupConfig | undefined {
   const schedule = env.BACKUP_SCHEDULE?.trim();
   const retainText = env.BACKUP_RETAIN?.trim();
   let retain = DEFAULT_BACKUP_RETAIN;

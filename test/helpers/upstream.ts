@@ -59,3 +59,27 @@ export async function startUpstream(respond: Respond = json({ ok: true })): Prom
   };
   return upstream;
 }
+
+/**
+ * Streams `head`, then waits for `release` (the test resolves it once its client has seen `head`)
+ * before streaming `rest` with backpressure and ending: the end cannot come before the client saw
+ * the start, so seeing the start early proves the proxy streams rather than buffers.
+ */
+export const heldStream = (head: Buffer, rest: Buffer, release: Promise<void>, contentType = 'application/octet-stream'): Respond => (_req, _body, res) => {
+  res.writeHead(200, { 'content-type': contentType });
+  res.write(head);
+  void release.then(async () => {
+    for (let at = 0; at < rest.length && !res.destroyed; at += 16 * 1024) {
+      if (!res.write(rest.subarray(at, at + 16 * 1024))) await new Promise((resolve) => res.once('drain', resolve));
+    }
+    res.end();
+  });
+};
+
+/** Resets the TCP connection instead of answering. */
+export const reset: Respond = (req) => {
+  req.socket.resetAndDestroy();
+};
+
+/** Never answers (the connection stays open until the client gives up or the upstream closes). */
+export const hang: Respond = () => undefined;

@@ -1,0 +1,169 @@
+// The sidecar: assembles the Express app (stats, admin, extra routes, gated proxy) and runs its lifecycle.
+import type { Server, ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import express, { type Express, type RequestHandler } from 'express';
+import { Gauge } from 'prom-client';
+import { tokenGate, type TokenGateMiddleware } from '../../middleware/gate.js';
+import { statsHandler } from '../../middleware/stats.js';
+import { errorBody } from '../../middleware/reject.js';
+import { healthHandler, metricsHandler, readyHandler } from '../../middleware/ops.js';
+import { scheduleBackups, type BackupSchedule } from '../ops/backup-schedule.js';
+import { monitorStorage, type StorageMonitor } from '../ops/health.js';
+import { createLogger, type Logger } from '../ops/logger.js';
+import { createMetrics, type TokenGateMetrics } from '../ops/metrics.js';
+import { createStorage, openAdminStore } from '../storage/create.js';
+import type { Storage } from '../storage/types.js';
+import { adminRouter } from './admin.js';
+import type { SidecarConfig } from './config.js';
+import { createProxy, type Proxy } from './proxy.js';
+
+export interface SidecarParts {
+  config: SidecarConfig;
+  storage: Storage;
+  logger: Logger;
+  metrics: TokenGateMetrics;
+  monitor: StorageMonitor;
+}
+
+export interface SidecarApp {
+  app: Express;
+  gate: TokenGateMiddleware;
+  proxy: Proxy;
+}
+
+/** The routes, in order: health, readiness and metrics, /stats, /admin, then everything else gated and proxied. */
+export function createSidecarApp(parts: SidecarParts): SidecarApp {
+  const { config, storage, logger, metrics, monitor } = parts;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.get('/healthz', healthHandler(monitor));
+  app.get('/readyz', readyHandler(monitor));
+  app.get('/metrics', metricsHandler(metrics));
+  app.get('/stats', statsHandler({ storage, allowQueryKey: config.allowQueryKey, logger }));
+  app.all('/stats', onlyGet);
+  app.use('/admin', adminRouter({ storage, adminToken: config.adminToken, logger }));
+  const gate = tokenGate({ storage, logger, metrics, bodyLimit: config.bodyLimit, allowQueryKey: config.allowQueryKey });
+  const proxy = createProxy({
+    upstreamUrl: config.upstreamUrl,
+    upstreamApiKey: config.upstreamApiKey,
+    timeoutMs: config.upstreamTimeoutMs,
+    allowQueryKey: config.allowQueryKey,
+    overrideModel: config.overrideModel,
+    includeStreamUsage: config.includeStreamUsage,
+    logger,
+  });
+  app.use(gate, proxy.handler);
+  return { app, gate, proxy };
+}
+
+const onlyGet: RequestHandler = (req, res) => {
+  res.setHeader('Allow', 'GET, HEAD');
+  res.status(405).json(errorBody({ type: 'invalid_request_error', code: 'method_not_allowed', message: `${req.method} is not allowed on /stats; use GET.` }));
+};
+
+export interface RunningSidecar {
+  server: Server;
+  port: number;
+  /** Resolves when the sidecar has stopped and its storage is closed. */
+  stopped: Promise<void>;
+  /** Stops accepting, lets in-flight requests finish (up to SHUTDOWN_TIMEOUT_MS), records their usage, closes the storage. */
+  shutdown(reason: string): Promise<void>;
+}
+
+/** Opens the storage, listens, and stops gracefully on SIGTERM or SIGINT. */
+export async function runSidecar(config: SidecarConfig): Promise<RunningSidecar> {
+  const logger = createLogger();
+  const storage = await createStorage({ logger });
+  const metrics = createMetrics();
+  const monitor = monitorStorage(storage, { metrics, logger });
+  const backups = startBackups(config, metrics, logger);
+  const parts = createSidecarApp({ config, storage, logger, metrics, monitor });
+  const server = await listen(parts.app, config);
+  const responses = openResponses(server);
+  const port = (server.address() as AddressInfo).port;
+  logger.info({ host: config.host, port, upstream: config.upstreamUrl.origin, admin: config.adminToken !== undefined, backend: storage.backend }, 'tokengate sidecar listening');
+  let stopping: Promise<void> | undefined;
+  const shutdown = (reason: string): Promise<void> => {
+    if (stopping) {
+      logger.warn({ reason }, 'shutdown already under way; closing all connections now');
+      server.closeAllConnections();
+      return stopping;
+    }
+    stopping = drain({ server, responses, parts, storage, config, logger, reason, monitor, backups });
+    return stopping;
+  };
+  const stopped = new Promise<void>((resolve, reject) => {
+    const onSignal = (signal: NodeJS.Signals): void => void shutdown(signal).then(resolve, reject);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  return { server, port, stopped, shutdown };
+}
+
+function listen(app: Express, config: SidecarConfig): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(config.port, config.host, (error?: Error) => (error ? reject(error) : resolve(server)));
+  });
+}
+
+/** The responses still being written, kept so that shutdown can close each connection when its response is done. */
+function openResponses(server: Server): Set<ServerResponse> {
+  const open = new Set<ServerResponse>();
+  server.on('request', (_req, res: ServerResponse) => {
+    open.add(res);
+    res.once('close', () => open.delete(res));
+  });
+  return open;
+}
+
+/** BACKUP_SCHEDULE's backups, each one's time in `tokengate_last_backup_timestamp_seconds`. */
+function startBackups(config: SidecarConfig, metrics: TokenGateMetrics, logger: Logger): BackupSchedule | undefined {
+  if (!config.backups) return undefined;
+  const lastBackup = new Gauge({
+    name: 'tokengate_last_backup_timestamp_seconds',
+    help: 'When the last scheduled backup succeeded (Unix time); 0 until the first one.',
+    registers: [metrics.registry],
+  });
+  lastBackup.set(0);
+  return scheduleBackups({ ...config.backups, open: () => openAdminStore({ logger }), logger, onSuccess: (atMs) => lastBackup.set(atMs / 1000) });
+}
+
+interface Draining {
+  server: Server;
+  responses: Set<ServerResponse>;
+  parts: SidecarApp;
+  storage: Storage;
+  config: SidecarConfig;
+  logger: Logger;
+  reason: string;
+  monitor: StorageMonitor;
+  backups: BackupSchedule | undefined;
+}
+
+async function drain({ server, responses, parts, storage, config, logger, reason, monitor, backups }: Draining): Promise<void> {
+  logger.info({ reason, timeoutMs: config.shutdownTimeoutMs }, 'shutting down: no new connections; finishing in-flight requests');
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  // Keep-alive connections would hold server.close() for their idle timeout: each one goes as soon
+  // as it is idle, and requests that still arrive on one are told the connection closes after them.
+  const closeIdle = (): void => void setImmediate(() => server.closeIdleConnections());
+  server.closeIdleConnections();
+  for (const res of responses) res.once('finish', closeIdle);
+  server.prependListener('request', (_req, res: ServerResponse) => {
+    res.setHeader('Connection', 'close');
+    res.once('finish', closeIdle);
+  });
+  const deadline = setTimeout(() => {
+    logger.warn({ timeoutMs: config.shutdownTimeoutMs }, 'in-flight requests did not finish in time; closing their connections');
+    server.closeAllConnections();
+  }, config.shutdownTimeoutMs);
+  await closed;
+  clearTimeout(deadline);
+  // Every response has ended; its usage is recorded after that, so wait for the recording.
+  await parts.gate.settled();
+  await parts.proxy.close();
+  monitor.stop();
+  await backups?.stop();
+  await storage.close();
+  logger.info('tokengate sidecar stopped; usage recorded, storage closed');
+}

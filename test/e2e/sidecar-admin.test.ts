@@ -1,0 +1,149 @@
+// The sidecar's admin API and /stats over HTTP: CRUD, token checks, invalid input, never proxied.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startSidecar, type Sidecar } from '../helpers/sidecar.js';
+import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
+
+interface ErrorAnswer {
+  error: { message: string; type: string; code: string; param?: string };
+}
+
+let upstream: Upstream;
+let sidecar: Sidecar;
+let closed: Sidecar;
+
+beforeAll(async () => {
+  upstream = await startUpstream(json({ usage: { total_tokens: 40 } }));
+  [sidecar, closed] = await Promise.all([startSidecar({ UPSTREAM_URL: upstream.url }), startSidecar({ UPSTREAM_URL: upstream.url, ADMIN_TOKEN: '' })]);
+});
+afterAll(async () => {
+  await sidecar?.stop();
+  await closed?.stop();
+  await upstream?.close();
+});
+
+const valid = { name: 'alice', token_limit_per_5h: 200_000, expiry_date: '2999-01-01T00:00:00Z' };
+
+describe('admin API', () => {
+  it('creates (plaintext once), lists masked, shows, updates and deletes a key; never reaching the upstream', async () => {
+    const hits = upstream.hits;
+    const created = await sidecar.admin('POST', '/admin/keys', { ...valid, model: 'gpt-x' });
+    expect(created.status).toBe(201);
+    const record = (await created.json()) as Record<string, unknown> & { id: string; key: string };
+    expect(record).toMatchObject({ name: 'alice', model: 'gpt-x', token_limit_per_5h: 200_000, expiry_date: '2999-01-01T00:00:00.000Z', total_requests: 0 });
+    expect(record.key).toMatch(/^tg-/);
+    expect(created.headers.get('location')).toBe(`/admin/keys/${record.id}`);
+
+    const listed = await sidecar.admin('GET', '/admin/keys');
+    const listText = await listed.text();
+    expect(listText).not.toContain(record.key);
+    const { keys } = JSON.parse(listText) as { keys: { id: string; key: string }[] };
+    expect(keys.find((k) => k.id === record.id)?.key).toMatch(/^tg-.*\.\.\.$/);
+
+    const shown = (await (await sidecar.admin('GET', `/admin/keys/${record.id}`)).json()) as { key: string; name: string };
+    expect(shown.name).toBe('alice');
+    expect(shown.key).not.toBe(record.key);
+
+    const patched = await sidecar.admin('PATCH', `/admin/keys/${record.id}`, { token_limit_per_5h: 5, model: null, name: 'alice2' });
+    expect(patched.status).toBe(200);
+    expect(await patched.json()).toMatchObject({ token_limit_per_5h: 5, model: null, name: 'alice2' });
+
+    const deleted = await sidecar.admin('DELETE', `/admin/keys/${record.id}`);
+    expect(deleted.status).toBe(200);
+    expect(await deleted.json()).toEqual({ id: record.id, deleted: true });
+    expect((await sidecar.admin('GET', `/admin/keys/${record.id}`)).status).toBe(404);
+    const gone = await fetch(`${sidecar.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${record.key}` }, body: '{}' });
+    expect(gone.status).toBe(401);
+    expect(upstream.hits).toBe(hits);
+  });
+
+  it.each([
+    ['no Authorization', null],
+    ['a wrong token', 'admin-token-for-tests-012345678X'],
+    ['a shorter token', 'admin'],
+    ['a much longer token', 'admin-token-for-tests-0123456789'.repeat(10)],
+  ])('answers 401 with %s', async (_name, token) => {
+    const response = await sidecar.admin('GET', '/admin/keys', undefined, token);
+    expect(response.status).toBe(401);
+    expect(((await response.json()) as ErrorAnswer).error.type).toBe('authentication_error');
+    expect((await sidecar.admin('POST', '/admin/keys', valid, token)).status).toBe(401);
+  });
+
+  it.each([
+    ['name', { ...valid, name: undefined }],
+    ['name', { ...valid, name: '' }],
+    ['name', { ...valid, name: 'n'.repeat(201) }],
+    ['token_limit_per_5h', { ...valid, token_limit_per_5h: '100' }],
+    ['token_limit_per_5h', { ...valid, token_limit_per_5h: 0 }],
+    ['token_limit_per_5h', { ...valid, token_limit_per_5h: -5 }],
+    ['token_limit_per_5h', { ...valid, token_limit_per_5h: 1.5 }],
+    ['token_limit_per_5h', { ...valid, token_limit_per_5h: 2 ** 53 }],
+    ['expiry_date', { ...valid, expiry_date: undefined }],
+    ['expiry_date', { ...valid, expiry_date: 'tomorrow' }],
+    ['expiry_date', { ...valid, expiry_date: '2027-02-30' }],
+    ['expiry_date', { ...valid, expiry_date: 1893456000000 }],
+    ['model', { ...valid, model: 42 }],
+    ['key', { ...valid, key: 'has space' }],
+    ['key', { ...valid, key: 12345 }],
+    ['limit', { ...valid, limit: 5 }],
+  ])('answers 400 naming %s for %j', async (field, body) => {
+    const response = await sidecar.admin('POST', '/admin/keys', body);
+    expect(response.status).toBe(400);
+    const { error } = (await response.json()) as ErrorAnswer;
+    expect(error).toMatchObject({ type: 'invalid_request_error', param: field });
+    expect(error.message).toContain(field);
+  });
+
+  it('refuses malformed JSON, a non-object, an oversized body and a duplicate key with 4xx, and keeps serving', async () => {
+    const malformed = await sidecar.admin('POST', '/admin/keys', '{"name": "a",');
+    expect(malformed.status).toBe(400);
+    expect(((await malformed.json()) as ErrorAnswer).error.code).toBe('invalid_json');
+    expect((await sidecar.admin('POST', '/admin/keys', '[1,2]')).status).toBe(400);
+    expect((await sidecar.admin('POST', '/admin/keys', { ...valid, name: 'x'.repeat(20_000) })).status).toBe(413);
+    expect((await sidecar.admin('POST', '/admin/keys', { ...valid, key: 'pk_user_123' })).status).toBe(201);
+    const duplicate = await sidecar.admin('POST', '/admin/keys', { ...valid, key: 'pk_user_123' });
+    expect(duplicate.status).toBe(400);
+    expect(((await duplicate.json()) as ErrorAnswer).error.param).toBe('key');
+    expect((await sidecar.admin('GET', '/admin/keys')).status).toBe(200);
+  });
+
+  it('answers 404 for unknown ids and routes, 400 for an empty patch, 405 for other methods', async () => {
+    expect((await sidecar.admin('GET', '/admin/keys/key_0000000000000000')).status).toBe(404);
+    expect((await sidecar.admin('PATCH', '/admin/keys/key_0000000000000000', { name: 'x' })).status).toBe(404);
+    expect((await sidecar.admin('DELETE', '/admin/keys/key_0000000000000000')).status).toBe(404);
+    expect((await sidecar.admin('GET', '/admin/other')).status).toBe(404);
+    const { id } = await sidecar.createKey();
+    const empty = await sidecar.admin('PATCH', `/admin/keys/${id}`, {});
+    expect(empty.status).toBe(400);
+    expect(((await empty.json()) as ErrorAnswer).error.param).toBe('body');
+    expect((await sidecar.admin('PUT', '/admin/keys', valid)).status).toBe(405);
+  });
+
+  it('answers 404 on every admin route when ADMIN_TOKEN is unset, and proxies none of them', async () => {
+    const hits = upstream.hits;
+    for (const [method, path] of [['GET', '/admin/keys'], ['POST', '/admin/keys'], ['GET', '/admin/keys/key_1'], ['DELETE', '/admin/keys/key_1'], ['GET', '/admin']]) {
+      const response = await closed.admin(method!, path!, method === 'POST' ? valid : undefined);
+      expect(response.status, `${method} ${path}`).toBe(404);
+      expect(((await response.json()) as ErrorAnswer).error.type).toBe('not_found_error');
+    }
+    expect(upstream.hits).toBe(hits);
+  });
+});
+
+describe('/stats', () => {
+  it('answers for a key over its limit without consuming quota or reaching the upstream; other methods get 405', async () => {
+    const { key } = await sidecar.createKey({ token_limit_per_5h: 10 });
+    const first = await fetch(`${sidecar.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{}' });
+    expect(first.status).toBe(200);
+    await first.text();
+    await sidecar.settled(key, 1);
+    const hits = upstream.hits;
+    for (let i = 0; i < 3; i++) {
+      const stats = await sidecar.stats(key);
+      expect(stats.total_requests).toBe(1);
+      expect(stats.current_usage).toMatchObject({ tokens_used_in_current_window: 40, remaining_tokens: 0, reserved_tokens: 0 });
+    }
+    expect((await fetch(`${sidecar.url}/stats`, { method: 'POST', headers: { authorization: `Bearer ${key}` } })).status).toBe(405);
+    expect((await fetch(`${sidecar.url}/stats`)).status).toBe(401);
+    expect(upstream.hits).toBe(hits);
+  });
+});

@@ -1,0 +1,65 @@
+// loadSidecarConfig(): defaults, parsing, and one message naming the bad variable.
+import { describe, expect, it } from 'vitest';
+import { ConfigError } from '../../../src/errors.js';
+import { loadSidecarConfig } from '../../../src/sidecar/config.js';
+
+const base = { UPSTREAM_URL: 'https://api.example.com/v1' };
+
+describe('loadSidecarConfig', () => {
+  it('applies the defaults', () => {
+    const config = loadSidecarConfig(base);
+    expect(config).toMatchObject({
+      port: 8080,
+      host: '0.0.0.0',
+      upstreamApiKey: undefined,
+      adminToken: undefined,
+      upstreamTimeoutMs: 600_000,
+      bodyLimit: 10 * 1024 * 1024,
+      overrideModel: false,
+      includeStreamUsage: false,
+      allowQueryKey: false,
+      shutdownTimeoutMs: 30_000,
+    });
+    expect(config.upstreamUrl.href).toBe('https://api.example.com/v1');
+  });
+
+  it('reads every variable, blank ones counting as unset', () => {
+    const config = loadSidecarConfig({
+      ...base,
+      UPSTREAM_API_KEY: 'sk-x',
+      PORT: '0',
+      HOST: '127.0.0.1',
+      ADMIN_TOKEN: 'a'.repeat(16),
+      UPSTREAM_TIMEOUT_MS: '1500',
+      BODY_LIMIT: '2048',
+      OVERRIDE_MODEL: 'TRUE',
+      INCLUDE_STREAM_USAGE: 'true',
+      ALLOW_QUERY_KEY: 'false',
+      SHUTDOWN_TIMEOUT_MS: ' ',
+      LOG_LEVEL: 'debug',
+    });
+    expect(config).toMatchObject({ upstreamApiKey: 'sk-x', port: 0, host: '127.0.0.1', upstreamTimeoutMs: 1500, bodyLimit: 2048, overrideModel: true, includeStreamUsage: true, shutdownTimeoutMs: 30_000 });
+  });
+
+  it.each([
+    [{}, /^UPSTREAM_URL is required/],
+    [{ UPSTREAM_URL: 'ftp://x' }, /^UPSTREAM_URL must be an http:\/\/ or https:\/\/ URL$/],
+    [{ UPSTREAM_URL: 'http://user:secret@x' + '/?q=1' }, /^UPSTREAM_URL must not have a query string or fragment$/],
+    [{ ...base, PORT: '65536' }, /^PORT must be an integer from 0 to 65535, not "65536"$/],
+    [{ ...base, PORT: '8080.5' }, /^PORT /],
+    [{ ...base, BODY_LIMIT: '1e6' }, /^BODY_LIMIT /],
+    [{ ...base, UPSTREAM_TIMEOUT_MS: '0' }, /^UPSTREAM_TIMEOUT_MS /],
+    [{ ...base, OVERRIDE_MODEL: '1' }, /^OVERRIDE_MODEL must be true or false/],
+    [{ ...base, ADMIN_TOKEN: 'short' }, /^ADMIN_TOKEN must be at least 16 characters$/],
+    [{ ...base, ADMIN_TOKEN: 'has a space in the middle' }, /^ADMIN_TOKEN must be printable ASCII/],
+    [{ ...base, LOG_LEVEL: 'loud' }, /^LOG_LEVEL must be one of/],
+  ])('refuses %j', (env, message) => {
+    expect(() => loadSidecarConfig(env)).toThrow(ConfigError);
+    expect(() => loadSidecarConfig(env)).toThrow(message);
+  });
+
+  it('never repeats a secret in its message', () => {
+    expect(() => loadSidecarConfig({ UPSTREAM_URL: 'http://user:secret@x/?q=1' })).toThrow(/^(?!.*secret)/);
+    expect(() => loadSidecarConfig({ ...base, ADMIN_TOKEN: 'secret' })).toThrow(/^(?!.*secret)/);
+  });
+});
