@@ -23,7 +23,9 @@ export function statsHandler(options: StatsOptions): RequestHandler {
     if (found.kind === 'missing') return send(rejections.missingKey());
     if (found.kind === 'invalid') return send(rejections.invalidKey(found.reason));
     try {
-      const key = await storage.findKeyByDigest(digestKey(found.key));
+      const known = await storage.findKeyByDigest(digestKey(found.key));
+      // Read by id too: a lookup by digest may be a few seconds old, and these are the totals.
+      const key = known && (await storage.getKey(known.id));
       if (!key) return send(rejections.invalidKey());
       const at = now();
       res.json(statsView(key, await storage.windowUsage(key.id, at, windowMs), at, windowMs));

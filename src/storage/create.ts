@@ -6,6 +6,7 @@ import { openSqlite } from '../db/sqlite.js';
 import { connectPostgres, DEFAULT_POOL, migratePostgres, type PoolSettings } from '../db/postgres.js';
 import { defaultLogger, type Logger } from '../ops/logger.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
+import { DEFAULT_KEY_CACHE_TTL_MS } from './key-cache.js';
 import { SqliteStorage } from './sqlite.js';
 import { DEFAULT_RESERVATION_TTL_MS, PostgresStorage } from './postgres.js';
 import { FileStorage } from './file.js';
@@ -35,6 +36,8 @@ export interface StorageConfig {
   statementTimeoutMs?: number;
   /** PostgreSQL: how long a reservation counts before it is presumed abandoned. Default `RESERVATION_TTL_MS`, then 15 min. */
   reservationTtlMs?: number;
+  /** How long a key found by digest is reused before it is read again (0: always read). Default `KEY_CACHE_TTL_MS`, then 5000. */
+  keyCacheTtlMs?: number;
   /** `file` keeps everything in the file store alone (no database). Default `STORAGE`. */
   storage?: 'file';
   /** The file store: the fallback behind PostgreSQL, or the store itself. Default `FALLBACK_DIR`, then `./data/fallback`. */
@@ -68,7 +71,7 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  return new SqliteStorage(openSqlite(databasePath, logger));
+  return new SqliteStorage(openSqlite(databasePath, logger), { keyCacheTtlMs: keyCacheTtl(config) });
 }
 
 /**
@@ -93,7 +96,7 @@ export async function openAdminStore(config: StorageConfig = {}): Promise<AdminS
 
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
   const pool = poolSettings(url, config);
-  const reservationTtlMs = config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS);
+  const options = { reservationTtlMs: config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS), keyCacheTtlMs: keyCacheTtl(config) };
   const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds, logger);
   let down: unknown;
   try {
@@ -103,10 +106,10 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
     if (config.fallback === false || !isTransient(error) || !existsSync(join(fallbackDir, SNAPSHOT_FILE))) throw migrationError(url, error);
     down = error;
   }
-  if (config.fallback === false) return new PostgresStorage(connectPostgres(url, pool), reservationTtlMs);
+  if (config.fallback === false) return new PostgresStorage(connectPostgres(url, pool), options);
   const windowMs = config.windowMs ?? DEFAULT_WINDOW_MS;
   const file = FileStorage.open({ dir: fallbackDir, role: 'fallback', logger, windowMs });
-  const storage = new FallbackStorage(new PostgresStorage(connectPostgres(url, pool), reservationTtlMs), file, {
+  const storage = new FallbackStorage(new PostgresStorage(connectPostgres(url, pool), options), file, {
     logger,
     reconnect: migrate,
     timeoutMs: config.fallbackTimeoutMs ?? intFromEnv('FALLBACK_TIMEOUT_MS', 2000),
@@ -152,12 +155,16 @@ export function describeUrl(url: string): string {
   }
 }
 
-function intFromEnv(name: string, fallback: number): number {
+function intFromEnv(name: string, fallback: number, min = 1): number {
   const raw = nonEmpty(process.env[name]);
   if (raw === undefined) return fallback;
   const value = /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
-  if (!Number.isSafeInteger(value) || value <= 0) throw new ConfigError(`${name} must be a positive integer, not "${raw}"`);
+  if (!Number.isSafeInteger(value) || value < min) throw new ConfigError(`${name} must be ${min === 0 ? 'a non-negative' : 'a positive'} integer, not "${raw}"`);
   return value;
+}
+
+function keyCacheTtl(config: StorageConfig): number {
+  return config.keyCacheTtlMs ?? intFromEnv('KEY_CACHE_TTL_MS', DEFAULT_KEY_CACHE_TTL_MS, 0);
 }
 
 function nonEmpty(value: string | undefined): string | undefined {

@@ -7,6 +7,7 @@ import { decide, msUntilAdmissible } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { KeyCache } from './key-cache.js';
 import { errorCode, withRetry } from './retry.js';
 import type { SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
@@ -44,11 +45,16 @@ const num = (value: string | number | null): number | undefined => (value === nu
  */
 export class PostgresStorage implements Storage {
   readonly backend = 'postgres';
+  private readonly reservationTtlMs: number;
+  private readonly keyCache: KeyCache;
 
   constructor(
     private readonly opened: OpenedPostgres,
-    private readonly reservationTtlMs = DEFAULT_RESERVATION_TTL_MS,
-  ) {}
+    options: { reservationTtlMs?: number; keyCacheTtlMs?: number } = {},
+  ) {
+    this.reservationTtlMs = options.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
+    this.keyCache = new KeyCache(options.keyCacheTtlMs);
+  }
 
   async ping(): Promise<void> {
     await withRetry('ping', () => this.opened.sql`select 1`);
@@ -58,8 +64,11 @@ export class PostgresStorage implements Storage {
     return { mode: 'primary', journalPendingRecords: 0, lastFailure: null, lastReplay: null };
   }
 
+  /** Reused for a few seconds (KeyCache): other instances' key changes show within KEY_CACHE_TTL_MS. */
   findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
-    return withRetry('key lookup', async () => (await this.opened.db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, digest)))[0]);
+    return this.keyCache.find(digest, (hash) =>
+      withRetry('key lookup', async () => (await this.opened.db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, hash)))[0]),
+    );
   }
 
   admit(request: AdmitRequest): Promise<Admission> {
@@ -177,12 +186,14 @@ export class PostgresStorage implements Storage {
       Object.keys(changes).length === 0
         ? await this.getKey(id)
         : (await withRetry('updating a key', () => this.opened.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns)))[0];
+    this.keyCache.forget(id);
     if (!updated) throw new NotFoundError(`no key with id ${id}`);
     return updated;
   }
 
   async deleteKey(id: string): Promise<boolean> {
     const deleted = await withRetry('deleting a key', () => this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).returning({ id: apiKeys.id }));
+    this.keyCache.forget(id);
     return deleted.length > 0;
   }
 

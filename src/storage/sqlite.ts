@@ -1,15 +1,35 @@
 // SQLite storage on better-sqlite3 through Drizzle: synchronous, so each admission is atomic in-process.
 import { existsSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import { decide, msUntilAdmissible } from '../quota/admission.js';
+import { KeyWindow } from '../quota/key-window.js';
 import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { KeyCache } from './key-cache.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+
+/** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
+const WINDOW_RELOAD_MS = 30_000;
+/** Windows of keys not used for this long are dropped from memory. */
+const WINDOW_IDLE_MS = 120_000;
+
+interface Mirror {
+  window: KeyWindow;
+  loadedAt: number;
+  usedAt: number;
+}
+
+interface Queued {
+  record: UsageRecord;
+  reservationId: string;
+  done: (error?: unknown) => void;
+}
 
 const keyColumns = {
   id: apiKeys.id,
@@ -30,23 +50,30 @@ const inWindow = and(eq(usageBuckets.keyId, p('keyId')), gt(usageBuckets.bucketS
 /**
  * The embedded store. Reservations live in this process (one gate process per database file;
  * PostgreSQL is the store for several instances), so they vanish with a crashed process.
+ *
+ * The hot path stays off the disk where it can: keys found by digest are reused for a few seconds,
+ * each busy key's window is kept in memory (read once, then moved by what this process records),
+ * and the usage recorded within one turn of the event loop is committed in one transaction.
  */
 export class SqliteStorage implements Storage {
   readonly backend = 'sqlite';
   private readonly reservations = new ReservationBook();
   private readonly statements;
-  private readonly applyRecord;
+  private readonly applyRecords;
+  private readonly keyCache: KeyCache;
+  private readonly mirrors = new Map<string, Mirror>();
+  private lastSweep = performance.now();
+  private queue: Queued[] = [];
 
-  constructor(private readonly opened: OpenedSqlite) {
+  constructor(
+    private readonly opened: OpenedSqlite,
+    options: { keyCacheTtlMs?: number } = {},
+  ) {
+    this.keyCache = new KeyCache(options.keyCacheTtlMs);
     const { db, sqlite } = opened;
     this.statements = {
       keyByHash: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, p('hash'))).prepare(),
       keyById: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.id, p('id'))).prepare(),
-      window: db
-        .select({ used: sql<number>`coalesce(sum(${usageBuckets.tokens}), 0)`, oldest: sql<number | null>`min(${usageBuckets.bucketStart})` })
-        .from(usageBuckets)
-        .where(inWindow)
-        .prepare(),
       buckets: db
         .select({ start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
@@ -74,11 +101,15 @@ export class SqliteStorage implements Storage {
         .prepare(),
     };
     // The record id goes in first: when it is already there, the record was applied before.
-    this.applyRecord = sqlite.transaction((record: UsageRecord) => {
-      if (this.statements.insertRecord.run({ ...record }).changes === 0) return;
-      if (this.statements.chargeKey.run({ ...record }).changes === 0) return; // key deleted meanwhile
-      if (record.tokens > 0) this.statements.addToBucket.run({ ...record, bucket: bucketStart(record.at) });
-    });
+    // Returns, for each record, whether it changed anything.
+    this.applyRecords = sqlite.transaction((records: readonly UsageRecord[]) =>
+      records.map((record) => {
+        if (this.statements.insertRecord.run({ ...record }).changes === 0) return false;
+        if (this.statements.chargeKey.run({ ...record }).changes === 0) return false; // key deleted meanwhile
+        if (record.tokens > 0) this.statements.addToBucket.run({ ...record, bucket: bucketStart(record.at) });
+        return true;
+      }),
+    );
   }
 
   /** Also fails when the file was removed under the open connection: what is written then is lost at restart. */
@@ -91,35 +122,93 @@ export class SqliteStorage implements Storage {
     return { mode: 'primary', journalPendingRecords: 0, lastFailure: null, lastReplay: null };
   }
 
-  async findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
-    return this.statements.keyByHash.get({ hash: digest });
+  findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
+    return this.keyCache.find(digest, async (hash) => this.statements.keyByHash.get({ hash }));
+  }
+
+  /** The key's window in memory, read from the database when absent, stale, or asked about an earlier instant. */
+  private mirror(keyId: string, since: number): KeyWindow {
+    const at = performance.now();
+    if (at - this.lastSweep > WINDOW_IDLE_MS) this.sweep(at);
+    const known = this.mirrors.get(keyId);
+    if (known && at - known.loadedAt < WINDOW_RELOAD_MS && known.window.usage(since)) {
+      known.usedAt = at;
+      return known.window;
+    }
+    const window = new KeyWindow(this.statements.buckets.all({ keyId, since }), since);
+    this.mirrors.set(keyId, { window, loadedAt: at, usedAt: at });
+    return window;
+  }
+
+  private sweep(at: number): void {
+    this.lastSweep = at;
+    for (const [keyId, mirror] of this.mirrors) if (at - mirror.usedAt > WINDOW_IDLE_MS) this.mirrors.delete(keyId);
   }
 
   async admit(request: AdmitRequest): Promise<Admission> {
     const { keyId, now, windowMs } = request;
     const since = countsAfter(now, windowMs);
-    const row = this.statements.window.get({ keyId, since });
+    const window = this.mirror(keyId, since);
+    const { used, oldestBucketStart } = window.usage(since)!;
     const held = this.reservations.held(keyId);
-    const state = { limit: request.tokenLimit, used: row?.used ?? 0, reserved: held.reserved, partialInFlight: held.partialInFlight };
-    const oldestBucketStart = row?.oldest ?? undefined;
+    const state = { limit: request.tokenLimit, used, reserved: held.reserved, partialInFlight: held.partialInFlight };
     const decision = decide(state, request.estimate);
     if (!decision.admit) {
-      const buckets = this.statements.buckets.all({ keyId, since });
-      const window = { used: state.used, reserved: state.reserved, oldestBucketStart };
-      return { admitted: false, window, retryAfterMs: msUntilAdmissible(state, buckets, now, windowMs) };
+      const usage = { used, reserved: state.reserved, oldestBucketStart };
+      return { admitted: false, window: usage, retryAfterMs: msUntilAdmissible(state, window.buckets(since)!, now, windowMs) };
     }
     const reservation = { id: request.requestId, keyId, tokens: decision.reserve, partial: decision.partial };
     this.reservations.add(reservation.id, keyId, reservation.tokens, reservation.partial);
     return { admitted: true, reservation, window: { used: state.used, reserved: state.reserved + decision.reserve, oldestBucketStart } };
   }
 
+  /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     try {
       validateCharge(record.tokens);
-      this.applyRecord(record);
-    } finally {
+    } catch (error) {
       this.reservations.remove(reservation.id);
+      throw error;
     }
+    await new Promise<void>((resolve, reject) => {
+      this.queue.push({ record, reservationId: reservation.id, done: (error) => (error === undefined ? resolve() : reject(error)) });
+      if (this.queue.length === 1) setImmediate(() => this.flush());
+    });
+  }
+
+  /**
+   * Commits the queued records in one transaction; when it fails, each one alone, so that one bad
+   * record fails only its own request. A record counts in memory from its commit on, and its
+   * reservation goes at that same moment: the tokens are never counted twice nor missing.
+   */
+  private flush(): void {
+    const batch = this.queue;
+    this.queue = [];
+    if (batch.length === 0) return;
+    if (!this.opened.sqlite.open) {
+      for (const queued of batch) this.finish(queued, false, new StorageError('the SQLite store is closed', false));
+      return;
+    }
+    try {
+      const applied = this.applyRecords(batch.map((queued) => queued.record));
+      batch.forEach((queued, i) => this.finish(queued, applied[i]!));
+    } catch (error) {
+      if (batch.length === 1) return this.finish(batch[0]!, false, error);
+      for (const queued of batch) {
+        try {
+          this.finish(queued, this.applyRecords([queued.record])[0]!);
+        } catch (alone) {
+          this.finish(queued, false, alone);
+        }
+      }
+    }
+  }
+
+  private finish(queued: Queued, applied: boolean, error?: unknown): void {
+    const { record } = queued;
+    if (applied && record.tokens > 0) this.mirrors.get(record.keyId)?.window.add(bucketStart(record.at), record.tokens);
+    this.reservations.remove(queued.reservationId);
+    queued.done(error);
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -127,8 +216,9 @@ export class SqliteStorage implements Storage {
   }
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
-    const row = this.statements.window.get({ keyId, since: countsAfter(now, windowMs) });
-    return { used: row?.used ?? 0, reserved: this.reservations.held(keyId).reserved, oldestBucketStart: row?.oldest ?? undefined };
+    const since = countsAfter(now, windowMs);
+    const { used, oldestBucketStart } = this.mirror(keyId, since).usage(since)!;
+    return { used, reserved: this.reservations.held(keyId).reserved, oldestBucketStart };
   }
 
   async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
@@ -156,15 +246,20 @@ export class SqliteStorage implements Storage {
       Object.keys(changes).length === 0
         ? this.statements.keyById.get({ id })
         : this.opened.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns).get();
+    this.keyCache.forget(id);
     if (!updated) throw new NotFoundError(`no key with id ${id}`);
     return updated;
   }
 
   async deleteKey(id: string): Promise<boolean> {
+    this.keyCache.forget(id);
+    this.mirrors.delete(id);
     return this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).run().changes > 0;
   }
 
+  /** Commits what is queued, then closes the database. */
   async close(): Promise<void> {
+    this.flush();
     if (this.opened.sqlite.open) this.opened.sqlite.close();
   }
 }
