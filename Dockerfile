@@ -26,13 +26,14 @@ ENV NODE_ENV=production \
     PORT=8080 \
     HOST=0.0.0.0 \
     DATABASE_PATH=/data/tokengate.db \
-    FALLBACK_DIR=/data/fallback
+    FALLBACK_DIR=/data/fallback \
+    BACKUP_DIR=/data/backups
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY drizzle ./drizzle
-# The SQLite file and the fallback journal live on the volume, writable by the unprivileged user.
+# The SQLite file, the fallback journal and the backups live on the volume, writable by the unprivileged user.
 RUN mkdir -p /data && chown node:node /data
 USER node
 VOLUME ["/data"]

@@ -1,5 +1,5 @@
 // The container files, checked for what a Docker engine would only reveal at build or run time.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
@@ -27,6 +27,7 @@ describe('Dockerfile', () => {
     expect(runtime.find((line) => line.startsWith('VOLUME '))).toContain('"/data"');
     expect(dockerfile).toMatch(/DATABASE_PATH=\/data\//);
     expect(dockerfile).toMatch(/FALLBACK_DIR=\/data\//);
+    expect(dockerfile).toMatch(/BACKUP_DIR=\/data\//);
     expect(runtime.find((line) => line.startsWith('ENTRYPOINT '))).toContain('dist/src/cli/main.js');
     expect(runtime.find((line) => line.startsWith('CMD '))).toContain('"serve"');
   });
@@ -40,6 +41,30 @@ describe('Dockerfile', () => {
     for (const path of copied) {
       expect(existsSync(join(ROOT, path)), path).toBe(true);
       expect(ignored, path).not.toContain(path);
+    }
+  });
+});
+
+describe('the production dependencies the image keeps', () => {
+  it('hold every package the built code imports (npm prune --omit=dev removes dev-only ones)', () => {
+    const lock = JSON.parse(readFileSync(join(ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { dev?: boolean }> };
+    const files = ['dist/src', 'dist/middleware'].flatMap((dir) =>
+      (readdirSync(join(ROOT, dir), { recursive: true }) as string[]).filter((f) => f.endsWith('.js')).map((f) => join(ROOT, dir, f)),
+    );
+    expect(files.length).toBeGreaterThan(10);
+    const imported = new Set<string>();
+    for (const file of files) {
+      for (const [, specifier] of readFileSync(file, 'utf8').matchAll(/(?:from|import\()\s*['"]([^'".][^'"]*)['"]/g)) {
+        if (specifier!.startsWith('node:')) continue;
+        const parts = specifier!.split('/');
+        imported.add(specifier!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!);
+      }
+    }
+    expect(imported).toContain('express');
+    for (const name of imported) {
+      const entry = lock.packages[`node_modules/${name}`];
+      expect(entry, name).toBeDefined();
+      expect(entry?.dev, `${name} is dev-only, so the image would not have it`).not.toBe(true);
     }
   });
 });
