@@ -1,7 +1,10 @@
 // Many requests at once against one key: the limit holds, and aborted requests never stay reserved.
+import postgres from 'postgres';
 import { afterEach, describe, expect, it } from 'vitest';
-import { post, startGate, type Gate } from '../helpers/gate.js';
-import { sse, startUpstream, type Upstream } from '../helpers/upstream.js';
+import { createStorage } from '../../src/storage/create.js';
+import { post, quietLogger, startGate, type Gate } from '../helpers/gate.js';
+import { freshDatabase } from '../helpers/postgres.js';
+import { json, sse, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const WINDOW = 5 * 3600_000;
 let upstream: Upstream;
@@ -119,3 +122,47 @@ describe('aborted requests', () => {
     expect((await window(record.id)).reserved).toBe(0);
   });
 });
+
+describe('a client that leaves while its admission is decided', () => {
+  it('gets its reservation released, and nothing is sent upstream', async () => {
+    const url = await freshDatabase();
+    const storage = await createStorage({ databaseUrl: url, fallback: false, logger: quietLogger() });
+    upstream = await startUpstream(json({ usage: { total_tokens: 5 } }));
+    gate = await startGate(upstream, {}, storage);
+    const { key, record } = await gate.createKey(100_000);
+    // Another session holds the key's row: the admission waits for it.
+    const blocker = postgres(url, { max: 1, onnotice: () => undefined });
+    let unlock!: () => void;
+    const unlocked = new Promise<void>((resolve) => (unlock = resolve));
+    let locked!: () => void;
+    const lockTaken = new Promise<void>((resolve) => (locked = resolve));
+    const holding = blocker.begin(async (tx) => {
+      await tx`select id from api_keys where id = ${record.id} for update`;
+      locked();
+      await unlocked;
+    });
+    await lockTaken;
+    const controller = new AbortController();
+    const pending = fetch(`${gate.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{}', signal: controller.signal });
+    await expect.poll(async () => (await count(url, "pg_stat_activity where wait_event_type = 'Lock'"))).toBeGreaterThan(0);
+    controller.abort();
+    await expect(pending).rejects.toThrow();
+    unlock();
+    await holding;
+    await blocker.end();
+    await expect.poll(() => count(url, 'reservations')).toBe(0);
+    expect((await window(record.id)).reserved).toBe(0);
+    expect(upstream.hits).toBe(0);
+  });
+});
+
+/** Rows of a table (or a `table where …` clause), on a connection of its own. */
+async function count(url: string, from: string): Promise<number> {
+  const sql = postgres(url, { max: 1, onnotice: () => undefined });
+  try {
+    const [row] = await sql.unsafe(`select count(*)::int as n from ${from}`);
+    return row?.n as number;
+  } finally {
+    await sql.end();
+  }
+}
