@@ -1,6 +1,6 @@
 // The admin API: /admin/keys create, list, show, update, delete, behind a Bearer admin token.
 import { createHash, timingSafeEqual } from 'node:crypto';
-import express, { type ErrorRequestHandler, type RequestHandler, type Response, type Router } from 'express';
+import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response, type Router } from 'express';
 import { errorBody, type ErrorFields } from '../../middleware/reject.js';
 import { ConflictError, NotFoundError, StorageError, ValidationError } from '../errors.js';
 import { parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
@@ -44,31 +44,31 @@ export function adminRouter(options: AdminOptions): Router {
 
   router
     .route('/keys')
-    .post(async (req, res) => {
+    .post(handle(async (req, res) => {
       const { record, key } = await storage.createKey(newKeyFrom(req.body)).catch((error: unknown) => {
         throw error instanceof ConflictError ? new ValidationError('key', 'a key with this value already exists') : error;
       });
       res.status(201).location(`${req.baseUrl}/keys/${record.id}`).json({ ...keyView(record), key });
-    })
-    .get(async (_req, res) => {
+    }))
+    .get(handle(async (_req, res) => {
       res.json({ keys: (await storage.listKeys()).map(keyView) });
-    })
+    }))
     .all(methodNotAllowed('GET, POST'));
 
   router
     .route('/keys/:id')
-    .get(async (req, res) => {
+    .get(handle(async (req, res) => {
       const record = await storage.getKey(String(req.params.id));
       if (!record) throw new NotFoundError(`No key with id ${req.params.id}.`);
       res.json(keyView(record));
-    })
-    .patch(async (req, res) => {
+    }))
+    .patch(handle(async (req, res) => {
       res.json(keyView(await storage.updateKey(String(req.params.id), patchFrom(req.body))));
-    })
-    .delete(async (req, res) => {
+    }))
+    .delete(handle(async (req, res) => {
       if (!(await storage.deleteKey(String(req.params.id)))) throw new NotFoundError(`No key with id ${req.params.id}.`);
       res.json({ id: req.params.id, deleted: true });
-    })
+    }))
     .all(methodNotAllowed('GET, PATCH, DELETE'));
 
   router.use(notFound);
@@ -77,6 +77,13 @@ export function adminRouter(options: AdminOptions): Router {
 }
 
 /** `Authorization: Bearer <ADMIN_TOKEN>`, compared over SHA-256 digests in constant time, so neither content nor length leaks. */
+/** An async handler whose failure goes to the error handler (Express 5 does that itself; Express 4 does not). */
+function handle(work: (req: Request, res: Response) => Promise<void>): RequestHandler {
+  return (req, res, next) => {
+    work(req, res).catch(next);
+  };
+}
+
 function requireToken(adminToken: string): RequestHandler {
   const expected = digest(adminToken);
   return (req, res, next) => {
@@ -148,7 +155,9 @@ function modelField(value: unknown): string | null {
 function adminErrors(logger: Logger): ErrorRequestHandler {
   return (error: unknown, _req, res, _next) => {
     const parserType = (error as { type?: string }).type;
-    if (parserType === 'entity.parse.failed') return send(res, 400, { type: 'invalid_request_error', code: 'invalid_json', message: 'The request body is not valid JSON.' });
+    if (parserType === 'entity.parse.failed') {
+      return send(res, 400, { type: 'invalid_request_error', code: 'invalid_json', message: 'The request body is not valid JSON.', details: { param: 'body' } });
+    }
     if (parserType === 'entity.too.large') return send(res, 413, { type: 'invalid_request_error', code: 'request_too_large', message: `The admin request body is larger than ${ADMIN_BODY_LIMIT} bytes.` });
     if (parserType === 'encoding.unsupported' || parserType === 'charset.unsupported') {
       return send(res, 415, { type: 'invalid_request_error', code: 'unsupported_encoding', message: (error as Error).message });

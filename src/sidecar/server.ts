@@ -1,5 +1,5 @@
 // The sidecar: assembles the Express app (stats, admin, extra routes, gated proxy) and runs its lifecycle.
-import type { Server, ServerResponse } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type Express, type RequestHandler } from 'express';
 import { Gauge } from 'prom-client';
@@ -77,9 +77,18 @@ export async function runSidecar(config: SidecarConfig): Promise<RunningSidecar>
   const storage = await createStorage({ logger });
   const metrics = createMetrics();
   const monitor = monitorStorage(storage, { metrics, logger });
-  const backups = startBackups(config, metrics, logger);
   const parts = createSidecarApp({ config, storage, logger, metrics, monitor });
-  const server = await listen(parts.app, config);
+  let server: Server;
+  try {
+    server = await listen(parts.app, config);
+  } catch (error) {
+    // Nothing may keep the process alive after it failed to start (a pool, the file store's lock).
+    monitor.stop();
+    await parts.proxy.close();
+    await storage.close();
+    throw error;
+  }
+  const backups = startBackups(config, metrics, logger);
   const responses = openResponses(server);
   const port = (server.address() as AddressInfo).port;
   logger.info({ host: config.host, port, upstream: config.upstreamUrl.origin, admin: config.adminToken !== undefined, backend: storage.backend }, 'tokengate sidecar listening');
@@ -101,9 +110,15 @@ export async function runSidecar(config: SidecarConfig): Promise<RunningSidecar>
   return { server, port, stopped, shutdown };
 }
 
+/** Listens on PORT and HOST; rejects when it cannot (the port is taken), under Express 4 and 5 alike. */
 function listen(app: Express, config: SidecarConfig): Promise<Server> {
   return new Promise((resolve, reject) => {
-    const server = app.listen(config.port, config.host, (error?: Error) => (error ? reject(error) : resolve(server)));
+    const server = createServer(app);
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
   });
 }
 

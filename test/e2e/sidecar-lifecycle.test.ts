@@ -1,7 +1,8 @@
 // `tokengate serve` start and stop: graceful SIGTERM with usage recorded, one-line refusals of bad config.
+import net, { type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
-import { quietLogger } from '../helpers/gate.js';
+import { quietLogger, tempDir } from '../helpers/gate.js';
 import { runSidecarToExit, startSidecar, waitFor, type Sidecar } from '../helpers/sidecar.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
@@ -118,5 +119,19 @@ describe('bad configuration', () => {
     expect(lines).toHaveLength(2);
     expect(lines[0]).toMatch(new RegExp(`^tokengate: ${variable} `));
     expect(lines[1]).toBe('');
+  });
+
+  it('exits 1 with one line when its port is taken, even with scheduled backups', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      const run = await runSidecarToExit({ UPSTREAM_URL: 'http://127.0.0.1:9', HOST: '127.0.0.1', PORT: String(port), BACKUP_SCHEDULE: '*/1 * * * * *', BACKUP_DIR: tempDir() });
+      expect(run.signal).toBeNull(); // it ended by itself, not by the helper's kill
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/^tokengate: .*EADDRINUSE.*\n$/);
+    } finally {
+      taken.close();
+    }
   });
 });
