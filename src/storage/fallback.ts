@@ -242,12 +242,12 @@ export class FallbackStorage implements Storage {
     const { logger } = this.options;
     let replayed = 0;
     try {
+      await this.releaseLeftovers();
       do {
         replayed += await this.file.replay((record) =>
           withTimeout(this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record), this.timeoutMs),
         );
       } while (this.file.journalLength > 0 && !probe.signal.aborted);
-      await this.releaseLeftovers();
     } catch (error) {
       logger.warn({ err: error, replayed }, 'replay into the database interrupted; probing again');
       if (!probe.signal.aborted) this.startProbe();
@@ -258,6 +258,8 @@ export class FallbackStorage implements Storage {
     this.mode = 'primary';
     this.lastReplay = { at: Date.now(), records: replayed };
     logger.info({ replayed }, 'database back: journal replayed, deciding from the database again');
+    // Reservations given back during the replay; any that fails now waits for the next recovery.
+    await this.releaseLeftovers().catch(() => undefined);
     await this.refreshSnapshot();
   }
 
