@@ -73,7 +73,9 @@ describe('examples/sidecar/compose.yaml', () => {
   it('waits for a healthy PostgreSQL and provisions Prometheus and Grafana from examples/observability', () => {
     expect(compose).toMatch(/condition: service_healthy/);
     expect(compose).toMatch(/pg_isready/);
-    expect(compose).toContain('../observability/prometheus.yml:');
+    expect(compose).toContain('../observability/prometheus.yml:/etc/prometheus/prometheus.yml');
+    // prometheus.yml names alerts.yml relative to itself; a missing file would silently load no rules.
+    expect(compose).toContain('../observability/alerts.yml:/etc/prometheus/alerts.yml');
     expect(compose).toContain('../observability/grafana-dashboard.json:');
     for (const file of ['grafana/datasource.yaml', 'grafana/dashboards.yaml']) expect(existsSync(join(ROOT, 'examples/sidecar', file)), file).toBe(true);
   });
