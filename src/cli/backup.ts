@@ -41,7 +41,7 @@ export function restoreCommand(): Command {
         'Stop the gates first. A backup of either backend restores into either.',
     )
     .argument('<file>', 'a tokengate-*.json.gz backup')
-    .option('--yes', 'do not ask for confirmation (required when stdin is not a terminal)')
+    .option('--yes', 'do not ask for confirmation on a terminal')
     .option('--json', 'print {"restored", "manifest", "backup_before_restore"} as JSON')
     .action(async (file: string, options: RestoreOptions) => {
       const manifest = await verifyBackup(file);
@@ -66,10 +66,9 @@ function describe(manifest: BackupManifest): string {
   return `${manifest.backend} backup of ${manifest.created_at}, schema ${manifest.schema}: ${api_keys} keys, ${usage_buckets} usage buckets, ${usage_records} usage records, ${manifest.totals.lifetime_tokens} lifetime tokens`;
 }
 
-/** Asks on the terminal; without one, `--yes` is required. */
+/** Asks on a terminal (unless `--yes`); a script, with no terminal, has decided already. */
 async function confirm(yes: boolean | undefined, question: string): Promise<void> {
-  if (yes) return;
-  if (!process.stdin.isTTY) throw new UsageError('restore replaces the whole store: pass --yes to confirm (stdin is not a terminal)');
+  if (yes || !process.stdin.isTTY) return;
   const prompt = createInterface({ input: process.stdin, output: process.stderr });
   try {
     const answer = await prompt.question(`${question} Type yes to go on: `);
