@@ -103,9 +103,10 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
     config.logger.error({ err: error, keyId: key.id }, 'admission failed');
     return reject(rejections.unavailable(), 'unavailable');
   }
-  if (admission.admitted && (res.destroyed || req.destroyed)) {
-    // The client left while the admission was decided: its 'close' has fired already, so nothing
-    // would ever settle this reservation. Nothing was sent upstream: give it all back.
+  if (admission.admitted && (res.destroyed || req.socket?.destroyed)) {
+    // The client left while the admission was decided (req.destroyed only says the body was read):
+    // its 'close' has fired already, so nothing would ever settle this reservation. Nothing was
+    // sent upstream: give it all back.
     const { reservation } = admission;
     track(storageCall(config, 'release', () => config.storage.release(reservation)).catch((error: unknown) => config.logger.error({ err: error, keyId: key.id }, 'releasing a reservation failed')));
     return;
