@@ -124,6 +124,7 @@ export class FallbackStorage implements Storage {
     this.heldInDatabase.delete(reservation.id);
     const settled = await this.attempt(() => this.primary.settle(reservation, record));
     if (settled !== DOWN) return this.file.observe(record);
+    this.primary.forget(reservation, record.tokens);
     await this.file.settle(reservation, record);
     // Journaled just as the database came back (after the last replay pass): replay it now.
     if (this.mode === 'primary') void this.replayStragglers();
@@ -141,8 +142,10 @@ export class FallbackStorage implements Storage {
     await this.file.release(reservation);
     const held = this.heldInDatabase.delete(reservation.id);
     const released = await this.attempt(() => this.primary.release(reservation));
+    if (released !== DOWN) return;
+    this.primary.forget(reservation, 0);
     // Left in the database, it would hold the key's tokens until the reservation TTL.
-    if (released === DOWN && held) this.unreleased.set(reservation.id, reservation);
+    if (held) this.unreleased.set(reservation.id, reservation);
   }
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {

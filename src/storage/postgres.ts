@@ -1,13 +1,14 @@
 // PostgreSQL storage through Drizzle on postgres.js: shared reservations, so quotas hold across instances.
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
-import { ConflictError, NotFoundError } from '../errors.js';
+import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedPostgres } from '../db/postgres.js';
 import { apiKeys, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
-import { decide, msUntilAdmissible } from '../quota/admission.js';
+import { decide as decideAdmission, msUntilAdmissible } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
+import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from './leases.js';
 import { errorCode, withRetry } from './retry.js';
 import type { SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
@@ -31,22 +32,45 @@ export const DEFAULT_RESERVATION_TTL_MS = 15 * 60_000;
 interface WindowRow extends Record<string, unknown> {
   used: string;
   oldest: string | null;
-  reserved: string;
+  reserved_elsewhere: string;
   partial: boolean;
   mine: string | null;
   mine_partial: boolean | null;
+  lease_row: string | null;
 }
+
+type Tx = Parameters<Parameters<OpenedPostgres['db']['transaction']>[0]>[0];
+
+/** What the database decided: a (re)granted lease to admit against here, or the request on its own. */
+type Decided = { lease: true; held: number; view: LeaseView } | { lease: false; admission: Admission };
+
+interface Queued {
+  record: UsageRecord;
+  reservation: Reservation;
+  done: (error?: unknown) => void;
+}
+
+/** Most usage records one statement writes. */
+const MAX_BATCH = 500;
 
 const num = (value: string | number | null): number | undefined => (value === null ? undefined : Number(value));
 
 /**
- * The store for several instances. Admission locks the key's row, so admissions of one key are
- * serialized across instances; recording is one statement (one round trip), idempotent by record id.
+ * The store for several instances. A busy key is admitted against a lease: a share of its budget
+ * held in the database as one reservation row, granted under the key's row lock, so that the limit
+ * holds across instances while most admissions need no round trip. A key near its limit is decided
+ * request by request under that lock. Usage is recorded in batches: one statement, one transaction,
+ * for the records finished meanwhile, each idempotent by its id.
  */
 export class PostgresStorage implements Storage {
   readonly backend = 'postgres';
   private readonly reservationTtlMs: number;
   private readonly keyCache: KeyCache;
+  private readonly leases = new LeaseBook();
+  private readonly renewer: NodeJS.Timeout;
+  private renewing: Promise<void> = Promise.resolve();
+  private queue: Queued[] = [];
+  private flushing: Promise<void> | undefined;
 
   constructor(
     private readonly opened: OpenedPostgres,
@@ -54,6 +78,9 @@ export class PostgresStorage implements Storage {
   ) {
     this.reservationTtlMs = options.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
+    this.renewer = setInterval(() => {
+      this.renewing = this.renewLeases();
+    }, LEASE_TTL_MS / 3).unref();
   }
 
   async ping(): Promise<void> {
@@ -71,13 +98,44 @@ export class PostgresStorage implements Storage {
     );
   }
 
-  admit(request: AdmitRequest): Promise<Admission> {
-    return withRetry('admission', () => this.opened.db.transaction((tx) => this.admitIn(tx, request)));
+  /**
+   * Admits against the key's lease when the estimate fits in it; otherwise one round trip decides,
+   * under the key's row lock: a larger lease, or this request alone. One round trip per key at a time.
+   */
+  async admit(request: AdmitRequest): Promise<Admission> {
+    const { keyId, estimate, tokenLimit, now, requestId } = request;
+    const known = this.leases.find(requestId);
+    if (known) return { admitted: true, reservation: known.reservation, window: await this.windowUsage(keyId, now, request.windowMs) };
+    let lease = this.leases.lease(keyId);
+    while (lease.granting) {
+      await lease.granting.catch(() => undefined);
+      lease = this.leases.lease(keyId);
+    }
+    if (!lease.admits(estimate, tokenLimit, now)) {
+      const deciding = withRetry('admission', () => this.opened.db.transaction((tx) => this.decide(tx, request, lease)));
+      lease.granting = deciding;
+      let decided: Decided;
+      try {
+        decided = await deciding;
+      } finally {
+        lease.granting = undefined;
+      }
+      if (!decided.lease) return decided.admission;
+      lease.held = decided.held - lease.takenSinceGrant;
+      lease.view = decided.view;
+      lease.settledSinceView = 0;
+      lease.confirmedAt = now;
+    }
+    const reservation = { id: requestId, keyId, tokens: estimate, partial: false };
+    this.leases.admit(lease, reservation, now);
+    return { admitted: true, reservation, window: lease.window() };
   }
 
-  private async admitIn(tx: Parameters<Parameters<OpenedPostgres['db']['transaction']>[0]>[0], request: AdmitRequest): Promise<Admission> {
-    const { keyId, requestId, now, windowMs } = request;
+  private async decide(tx: Tx, request: AdmitRequest, lease: Lease): Promise<Decided> {
+    const { keyId, requestId, now, windowMs, tokenLimit, estimate } = request;
     const since = countsAfter(now, windowMs);
+    const inFlight = lease.inFlight;
+    lease.takenSinceGrant = 0;
     // The row lock serializes admissions of this key; the reads below run after it, on fresh data.
     const locked = await tx.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.id, keyId)).for('update');
     if (locked.length === 0) throw new NotFoundError(`no key with id ${keyId}`);
@@ -86,32 +144,56 @@ export class PostgresStorage implements Storage {
       select
         (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as used,
         (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as oldest,
-        coalesce(sum(tokens) filter (where expires_at > ${now}), 0) as reserved,
+        coalesce(sum(tokens) filter (where expires_at > ${now} and not starts_with(id, ${this.leases.prefix})), 0) as reserved_elsewhere,
         coalesce(bool_or(partial) filter (where expires_at > ${now}), false) as partial,
         max(tokens) filter (where id = ${requestId}) as mine,
-        bool_or(partial) filter (where id = ${requestId}) as mine_partial
+        bool_or(partial) filter (where id = ${requestId}) as mine_partial,
+        max(tokens) filter (where id = ${lease.id} and expires_at > ${now}) as lease_row
       from ${reservations} where key_id = ${keyId}`);
     if (!row) throw new Error('window query returned no row');
-    const window: WindowUsage = { used: Number(row.used), reserved: Number(row.reserved), oldestBucketStart: num(row.oldest) };
+    const used = Number(row.used);
+    const reservedElsewhere = Number(row.reserved_elsewhere);
+    const oldestBucketStart = num(row.oldest);
+    const window: WindowUsage = { used, reserved: reservedElsewhere + inFlight, oldestBucketStart };
     if (row.mine !== null) {
       // A retried admission whose first attempt committed: it is already admitted.
-      return { admitted: true, reservation: { id: requestId, keyId, tokens: Number(row.mine), partial: row.mine_partial === true }, window };
+      return { lease: false, admission: { admitted: true, reservation: { id: requestId, keyId, tokens: Number(row.mine), partial: row.mine_partial === true }, window } };
     }
-    const state = { limit: request.tokenLimit, used: window.used, reserved: window.reserved, partialInFlight: row.partial };
-    const decision = decide(state, request.estimate);
+    const held = row.partial ? 0 : lease.target(tokenLimit - used - reservedElsewhere, estimate, tokenLimit);
+    if (held > 0) {
+      await this.holdLease(tx, lease, held, now);
+      return { lease: true, held, view: { used, oldestBucketStart, reservedElsewhere, tokenLimit, at: now } };
+    }
+    // Near the limit: the lease keeps only what is in flight, and this request is decided alone.
+    if (num(row.lease_row) !== inFlight && (row.lease_row !== null || inFlight > 0)) await this.holdLease(tx, lease, inFlight, now);
+    lease.held = inFlight - lease.takenSinceGrant;
+    lease.view = undefined;
+    const state = { limit: tokenLimit, used, reserved: window.reserved, partialInFlight: row.partial };
+    const decision = decideAdmission(state, estimate);
     if (!decision.admit) {
       const buckets = await tx
         .select({ start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
         .where(and(eq(usageBuckets.keyId, keyId), gt(usageBuckets.bucketStart, since)))
         .orderBy(asc(usageBuckets.bucketStart));
-      return { admitted: false, window, retryAfterMs: msUntilAdmissible(state, buckets, now, windowMs) };
+      return { lease: false, admission: { admitted: false, window, retryAfterMs: msUntilAdmissible(state, buckets, now, windowMs) } };
     }
     const reservation = { id: requestId, keyId, tokens: decision.reserve, partial: decision.partial };
     await tx.insert(reservations).values({ ...reservation, expiresAt: now + this.reservationTtlMs });
-    return { admitted: true, reservation, window: { ...window, reserved: window.reserved + decision.reserve } };
+    return { lease: false, admission: { admitted: true, reservation, window: { ...window, reserved: window.reserved + decision.reserve } } };
   }
 
+  private async holdLease(tx: Tx, lease: Lease, tokens: number, now: number): Promise<void> {
+    await tx
+      .insert(reservations)
+      .values({ id: lease.id, keyId: lease.keyId, tokens, partial: false, expiresAt: now + LEASE_TTL_MS })
+      .onConflictDoUpdate({ target: reservations.id, set: { tokens, expiresAt: now + LEASE_TTL_MS } });
+  }
+
+  /**
+   * Queues the record for the next batch. It resolves once its batch committed; the reservation (or
+   * the lease's share) goes in the same transaction as the usage comes in.
+   */
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     try {
       validateCharge(record.tokens);
@@ -119,35 +201,128 @@ export class PostgresStorage implements Storage {
       await this.release(reservation);
       throw error;
     }
-    const { id, keyId, tokens, at } = record;
-    // One statement, so one round trip and one transaction: the record id goes in first; when it
-    // was there already, nothing else changes. The reservation goes either way.
-    await withRetry('recording usage', () =>
+    await new Promise<void>((resolve, reject) => {
+      this.queue.push({ record, reservation, done: (error) => (error === undefined ? resolve() : reject(error)) });
+      this.flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flush());
+    });
+  }
+
+  /** Writes the queue in batches, one at a time, until it is empty; batches grow while one is in flight. */
+  private async flush(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, MAX_BATCH);
+        try {
+          await this.write(batch);
+          for (const queued of batch) this.finish(queued);
+        } catch (error) {
+          if (batch.length === 1 || (error instanceof StorageError && error.transient)) {
+            for (const queued of batch) this.finish(queued, error);
+            continue;
+          }
+          // One bad record must fail only its own request.
+          for (const queued of batch) await this.write([queued]).then(() => this.finish(queued), (alone: unknown) => this.finish(queued, alone));
+        }
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  /** Whatever the outcome, the lease stops counting the request (at worst its row holds more than needed). */
+  private finish(queued: Queued, error?: unknown): void {
+    this.leases.complete(queued.reservation.id, queued.record.tokens);
+    queued.done(error);
+  }
+
+  /**
+   * One statement, so one round trip and one transaction: each record id goes in first; a record
+   * that was there already changes nothing else. Reservations go either way; a lease gives up what
+   * its request charged (up to the estimate). Key rows are locked first and in id order, as admission
+   * locks them before touching a lease: no deadlock with it nor with other instances' batches.
+   */
+  private write(batch: readonly Queued[]): Promise<unknown> {
+    const rows = batch.map(({ record, reservation }) => {
+      const leased = this.leases.find(reservation.id);
+      return {
+        id: record.id,
+        key_id: record.keyId,
+        tokens: record.tokens,
+        at: record.at,
+        bucket: bucketStart(record.at),
+        reservation_id: leased ? null : reservation.id,
+        lease_id: leased?.lease.id ?? null,
+        lease_take: leased ? Math.min(record.tokens, reservation.tokens) : 0,
+      };
+    });
+    return withRetry('recording usage', () =>
       this.opened.db.execute(sql`
-        with record as (
-          insert into ${usageRecords} (id, key_id, tokens, recorded_at) values (${id}, ${keyId}, ${tokens}, ${at})
-          on conflict (id) do nothing returning key_id
+        with input as (
+          select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
+            as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, reservation_id text, lease_id text, lease_take bigint)
+        ), recorded as (
+          insert into ${usageRecords} (id, key_id, tokens, recorded_at) select id, key_id, tokens, at from input
+          on conflict (id) do nothing returning id
+        ), applied as (
+          select input.* from input join recorded using (id)
+        ), locked as (
+          select id from ${apiKeys} where id in (select key_id from applied) order by id for update
         ), charged as (
           update ${apiKeys} set
-            total_lifetime_tokens = total_lifetime_tokens + ${tokens},
-            total_requests = total_requests + 1,
-            last_used = greatest(coalesce(last_used, 0), ${at})
-          where id = (select key_id from record) returning id
-        ), bucket as (
+            total_lifetime_tokens = total_lifetime_tokens + per_key.tokens,
+            total_requests = total_requests + per_key.requests,
+            last_used = greatest(coalesce(last_used, 0), per_key.at)
+          from (select key_id, sum(tokens) as tokens, count(*) as requests, max(at) as at from applied group by key_id) as per_key
+          where ${apiKeys.id} = per_key.key_id and per_key.key_id in (select id from locked) returning ${apiKeys.id} as id
+        ), bucketed as (
           insert into ${usageBuckets} (key_id, bucket_start, tokens)
-          select id, ${bucketStart(at)}, ${tokens} from charged where ${tokens} > 0
+          select key_id, bucket, sum(tokens) from applied where tokens > 0 and key_id in (select id from charged) group by key_id, bucket
           on conflict (key_id, bucket_start) do update set tokens = ${usageBuckets.tokens} + excluded.tokens
         ), released as (
-          delete from ${reservations} where id = ${reservation.id}
+          delete from ${reservations} where id in (select reservation_id from input where reservation_id is not null)
+        ), taken as (
+          update ${reservations} set tokens = greatest(${reservations.tokens} - per_lease.tokens, 0)
+          from (select lease_id, sum(lease_take) as tokens from applied where lease_id is not null and key_id in (select id from charged) group by lease_id) as per_lease
+          where ${reservations.id} = per_lease.lease_id
         )
-        select 1`),
+        select count(*) from recorded`),
     );
   }
 
+  /** A request admitted against a lease gives its estimate back here; one decided alone, in the database. */
   async release(reservation: Reservation): Promise<void> {
+    if (this.leases.complete(reservation.id, 0)) return;
     await withRetry('releasing a reservation', () => this.opened.db.delete(reservations).where(eq(reservations.id, reservation.id)));
   }
 
+  /**
+   * Stops tracking a request whose settle or release never reached the database (the fallback took
+   * it over): a lease stops counting it, as if it charged `charged` tokens.
+   */
+  forget(reservation: Reservation, charged: number): void {
+    this.leases.complete(reservation.id, charged);
+  }
+
+  /** Renews the leases in use and gives back the idle ones; a lease whose row is gone is retired. */
+  private async renewLeases(): Promise<void> {
+    const now = Date.now();
+    const { renew, drop } = this.leases.sweep(now);
+    if (renew.length === 0 && drop.length === 0) return;
+    try {
+      const renewed = await this.opened.sql<{ id: string }[]>`
+        with dropped as (delete from reservations where id = any(${drop.map((lease) => lease.id)}::text[]))
+        update reservations set expires_at = ${now + LEASE_TTL_MS} where id = any(${renew.map((lease) => lease.id)}::text[]) returning id`;
+      const alive = new Set(renewed.map((row) => row.id));
+      for (const lease of renew) {
+        if (alive.has(lease.id)) lease.confirmedAt = Math.max(lease.confirmedAt, now);
+        else this.leases.retire(lease);
+      }
+    } catch {
+      // Unrenewed, a lease stops admitting after half its TTL, and the next admission grants it again.
+    }
+  }
+
+  /** Window usage; reserved counts this process's leases by what is in flight on them, not their spare. */
   windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
     return withRetry('window usage', async () => {
       const since = countsAfter(now, windowMs);
@@ -155,8 +330,8 @@ export class PostgresStorage implements Storage {
         select
           (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as used,
           (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as oldest,
-          (select coalesce(sum(tokens), 0) from ${reservations} where key_id = ${keyId} and expires_at > ${now}) as reserved`);
-      return { used: Number(row?.used ?? 0), reserved: Number(row?.reserved ?? 0), oldestBucketStart: num(row?.oldest ?? null) };
+          (select coalesce(sum(tokens), 0) from ${reservations} where key_id = ${keyId} and expires_at > ${now} and not starts_with(id, ${this.leases.prefix})) as reserved`);
+      return { used: Number(row?.used ?? 0), reserved: Number(row?.reserved ?? 0) + this.leases.inFlight(keyId), oldestBucketStart: num(row?.oldest ?? null) };
     });
   }
 
@@ -217,7 +392,13 @@ export class PostgresStorage implements Storage {
     });
   }
 
+  /** Writes what is queued, gives the leases back, then closes the connections. */
   async close(): Promise<void> {
+    clearInterval(this.renewer);
+    await this.flushing;
+    await this.renewing;
+    const leaseIds = this.leases.clear();
+    if (leaseIds.length > 0) await this.opened.sql`delete from reservations where id = any(${leaseIds}::text[])`.catch(() => undefined); // they expire anyway
     await this.opened.sql.end({ timeout: 5 });
   }
 }

@@ -1,0 +1,163 @@
+// Shares of keys' budgets this process holds in PostgreSQL, and the requests admitted against them here.
+import { randomUUID } from 'node:crypto';
+import type { Reservation, WindowUsage } from './types.js';
+
+/** A lease stops admitting once its view of the window is this old: the next admission reads the database again. */
+export const LEASE_VIEW_MS = 2_000;
+/** A lease row counts this long after its last renewal; renewals come every third of it. */
+export const LEASE_TTL_MS = 30_000;
+/** A lease with nothing in flight for this long is given back. */
+export const LEASE_IDLE_MS = 10_000;
+/** A lease asks for at most this share of the key's limit at once (and never more than half of what is free). */
+const LEASE_SHARE = 16;
+/** ...and at least this many times the request's estimate, so that a busy key seldom goes back to the database. */
+const LEASE_ESTIMATES = 4;
+
+/** What the database said about a key's window when the lease was last granted. */
+export interface LeaseView {
+  used: number;
+  oldestBucketStart: number | undefined;
+  /** Tokens reserved for the key by everything but this process's lease. */
+  reservedElsewhere: number;
+  tokenLimit: number;
+  at: number;
+}
+
+/**
+ * One lease: a reservation row of `held` tokens. This process admits a request against it while its
+ * estimate fits in what is not in flight. The database's row never holds less than `held` (when in
+ * doubt, `held` is lowered first), so the sum of all leases and reservations stays within the limit.
+ */
+export class Lease {
+  /** Tokens the row holds, as far as this process can be sure. */
+  held = 0;
+  /** Estimates of the requests admitted against this lease and not yet settled or released. */
+  inFlight = 0;
+  /** Tokens taken from the row by settles completed since the running grant was sent. */
+  takenSinceGrant = 0;
+  /** When the row was last written or renewed (its expiry is this plus LEASE_TTL_MS). */
+  confirmedAt = 0;
+  lastUsedAt = 0;
+  /** Usage settled through this lease since the view was read. */
+  settledSinceView = 0;
+  view: LeaseView | undefined;
+  /** The round trip in flight for this key; other admissions of the key wait for it. */
+  granting: Promise<unknown> | undefined;
+
+  constructor(
+    readonly id: string,
+    readonly keyId: string,
+  ) {}
+
+  /** Whether a request with this estimate can be admitted here, without the database. */
+  admits(estimate: number, tokenLimit: number, now: number): boolean {
+    const { view } = this;
+    return (
+      view !== undefined &&
+      view.tokenLimit === tokenLimit &&
+      now >= view.at &&
+      now - view.at < LEASE_VIEW_MS &&
+      now - this.confirmedAt < LEASE_TTL_MS / 2 &&
+      this.held - this.inFlight >= estimate
+    );
+  }
+
+  /** The window as this process sees it: the last view, moved by what went through this lease since. */
+  window(): WindowUsage {
+    const view = this.view!;
+    return { used: view.used + this.settledSinceView, reserved: view.reservedElsewhere + this.inFlight, oldestBucketStart: view.oldestBucketStart };
+  }
+
+  /**
+   * How many tokens the row should hold after a grant, given what the database says is free for this
+   * process (limit - used - reserved elsewhere); 0 when the request must be decided one by one.
+   */
+  target(free: number, estimate: number, tokenLimit: number): number {
+    const spare = Math.floor((free - this.inFlight) / 2);
+    if (spare < estimate) return 0;
+    return this.inFlight + Math.min(spare, Math.max(estimate * LEASE_ESTIMATES, Math.ceil(tokenLimit / LEASE_SHARE)));
+  }
+
+  /** Takes the tokens a finished request charged (at most its estimate) off the lease. */
+  complete(estimate: number, charged: number): void {
+    const taken = Math.min(charged, estimate);
+    this.inFlight -= estimate;
+    this.held -= taken;
+    this.takenSinceGrant += taken;
+    this.settledSinceView += charged;
+  }
+}
+
+/** This process's leases, one current lease per key, and which lease each admitted request went through. */
+export class LeaseBook {
+  /** Prefix of this process's lease rows: other instances' rows never start with it. */
+  readonly prefix = `lease:${randomUUID()}:`;
+  private sequence = 0;
+  private readonly current = new Map<string, Lease>();
+  private readonly requests = new Map<string, { lease: Lease; reservation: Reservation }>();
+
+  /** The key's current lease, opened (empty, with a row id never used before) when there is none. */
+  lease(keyId: string): Lease {
+    let lease = this.current.get(keyId);
+    if (!lease) {
+      lease = new Lease(`${this.prefix}${++this.sequence}`, keyId);
+      this.current.set(keyId, lease);
+    }
+    return lease;
+  }
+
+  /** Admits a request against the lease (the caller checked that it fits). */
+  admit(lease: Lease, reservation: Reservation, now: number): void {
+    lease.inFlight += reservation.tokens;
+    lease.lastUsedAt = now;
+    this.requests.set(reservation.id, { lease, reservation });
+  }
+
+  /** The request's reservation and lease, when it was admitted against a lease here. */
+  find(requestId: string): { lease: Lease; reservation: Reservation } | undefined {
+    return this.requests.get(requestId);
+  }
+
+  /** Ends a request admitted against a lease: `charged` tokens come off it, the rest of its estimate returns. */
+  complete(requestId: string, charged: number): boolean {
+    const entry = this.requests.get(requestId);
+    if (!entry) return false;
+    this.requests.delete(requestId);
+    entry.lease.complete(entry.reservation.tokens, charged);
+    return true;
+  }
+
+  /** In-flight estimates of this process's lease for the key. */
+  inFlight(keyId: string): number {
+    return this.current.get(keyId)?.inFlight ?? 0;
+  }
+
+  /**
+   * Splits the leases for the periodic renewal: those to renew, and those idle long enough to give
+   * back (they leave the book now, so nothing is admitted against them any more).
+   */
+  sweep(now: number): { renew: Lease[]; drop: Lease[] } {
+    const renew: Lease[] = [];
+    const drop: Lease[] = [];
+    for (const lease of this.current.values()) {
+      const idle = lease.inFlight === 0 && lease.granting === undefined && now - lease.lastUsedAt > LEASE_IDLE_MS;
+      if (idle) {
+        this.current.delete(lease.keyId);
+        drop.push(lease);
+      } else if (lease.held > 0) renew.push(lease);
+    }
+    return { renew, drop };
+  }
+
+  /** Stops admitting against a lease (its row is gone); requests in flight on it finish as usual. */
+  retire(lease: Lease): void {
+    if (this.current.get(lease.keyId) === lease) this.current.delete(lease.keyId);
+  }
+
+  /** Forgets every lease (the store is closing); returns their row ids. */
+  clear(): string[] {
+    const ids = [...this.current.values()].map((lease) => lease.id);
+    this.current.clear();
+    return ids;
+  }
+}
