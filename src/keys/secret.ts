@@ -1,5 +1,5 @@
 // API key secrets: generation, the digest stored at rest, the display prefix and key-string checks.
-import { createHash, randomBytes } from 'node:crypto';
+import crypto, { randomBytes } from 'node:crypto';
 
 /** Longest key accepted, in UTF-8 bytes; longer ones are rejected without a lookup. */
 export const MAX_KEY_BYTES = 512;
@@ -16,9 +16,13 @@ export function keyProblem(key: string): string | undefined {
   return undefined;
 }
 
+// crypto.hash() (Node.js 20.12+) digests without building a Hash stream object: it runs on every request.
+const sha256Hex: (key: string) => string =
+  typeof crypto.hash === 'function' ? (key) => crypto.hash('sha256', key, 'hex') : (key) => crypto.createHash('sha256').update(key, 'utf8').digest('hex');
+
 /** SHA-256 of the key, lower-case hex: the only form in which a key is stored. */
 export function digestKey(key: string): string {
-  return createHash('sha256').update(key, 'utf8').digest('hex');
+  return sha256Hex(key);
 }
 
 /** A new random key: `tg-` and 32 base64url characters (192 bits). */
