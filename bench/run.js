@@ -1,99 +1,62 @@
 // @ts-check
-// `npm run bench`: the bare proxy and the gated one (SQLite, PostgreSQL, the file fallback) under the
-// same load in one run, then the scale run; writes bench/results/latest.{json,md}.
-import { spawn } from 'node:child_process';
+// `npm run bench`: the bare proxy and the gated one (SQLite, PostgreSQL, the sidecar, the file fallback)
+// under the same load in one run, in interleaved rounds, then the scale run; writes
+// bench/results/latest.{json,md}. Options: see README's "Benchmark" and docs/benchmarks.md.
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, totalmem } from 'node:os';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import autocannon from 'autocannon';
 import postgres from 'postgres';
 import { startPostgres } from '../test/helpers/pg-server.js';
+import { drive, REQUEST } from './drive.js';
 import { benchKeys } from './keys.js';
+import { pinBenchmark, root, startProcess, unpinBenchmark } from './processes.js';
+import { summarize, writeReport } from './report.js';
 import { runScale } from './scale.js';
 
-const root = join(import.meta.dirname, '..');
 const { values: args } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
-    duration: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '3' },
+    duration: { type: 'string', default: '4' },
+    warmup: { type: 'string', default: '2' },
     connections: { type: 'string', default: '32' },
+    'no-pin': { type: 'boolean', default: false },
     out: { type: 'string', default: join(root, 'bench/results') },
   },
 });
 const smoke = args.smoke;
-const duration = Number(args.duration);
-const connections = Number(args.connections);
+const settings = {
+  smoke,
+  rounds: smoke ? 1 : positive('rounds'),
+  seconds: positive('duration'),
+  warmupSeconds: positive('warmup'),
+  connections: positive('connections'),
+  latencySeconds: 2,
+};
 
-/**
- * Starts `node file ...args` and waits for the {"port"} line it prints when it listens.
- * @param {string[]} argv
- * @param {Record<string, string>} env
- */
-async function startProcess(argv, env) {
-  const child = spawn(process.execPath, argv, { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: /** @type {import('node:stream').Readable} */ (child.stdout) });
-  const port = await new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited with ${code} before listening`)));
-    lines.on('line', (line) => {
-      try {
-        const message = JSON.parse(line);
-        if (typeof message.port === 'number') resolve(message.port);
-      } catch {
-        // a log line
-      }
-    });
-  });
-  return {
-    child,
-    url: `http://127.0.0.1:${port}`,
-    /** Peak resident set size of the process so far, in MiB (Linux). */
-    peakRssMiB() {
-      const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-      return match ? Math.round(Number(match[1]) / 1024) : null;
-    },
-    async stop() {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
-const REQUEST = JSON.stringify({ model: 'bench-model', messages: [{ role: 'user', content: 'Say hello in five words.' }], max_tokens: 50 });
-const STREAM_REQUEST = JSON.stringify({ ...JSON.parse(REQUEST), stream: true, stream_options: { include_usage: true } });
-
-/**
- * Drives `url` with autocannon, spreading the requests over the bench keys.
- * @param {string} url
- * @param {{ stream: boolean, seconds?: number, amount?: number }} load
- */
-async function drive(url, { stream, seconds, amount }) {
-  const keys = benchKeys();
-  let next = 0;
-  const result = await autocannon({
-    url: `${url}/v1/chat/completions`,
-    method: 'POST',
-    connections,
-    ...(amount ? { amount } : { duration: seconds }),
-    headers: { 'content-type': 'application/json' },
-    body: stream ? STREAM_REQUEST : REQUEST,
-    requests: [{ setupRequest: (/** @type {any} */ req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${keys[next++ % keys.length]}` } }) }],
-  });
-  return {
-    requestsPerSecond: Math.round(result.requests.average),
-    p50Ms: result.latency.p50,
-    p99Ms: result.latency.p99,
-    requests: result.requests.total,
-    failures: result.errors + result.timeouts + result.non2xx,
-  };
+/** @param {'rounds' | 'duration' | 'warmup' | 'connections'} name */
+function positive(name) {
+  const value = Number(args[name]);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} must be a positive integer, not ${JSON.stringify(args[name])}`);
+  return value;
 }
 
 /**
- * A new database on the benchmark's PostgreSQL server.
+ * A warm-up, one round of saturating load, and the latency pass: one connection, one request at a
+ * time, so that its latency is the time a request takes without any queueing (smoke: a few hundred
+ * requests each).
+ */
+const loads = {
+  warmup: smoke ? { amount: 50 } : { seconds: settings.warmupSeconds },
+  round: { connections: settings.connections, ...(smoke ? { amount: 300 } : { seconds: settings.seconds }) },
+  latency: { connections: 1, ...(smoke ? { amount: 100 } : { seconds: settings.latencySeconds }) },
+};
+
+/**
+ * A new database on a PostgreSQL server of the benchmark.
  * @param {string} serverUrl
  */
 async function freshDatabase(serverUrl) {
@@ -108,81 +71,91 @@ async function freshDatabase(serverUrl) {
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'tokengate-bench-'));
 
-async function main() {
-  const upstream = await startProcess(['bench/upstream.js'], {});
-  const pg = await startPostgres();
-  const env = { UPSTREAM_URL: upstream.url, LOG_LEVEL: 'warn' };
-  /** @type {{ name: string, start: () => Promise<Awaited<ReturnType<typeof startProcess>> & { after?: () => Promise<void> }> }[]} */
-  const variants = [
-    { name: 'bare proxy', start: () => startProcess(['bench/target.js', 'bare'], env) },
-    { name: 'gate, SQLite', start: () => startProcess(['bench/target.js'], { ...env, DATABASE_PATH: join(tempDir(), 'bench.db') }) },
-    { name: 'gate, PostgreSQL', start: async () => startProcess(['bench/target.js'], { ...env, DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() }) },
-    {
-      name: 'gate, file fallback (PostgreSQL down)',
-      start: async () => {
-        const target = await startProcess(['bench/target.js'], { ...env, DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() });
-        await pg.stop();
-        await fetch(`${target.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${benchKeys()[0]}` }, body: REQUEST });
-        return { ...target, after: () => pg.start() };
-      },
-    },
-  ];
-
-  const rows = [];
-  try {
-    for (const stream of [false, true]) {
-      for (const variant of variants) {
-        if (stream && /PostgreSQL/.test(variant.name)) continue; // the SSE rows compare the proxying path only
-        const target = await variant.start();
-        try {
-          await drive(target.url, { stream, ...(smoke ? { amount: 50 } : { seconds: 2 }) }); // warm-up
-          const measured = await drive(target.url, { stream, ...(smoke ? { amount: 300 } : { seconds: duration }) });
-          rows.push({ variant: variant.name, response: stream ? 'SSE' : 'JSON', ...measured, peakRssMiB: target.peakRssMiB() });
-          process.stderr.write(`${variant.name} ${stream ? 'SSE' : 'JSON'}: ${measured.requestsPerSecond} req/s, p99 ${measured.p99Ms} ms\n`);
-        } finally {
-          await target.stop();
-          await target.after?.();
-        }
-      }
-    }
-    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500 });
-    report(rows, scale);
-  } finally {
-    await upstream.stop();
-    await pg.close();
-  }
+/**
+ * @param {import('./processes.js').BenchProcess} target
+ * @param {string} expected
+ */
+async function expectBackend(target, expected) {
+  const { backend } = /** @type {{ backend: string }} */ (await (await fetch(`${target.url}/bench/storage`)).json());
+  if (backend !== expected) throw new Error(`the target decides on ${backend}, not ${expected}`);
 }
 
-/**
- * @param {Array<Record<string, any>>} rows
- * @param {Array<Record<string, any>>} scale
- */
-function report(rows, scale) {
-  for (const row of rows) {
-    const bare = rows.find((r) => r.variant === 'bare proxy' && r.response === row.response);
-    row.ratioToBare = bare ? Number((row.requestsPerSecond / bare.requestsPerSecond).toFixed(3)) : null;
-    row.addedP99Ms = bare ? row.p99Ms - bare.p99Ms : null;
+async function main() {
+  const pin = pinBenchmark(!args['no-pin']);
+  const upstream = await startProcess(['bench/upstream.js'], {});
+  const pg = await startPostgres();
+  const doomed = await startPostgres(); // the fallback row's own server, stopped once its target is up
+  /** @type {import('./processes.js').BenchProcess[]} */
+  const targets = [];
+  try {
+    const env = { UPSTREAM_URL: upstream.url, LOG_LEVEL: 'warn' };
+    const start = async (/** @type {string[]} */ argv, /** @type {Record<string, string>} */ extra) => {
+      const target = await startProcess(argv, { ...env, ...extra }, pin);
+      targets.push(target);
+      return target;
+    };
+    const bare = await start(['bench/target.js', 'bare'], {});
+    const sqlite = await start(['bench/target.js'], { DATABASE_PATH: join(tempDir(), 'bench.db') });
+    await expectBackend(sqlite, 'sqlite');
+    const pgTarget = await start(['bench/target.js'], { DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() });
+    await expectBackend(pgTarget, 'postgres');
+    const sidecarDb = join(tempDir(), 'sidecar.db');
+    execFileSync(process.execPath, ['bench/target.js', 'seed'], { cwd: root, env: { ...process.env, ...env, DATABASE_PATH: sidecarDb }, stdio: 'inherit' });
+    const sidecar = await start(['dist/src/cli/main.js', 'serve'], { DATABASE_PATH: sidecarDb, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', INCLUDE_STREAM_USAGE: 'false' });
+    const fallback = await start(['bench/target.js'], { DATABASE_URL: await freshDatabase(doomed.url), FALLBACK_DIR: tempDir() });
+    await doomed.stop();
+    await fetch(`${fallback.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${benchKeys()[0]}`, 'content-type': 'application/json' }, body: REQUEST });
+    await expectBackend(fallback, 'file');
+
+    /** @type {{ variant: string, stream: boolean, target: import('./processes.js').BenchProcess }[]} */
+    const rows = [
+      { variant: 'bare proxy', stream: false, target: bare },
+      { variant: 'gate, SQLite', stream: false, target: sqlite },
+      { variant: 'gate, PostgreSQL', stream: false, target: pgTarget },
+      { variant: 'sidecar, SQLite', stream: false, target: sidecar },
+      { variant: 'gate, file fallback (PostgreSQL down)', stream: false, target: fallback },
+      // The SSE rows compare the proxying and metering of a stream; the store's side is the JSON rows'.
+      { variant: 'bare proxy', stream: true, target: bare },
+      { variant: 'gate, SQLite', stream: true, target: sqlite },
+      { variant: 'sidecar, SQLite', stream: true, target: sidecar },
+    ];
+    const label = (/** @type {typeof rows[number]} */ row) => `${row.variant} ${row.stream ? 'SSE' : 'JSON'}`;
+    for (const row of rows) await drive(row.target, { stream: row.stream, connections: settings.connections, ...loads.warmup });
+    /** @type {Map<typeof rows[number], Awaited<ReturnType<typeof drive>>[]>} */
+    const rounds = new Map(rows.map((row) => [row, []]));
+    for (let round = 1; round <= settings.rounds; round++) {
+      for (const row of rows) {
+        const measured = await drive(row.target, { stream: row.stream, ...loads.round });
+        rounds.get(row)?.push(measured);
+        process.stderr.write(`round ${round}/${settings.rounds} ${label(row)}: ${measured.requestsPerSecond} req/s, ${measured.cpuUsPerRequest} µs CPU/request\n`);
+      }
+    }
+    /** @type {Map<typeof rows[number], Awaited<ReturnType<typeof drive>>>} */
+    const alone = new Map();
+    for (const row of rows) {
+      const measured = await drive(row.target, { stream: row.stream, ...loads.latency });
+      alone.set(row, measured);
+      process.stderr.write(`one connection ${label(row)}: p50 ${measured.p50Ms} ms, p99 ${measured.p99Ms} ms\n`);
+    }
+    const summary = summarize(
+      rows.map((row) => ({
+        variant: row.variant,
+        response: row.stream ? 'SSE' : 'JSON',
+        rounds: /** @type {Awaited<ReturnType<typeof drive>>[]} */ (rounds.get(row)),
+        alone: /** @type {Awaited<ReturnType<typeof drive>>} */ (alone.get(row)),
+        peakRssMiB: row.target.peakRssMiB(),
+      })),
+    );
+    for (const target of targets.splice(0)) await target.stop();
+    unpinBenchmark(pin);
+    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500 });
+    writeReport(args.out, { settings: { ...settings, pinned: pin.length > 0 }, proxy: summary, scale });
+  } finally {
+    for (const target of targets) await target.stop();
+    await upstream.stop();
+    await doomed.close();
+    await pg.close();
   }
-  const machine = { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30), connections, seconds: smoke ? null : duration, smoke };
-  const result = { at: new Date().toISOString(), machine, proxy: rows, scale };
-  mkdirSync(args.out, { recursive: true });
-  writeFileSync(join(args.out, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
-  const markdown = [
-    `Run ${result.at} on ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node.js ${machine.node}; autocannon, ${connections} connections, ${smoke ? 'smoke run' : `${duration} s per row`}.`,
-    '',
-    '| variant | response | requests/s | ratio to bare | p50 ms | p99 ms | added p99 ms | failures | peak RSS MiB |',
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|',
-    ...rows.map((r) => `| ${r.variant} | ${r.response} | ${r.requestsPerSecond} | ${r.ratioToBare} | ${r.p50Ms} | ${r.p99Ms} | ${r.addedP99Ms} | ${r.failures} | ${r.peakRssMiB} |`),
-    '',
-    'Scale run: one hot key, lookup → admit → settle from 8 concurrent loops, straight against the store.',
-    '',
-    '| store | keys | hot key history | cycles/s | lookup µs | admit µs | settle µs |',
-    '|---|---:|---|---:|---:|---:|---:|',
-    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${s.history === 'dense' ? '5 h of minute buckets' : 'empty'} | ${s.cyclesPerSecond} | ${s.lookupUs} | ${s.admitUs} | ${s.settleUs} |`),
-    '',
-  ].join('\n');
-  writeFileSync(join(args.out, 'latest.md'), markdown);
-  process.stdout.write(markdown);
 }
 
 await main();

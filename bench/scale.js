@@ -13,7 +13,8 @@ import { digestKey } from '../dist/src/keys/secret.js';
 const WINDOW_MS = 5 * 3600_000;
 const MINUTE = 60_000;
 const HOT_KEY = 'tg-bench-hot-key';
-const CONCURRENCY = 8;
+/** Requests ending at once in the recording measurement. */
+const RECORDING_LOOPS = 32;
 
 /**
  * @param {{ databaseUrl: () => Promise<string>, keyCounts: number[], measureMs: number }} options
@@ -102,35 +103,53 @@ async function postgresStore(url) {
 }
 
 /**
- * Lookup → admit → settle cycles on the hot key from CONCURRENCY loops for `ms`: the mean time of each
- * step, and cycles per second.
+ * The hot key's two costs, each measured after a short warm-up: a decision (digest, lookup, admit,
+ * then release, one at a time, so its mean time is the decision's own), and recording (admit then
+ * settle from RECORDING_LOOPS concurrent loops, as many requests ending at once: records per second).
  * @param {import('tokengate').Storage} storage
  * @param {number} ms
  */
 async function measure(storage, ms) {
-  const digest = digestKey(HOT_KEY);
-  const spent = { lookup: 0n, admit: 0n, settle: 0n };
-  let cycles = 0;
-  const deadline = Date.now() + ms;
-  const loop = async () => {
-    while (Date.now() < deadline) {
-      let t = process.hrtime.bigint();
-      const key = await storage.findKeyByDigest(digest);
-      if (!key) throw new Error('the hot key is missing');
-      spent.lookup += process.hrtime.bigint() - t;
-      t = process.hrtime.bigint();
-      const admission = await storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate: 10, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW_MS });
-      spent.admit += process.hrtime.bigint() - t;
-      if (!admission.admitted) throw new Error('the hot key was refused');
-      t = process.hrtime.bigint();
-      await storage.settle(admission.reservation, { id: admission.reservation.id, keyId: key.id, tokens: 10, at: Date.now() });
-      spent.settle += process.hrtime.bigint() - t;
-      cycles++;
-    }
+  const admitOnce = async () => {
+    const key = await storage.findKeyByDigest(digestKey(HOT_KEY));
+    if (!key) throw new Error('the hot key is missing');
+    const admission = await storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate: 10, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW_MS });
+    if (!admission.admitted) throw new Error('the hot key was refused');
+    return { key, reservation: admission.reservation };
   };
+  const decide = async () => {
+    const { reservation } = await admitOnce();
+    await storage.release(reservation);
+  };
+  const record = async () => {
+    const { key, reservation } = await admitOnce();
+    await storage.settle(reservation, { id: reservation.id, keyId: key.id, tokens: 10, at: Date.now() });
+  };
+  await repeat(decide, 1, Math.min(200, ms / 4));
+  const decisions = await repeat(decide, 1, ms / 2);
+  await repeat(record, RECORDING_LOOPS, Math.min(200, ms / 4));
+  const records = await repeat(record, RECORDING_LOOPS, ms / 2);
+  return { decisionsPerSecond: Math.round(decisions.perSecond), decisionUs: Number(decisions.meanUs.toFixed(1)), recordsPerSecond: Math.round(records.perSecond) };
+}
+
+/**
+ * Runs `step` from `loops` concurrent loops for `ms`.
+ * @param {() => Promise<void>} step
+ * @param {number} loops
+ * @param {number} ms
+ */
+async function repeat(step, loops, ms) {
+  let count = 0;
   const started = process.hrtime.bigint();
-  await Promise.all(Array.from({ length: CONCURRENCY }, loop));
+  const deadline = Date.now() + ms;
+  await Promise.all(
+    Array.from({ length: loops }, async () => {
+      while (Date.now() < deadline) {
+        await step();
+        count++;
+      }
+    }),
+  );
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-  const meanUs = (/** @type {bigint} */ total) => Math.round(Number(total) / 1000 / Math.max(1, cycles));
-  return { cyclesPerSecond: Math.round(cycles / seconds), lookupUs: meanUs(spent.lookup), admitUs: meanUs(spent.admit), settleUs: meanUs(spent.settle) };
+  return { perSecond: count / seconds, meanUs: (seconds * 1e6 * loops) / Math.max(1, count) };
 }

@@ -1,6 +1,8 @@
 // @ts-check
 // One proxy under test, in a process of its own: `bare` (no gate) or the gated proxy on the store the
-// environment names (DATABASE_URL, DATABASE_PATH, FALLBACK_DIR). Prints {"port"} when it listens.
+// environment names (DATABASE_URL, DATABASE_PATH, FALLBACK_DIR); prints {"port"} when it listens and
+// answers GET /bench/storage with the store deciding now. `seed` only creates the bench keys and exits
+// (the sidecar's database).
 import express from 'express';
 import { createLogger, createStorage } from 'tokengate';
 import { createProxyApp, proxyTo } from '../examples/express-proxy/app.js';
@@ -23,7 +25,12 @@ if (variant === 'bare') {
   for (const key of benchKeys()) {
     await storage.createKey({ name: 'bench', key, tokenLimit: 1e12, expiresAt: Date.now() + 24 * 3600_000 }).catch(() => undefined); // already there
   }
+  if (variant === 'seed') {
+    await storage.close();
+    process.exit(0);
+  }
   app = createProxyApp({ storage, upstreamUrl, gate: { logger } });
+  app.get('/bench/storage', (_req, res) => void res.json({ backend: storage?.backend }));
 }
 const server = app.listen(0, '127.0.0.1', () => {
   process.stdout.write(`${JSON.stringify({ port: /** @type {import('node:net').AddressInfo} */ (server.address()).port })}\n`);

@@ -11,6 +11,8 @@ interface ProxyRow {
   requests: number;
   failures: number;
   ratioToBare: number;
+  cpuUsPerRequest: number;
+  alone: { p99Ms: number };
   peakRssMiB: number;
 }
 
@@ -19,22 +21,29 @@ describe('npm run bench -- --smoke', () => {
     const out = tempDir();
     const run = spawnSync(process.execPath, ['bench/run.js', '--smoke', '--out', out], { cwd: join(import.meta.dirname, '../..'), encoding: 'utf8', timeout: 150_000 });
     expect(run.status, run.stderr).toBe(0);
-    const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { proxy: ProxyRow[]; scale: { backend: string; keys: number; cyclesPerSecond: number }[] };
+    const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { proxy: ProxyRow[]; scale: { backend: string; keys: number; decisionsPerSecond: number; recordsPerSecond: number }[] };
     expect(result.proxy.map((row) => `${row.variant} ${row.response}`)).toEqual([
       'bare proxy JSON',
       'gate, SQLite JSON',
       'gate, PostgreSQL JSON',
+      'sidecar, SQLite JSON',
       'gate, file fallback (PostgreSQL down) JSON',
       'bare proxy SSE',
       'gate, SQLite SSE',
+      'sidecar, SQLite SSE',
     ]);
     for (const row of result.proxy) {
       expect(row, row.variant).toMatchObject({ requests: 300, failures: 0 });
       expect(row.ratioToBare, row.variant).toBeGreaterThan(0);
+      expect(row.cpuUsPerRequest, row.variant).toBeGreaterThan(0);
+      expect(row.alone.p99Ms, row.variant).toBeGreaterThan(0);
       expect(row.peakRssMiB, row.variant).toBeGreaterThan(0);
     }
     expect(result.scale.map((row) => `${row.backend} ${row.keys}`)).toEqual(['sqlite 1', 'sqlite 1', 'sqlite 100', 'sqlite 100', 'postgres 1', 'postgres 1', 'postgres 100', 'postgres 100']);
-    for (const row of result.scale) expect(row.cyclesPerSecond).toBeGreaterThan(0);
+    for (const row of result.scale) {
+      expect(row.decisionsPerSecond).toBeGreaterThan(0);
+      expect(row.recordsPerSecond).toBeGreaterThan(0);
+    }
     expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| gate, SQLite | JSON | ');
   }, 180_000);
 });

@@ -1,0 +1,115 @@
+// @ts-check
+// The benchmark's child processes: start one, wait for the {"port"} it prints, read its CPU time and
+// peak RSS from /proc, stop it; and the CPU pinning that keeps the process under test on a core of its own.
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+export const root = join(import.meta.dirname, '..');
+
+/** Longest wait for a child to print its port. */
+const STARTUP_TIMEOUT_MS = 60_000;
+/** Clock ticks per second of /proc/<pid>/stat's utime and stime (USER_HZ, 100 on Linux). */
+const TICKS_PER_SECOND = 100;
+
+const started = new Set();
+process.once('exit', () => {
+  for (const child of started) child.kill('SIGKILL');
+});
+
+/**
+ * Pinning: with two cores or more, the benchmark itself (load generator, upstream, PostgreSQL) runs on
+ * core 1 and every process under test on core 0, so that the proxy's own CPU is what limits its
+ * throughput and the rows compare like with like. Returns the prefix to run a process under test with.
+ * @param {boolean} wanted
+ * @returns {string[]}
+ */
+export function pinBenchmark(wanted) {
+  if (!wanted || availableParallelism() < 2) return [];
+  const own = spawnSync('taskset', ['-a', '-p', '-c', '1', String(process.pid)], { stdio: 'ignore' });
+  if (own.status !== 0) return [];
+  return ['taskset', '-c', '0'];
+}
+
+/**
+ * Lets the benchmark use every core again (the scale run measures the store from this process).
+ * @param {string[]} pin what pinBenchmark() returned
+ */
+export function unpinBenchmark(pin) {
+  if (pin.length > 0) spawnSync('taskset', ['-a', '-p', '-c', `0-${availableParallelism() - 1}`, String(process.pid)], { stdio: 'ignore' });
+}
+
+/**
+ * Starts `node ...argv` (behind `prefix`, such as taskset) and waits for the first stdout line carrying a
+ * numeric "port" (our bench targets print {"port"}; the sidecar's pino start line has one too).
+ * @param {string[]} argv
+ * @param {Record<string, string>} env
+ * @param {string[]} [prefix]
+ */
+export async function startProcess(argv, env, prefix = []) {
+  const [command, ...args] = [...prefix, process.execPath, ...argv];
+  const child = spawn(/** @type {string} */ (command), args, { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  started.add(child);
+  child.once('exit', () => started.delete(child));
+  const lines = createInterface({ input: /** @type {import('node:stream').Readable} */ (child.stdout) });
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  try {
+    const port = await new Promise((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`${argv.join(' ')} did not listen within ${STARTUP_TIMEOUT_MS / 1000} s`)), STARTUP_TIMEOUT_MS);
+      child.once('exit', (code) => reject(new Error(`${argv.join(' ')} exited with ${code} before listening`)));
+      lines.on('line', (line) => {
+        try {
+          const message = JSON.parse(line);
+          if (typeof message.port === 'number') resolve(message.port);
+        } catch {
+          // not a JSON line
+        }
+      });
+    });
+    lines.removeAllListeners('line');
+    lines.resume();
+    return processHandle(child, `http://127.0.0.1:${port}`);
+  } catch (error) {
+    child.kill('SIGKILL');
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * @param {import('node:child_process').ChildProcess} child
+ * @param {string} url
+ */
+function processHandle(child, url) {
+  const pid = /** @type {number} */ (child.pid);
+  return {
+    child,
+    url,
+    /** User plus system CPU time the process has used so far, in microseconds (Linux). */
+    cpuMicros() {
+      // Fields after the command name, which is in parentheses and may hold spaces: utime is the 12th, stime the 13th.
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return ((Number(fields[11]) + Number(fields[12])) * 1e6) / TICKS_PER_SECOND;
+    },
+    /** Peak resident set size of the process so far, in MiB (Linux). */
+    peakRssMiB() {
+      const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+      return match ? Math.round(Number(match[1]) / 1024) : null;
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** @typedef {Awaited<ReturnType<typeof startProcess>>} BenchProcess */

@@ -1,0 +1,84 @@
+// @ts-check
+// The benchmark's results: medians over the rounds, ratios to the bare proxy measured round by round,
+// and the tables written to bench/results/latest.{json,md}.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+
+/** @typedef {Awaited<ReturnType<typeof import('./drive.js').drive>>} Measured */
+
+/** @param {number[]} values */
+function median(values) {
+  const sorted = values.toSorted((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/** @param {number | null} value @param {number | null | undefined} bare */
+const difference = (value, bare) => (value === null || bare === null || bare === undefined ? null : Number((value - bare).toFixed(2)));
+
+const round3 = (/** @type {number} */ value) => Number(value.toFixed(3));
+
+/**
+ * One row per variant and response: medians over its rounds; the ratio to the bare proxy is the median
+ * of the per-round ratios (each against the bare round just before, so load on the machine cancels out).
+ * @param {{ variant: string, response: string, rounds: Measured[], alone: Measured, peakRssMiB: number | null }[]} rows
+ */
+export function summarize(rows) {
+  return rows.map((row) => {
+    const bare = rows.find((other) => other.variant === 'bare proxy' && other.response === row.response);
+    const ratios = bare ? row.rounds.map((measured, i) => measured.requestsPerSecond / bare.rounds[i].requestsPerSecond) : [];
+    const cpu = median(row.rounds.map((measured) => measured.cpuUsPerRequest ?? Number.NaN));
+    const bareCpu = bare ? median(bare.rounds.map((measured) => measured.cpuUsPerRequest ?? Number.NaN)) : Number.NaN;
+    return {
+      variant: row.variant,
+      response: row.response,
+      requestsPerSecond: Math.round(median(row.rounds.map((measured) => measured.requestsPerSecond))),
+      ratioToBare: ratios.length ? round3(median(ratios)) : null,
+      ratiosByRound: ratios.map(round3),
+      cpuUsPerRequest: Math.round(cpu),
+      cpuRatioToBare: bare ? round3(bareCpu / cpu) : null,
+      cpuBusy: median(row.rounds.map((measured) => measured.cpuBusy)),
+      p50Ms: median(row.rounds.map((measured) => measured.p50Ms ?? Number.NaN)),
+      p99Ms: median(row.rounds.map((measured) => measured.p99Ms ?? Number.NaN)),
+      alone: { p50Ms: row.alone.p50Ms, p99Ms: row.alone.p99Ms, addedP50Ms: difference(row.alone.p50Ms, bare?.alone.p50Ms), addedP99Ms: difference(row.alone.p99Ms, bare?.alone.p99Ms) },
+      requests: row.rounds.reduce((sum, measured) => sum + measured.requests, 0),
+      failures: row.rounds.reduce((sum, measured) => sum + measured.failures, 0) + row.alone.failures,
+      peakRssMiB: row.peakRssMiB,
+    };
+  });
+}
+
+/**
+ * @param {string} out
+ * @param {{ settings: Record<string, any>, proxy: ReturnType<typeof summarize>, scale: Array<Record<string, any>> }} result
+ */
+export function writeReport(out, { settings, proxy, scale }) {
+  const machine = { node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, memoryGiB: Math.round(totalmem() / 2 ** 30) };
+  const at = new Date().toISOString();
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, 'latest.json'), `${JSON.stringify({ at, machine, settings, proxy, scale }, null, 2)}\n`);
+  const load = settings.smoke
+    ? 'smoke run: 300 requests per row'
+    : `${settings.rounds} interleaved rounds of ${settings.seconds} s per row after ${settings.warmupSeconds} s of warm-up, medians`;
+  const markdown = [
+    `Run ${at} on ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node.js ${machine.node}.`,
+    `autocannon, ${settings.connections} connections, ${load}; ${settings.pinned ? 'process under test pinned to core 0, load generator, upstream and PostgreSQL to core 1' : 'no CPU pinning'}.`,
+    '',
+    `| variant | response | requests/s | ratio to bare | CPU µs/request | CPU ratio | p50 / p99 ms, ${settings.connections} connections | p50 / p99 ms, 1 connection | added p99 ms, 1 connection | failures | peak RSS MiB |`,
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...proxy.map(
+      (r) =>
+        `| ${r.variant} | ${r.response} | ${r.requestsPerSecond} | ${r.ratioToBare} | ${r.cpuUsPerRequest} | ${r.cpuRatioToBare} | ${r.p50Ms} / ${r.p99Ms} | ${r.alone.p50Ms} / ${r.alone.p99Ms} | ${r.alone.addedP99Ms} | ${r.failures} | ${r.peakRssMiB} |`,
+    ),
+    '',
+    'Scale run, straight against the store: decisions (digest, key lookup, admission, release; one at a time) and recording (admission then usage record, 32 at once) on one hot key.',
+    '',
+    '| store | keys | hot key history | decisions/s | µs per decision | records/s |',
+    '|---|---:|---|---:|---:|---:|',
+    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${s.history === 'dense' ? '5 h of minute buckets' : 'empty'} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
+    '',
+  ].join('\n');
+  writeFileSync(join(out, 'latest.md'), markdown);
+  process.stdout.write(markdown);
+}
