@@ -27,15 +27,20 @@ export async function drive(target, { stream, connections, seconds, amount }) {
   /** @type {number[]} */
   const latencies = [];
   const cpuBefore = target.cpuMicros();
-  const run = autocannon({
-    url: `${target.url}/v1/chat/completions`,
-    method: 'POST',
-    connections,
-    ...(amount ? { amount } : { duration: seconds }),
-    headers: { 'content-type': 'application/json' },
-    body: stream ? STREAM_REQUEST : REQUEST,
-    requests: [{ setupRequest: (/** @type {any} */ req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${keys[next++ % keys.length]}` } }) }],
-  });
+  // Without a callback, autocannon returns its running instance, an EventEmitter that is also a promise.
+  const run = /** @type {Promise<autocannon.Result> & import('node:events').EventEmitter} */ (
+    /** @type {unknown} */ (
+      autocannon({
+        url: `${target.url}/v1/chat/completions`,
+        method: 'POST',
+        connections,
+        ...(amount ? { amount } : { duration: seconds }),
+        headers: { 'content-type': 'application/json' },
+        body: stream ? STREAM_REQUEST : REQUEST,
+        requests: [{ setupRequest: (/** @type {any} */ req) => ({ ...req, headers: { ...req.headers, authorization: `Bearer ${keys[next++ % keys.length]}` } }) }],
+      })
+    )
+  );
   // autocannon's own percentiles are whole milliseconds; its response events carry the exact time.
   run.on('response', (/** @type {unknown} */ _client, /** @type {number} */ status, /** @type {number} */ _bytes, /** @type {number} */ ms) => {
     if (status >= 200 && status < 300) latencies.push(ms);
@@ -62,5 +67,5 @@ export async function drive(target, { stream, connections, seconds, amount }) {
 function percentile(values, fraction) {
   if (values.length === 0) return null;
   const sorted = values.toSorted((a, b) => a - b);
-  return Number(sorted[Math.min(sorted.length - 1, Math.ceil(fraction * sorted.length) - 1)].toFixed(2));
+  return Number((sorted[Math.min(sorted.length - 1, Math.ceil(fraction * sorted.length) - 1)] ?? Number.NaN).toFixed(2));
 }

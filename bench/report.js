@@ -7,11 +7,15 @@ import { join } from 'node:path';
 
 /** @typedef {Awaited<ReturnType<typeof import('./drive.js').drive>>} Measured */
 
-/** @param {number[]} values */
+/**
+ * @param {number[]} values
+ * @returns {number}
+ */
 function median(values) {
   const sorted = values.toSorted((a, b) => a - b);
   const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+  const at = (/** @type {number} */ i) => sorted[i] ?? Number.NaN;
+  return sorted.length % 2 ? at(middle) : (at(middle - 1) + at(middle)) / 2;
 }
 
 /** @param {number | null} value @param {number | null | undefined} bare */
@@ -27,7 +31,7 @@ const round3 = (/** @type {number} */ value) => Number(value.toFixed(3));
 export function summarize(rows) {
   return rows.map((row) => {
     const bare = rows.find((other) => other.variant === 'bare proxy' && other.response === row.response);
-    const ratios = bare ? row.rounds.map((measured, i) => measured.requestsPerSecond / bare.rounds[i].requestsPerSecond) : [];
+    const ratios = bare ? row.rounds.map((measured, i) => measured.requestsPerSecond / (bare.rounds[i]?.requestsPerSecond ?? Number.NaN)) : [];
     const cpu = median(row.rounds.map((measured) => measured.cpuUsPerRequest ?? Number.NaN));
     const bareCpu = bare ? median(bare.rounds.map((measured) => measured.cpuUsPerRequest ?? Number.NaN)) : Number.NaN;
     return {
