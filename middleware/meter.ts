@@ -1,4 +1,5 @@
 // The response tap: sees every chunk the response writes (without holding any back), then settles.
+import { ServerResponse } from 'node:http';
 import type { Request, Response } from 'express';
 import { UsageTap } from '../src/usage/tap.js';
 import { usageFromHeader } from '../src/usage/header.js';
@@ -10,10 +11,50 @@ import { storageCall } from './storage-call.js';
 
 type Chunk = string | Buffer | Uint8Array;
 
+/** What a metered response carries: where each chunk it writes goes. */
+interface Meter {
+  observe(chunk: unknown, encoding: unknown): void;
+}
+
+const METER = Symbol('tokengate.meter');
+type MeteredResponse = ServerResponse & { [METER]?: Meter };
+const patched = new WeakSet<object>();
+
 /**
- * Wraps `res.write` / `res.end` to copy each chunk to a usage tap after handing it on, and settles
- * the reservation once, when the response finishes or the connection closes before that; `track`
- * is handed the settling, so that shutdown can wait for it.
+ * Sees each chunk a response writes through the prototype's write/end, patched once: a closure
+ * assigned to res.write and res.end on every response costs more than the rest of the gate (the
+ * response object's shape changes per request). An unmetered response goes straight through;
+ * wrappers installed later on the instance (compression, instrumentation) still end up here.
+ * Responses of another class (not an http.ServerResponse) get their own wrappers.
+ */
+function tapWrites(res: ServerResponse, meter: Meter): void {
+  if (!(res instanceof ServerResponse)) return wrapWrites(res as never, () => meter);
+  if (!patched.has(ServerResponse.prototype)) {
+    wrapWrites(ServerResponse.prototype as never, (self) => self[METER]);
+    patched.add(ServerResponse.prototype);
+  }
+  (res as MeteredResponse)[METER] = meter;
+}
+
+/** Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find` names. */
+function wrapWrites(target: Record<'write' | 'end', (...args: unknown[]) => unknown>, find: (self: MeteredResponse) => Meter | undefined): void {
+  const write = target.write;
+  const end = target.end;
+  target.write = function (this: MeteredResponse, chunk: unknown, ...rest: unknown[]) {
+    const result = write.call(this, chunk, ...rest);
+    find(this)?.observe(chunk, rest[0]);
+    return result;
+  };
+  target.end = function (this: MeteredResponse, chunk?: unknown, ...rest: unknown[]) {
+    find(this)?.observe(chunk, rest[0]);
+    return end.call(this, chunk, ...rest);
+  };
+}
+
+/**
+ * Copies each chunk the response writes to a usage tap after handing it on, and settles the
+ * reservation once, when the response finishes or the connection closes before that; `track` is
+ * handed the settling, so that shutdown can wait for it.
  */
 export function meterResponse(
   req: Request,
@@ -24,29 +65,20 @@ export function meterResponse(
   track: (settling: Promise<void>) => void,
 ): void {
   let tap: UsageTap | undefined;
-  const observe = (chunk: unknown, encoding: unknown): void => {
-    if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
-    tap ??= openTap(res, config);
-    tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
-  };
-  const write = res.write;
-  const end = res.end;
-  res.write = function (this: Response, chunk: unknown, ...rest: unknown[]) {
-    const result = (write as (...args: unknown[]) => boolean).call(this, chunk, ...rest);
-    observe(chunk, rest[0]);
-    return result;
-  } as Response['write'];
-  res.end = function (this: Response, chunk?: unknown, ...rest: unknown[]) {
-    observe(chunk, rest[0]);
-    return (end as (...args: unknown[]) => Response).call(this, chunk, ...rest);
-  } as Response['end'];
-
+  tapWrites(res, {
+    observe(chunk, encoding) {
+      if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
+      tap ??= openTap(res, config);
+      tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+    },
+  });
   let done = false;
   const settle = (aborted: boolean): void => {
     if (done) return;
     done = true;
     track(settleResponse(req, res, config, reservation, requestBytes, tap, aborted));
   };
+  // On 'finish', so that settled() covers a response from its end on; on 'close' for one cut short.
   res.once('finish', () => settle(false));
   res.once('close', () => settle(!res.writableFinished));
 }
