@@ -3,9 +3,9 @@ import { ServerResponse } from 'node:http';
 import type { Request, Response } from 'express';
 import { UsageTap } from '../src/usage/tap.js';
 import { usageFromHeader } from '../src/usage/header.js';
-import { chargeFor } from '../src/usage/charge.js';
+import { chargeFor, type Charge } from '../src/usage/charge.js';
 import type { UsageReading } from '../src/usage/tokens.js';
-import type { Reservation } from '../src/storage/types.js';
+import type { Reservation, UsageRecord } from '../src/storage/types.js';
 import { MAX_JSON_RESPONSE_BYTES, type GateConfig } from './options.js';
 import { storageCall } from './storage-call.js';
 
@@ -30,11 +30,15 @@ const patched = new WeakSet<object>();
 function tapWrites(res: ServerResponse, meter: Meter): void {
   if (!(res instanceof ServerResponse)) return wrapWrites(res as never, () => meter);
   if (!patched.has(ServerResponse.prototype)) {
-    wrapWrites(ServerResponse.prototype as never, (self) => self[METER]);
+    wrapWrites(ServerResponse.prototype as never, meterOf);
     patched.add(ServerResponse.prototype);
   }
   (res as MeteredResponse)[METER] = meter;
 }
+
+// Not an arrow inside tapWrites: it would share that call's scope, and so keep the first metered
+// response in memory for as long as the process runs.
+const meterOf = (self: MeteredResponse): Meter | undefined => self[METER];
 
 /** Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find` names. */
 function wrapWrites(target: Record<'write' | 'end', (...args: unknown[]) => unknown>, find: (self: MeteredResponse) => Meter | undefined): void {
@@ -76,7 +80,7 @@ export function meterResponse(
   const settle = (aborted: boolean): void => {
     if (done) return;
     done = true;
-    track(settleResponse(req, res, config, reservation, requestBytes, tap, aborted));
+    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, tap, aborted), config, reservation));
   };
   // On 'finish', so that settled() covers a response from its end on; on 'close' for one cut short.
   res.once('finish', () => settle(false));
@@ -93,7 +97,8 @@ function openTap(res: Response, config: GateConfig): UsageTap {
   });
 }
 
-async function settleResponse(
+/** What the response used, read once it has ended; the record to store and where its count came from. */
+async function readCharge(
   req: Request,
   res: Response,
   config: GateConfig,
@@ -101,34 +106,43 @@ async function settleResponse(
   requestBytes: number,
   tap: UsageTap | undefined,
   aborted: boolean,
-): Promise<void> {
-  const { logger } = config;
+): Promise<{ record: UsageRecord; source: Charge['source'] }> {
+  const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0 };
+  const readings: (UsageReading | undefined)[] = [
+    customReading(req, res, config),
+    usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),
+    seen.reading,
+  ];
+  const charge = chargeFor({
+    status: res.statusCode,
+    aborted,
+    chargeFailedResponses: config.chargeFailedResponses,
+    readings,
+    requestBytes,
+    responseBytes: seen.bytes,
+  });
+  if (charge.problem !== undefined || seen.malformedEvents > 0) {
+    config.logger.warn(
+      { keyId: reservation.keyId, status: res.statusCode, problem: charge.problem, malformedEvents: seen.malformedEvents, charged: charge.tokens, source: charge.source },
+      'upstream usage could not be read exactly',
+    );
+  }
+  return { record: { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() }, source: charge.source };
+}
+
+/**
+ * Stores the charge, or gives the reservation back when it cannot be read or stored. Kept apart from
+ * the request and response (not even in a closure's scope): a response would otherwise stay in memory
+ * until its batch commits, long enough on PostgreSQL to reach the old generation and triple the time
+ * spent collecting garbage.
+ */
+async function recordUsage(charging: Promise<{ record: UsageRecord; source: Charge['source'] }>, config: GateConfig, reservation: Reservation): Promise<void> {
   try {
-    const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0 };
-    const readings: (UsageReading | undefined)[] = [
-      customReading(req, res, config),
-      usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),
-      seen.reading,
-    ];
-    const charge = chargeFor({
-      status: res.statusCode,
-      aborted,
-      chargeFailedResponses: config.chargeFailedResponses,
-      readings,
-      requestBytes,
-      responseBytes: seen.bytes,
-    });
-    if (charge.problem !== undefined || seen.malformedEvents > 0) {
-      logger.warn(
-        { keyId: reservation.keyId, status: res.statusCode, problem: charge.problem, malformedEvents: seen.malformedEvents, charged: charge.tokens, source: charge.source },
-        'upstream usage could not be read exactly',
-      );
-    }
-    const record = { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() };
+    const { record, source } = await charging;
     await storageCall(config, 'settle', () => config.storage.settle(reservation, record));
-    if (charge.source !== 'none') config.metrics?.countTokens(charge.source, charge.tokens, reservation.keyId);
+    if (source !== 'none') config.metrics?.countTokens(source, record.tokens, reservation.keyId);
   } catch (error) {
-    logger.error({ err: error, keyId: reservation.keyId, requestId: reservation.id }, 'recording usage failed');
+    config.logger.error({ err: error, keyId: reservation.keyId, requestId: reservation.id }, 'recording usage failed');
     await storageCall(config, 'release', () => config.storage.release(reservation)).catch(() => undefined);
   } finally {
     config.metrics?.reservedTokens.dec(reservation.tokens);
