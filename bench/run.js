@@ -24,6 +24,7 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '2' },
     connections: { type: 'string', default: '32' },
     'no-pin': { type: 'boolean', default: false },
+    profile: { type: 'string' },
     out: { type: 'string', default: join(root, 'bench/results') },
   },
 });
@@ -89,20 +90,22 @@ async function main() {
   const targets = [];
   try {
     const env = { UPSTREAM_URL: upstream.url, LOG_LEVEL: 'warn' };
-    const start = async (/** @type {string[]} */ argv, /** @type {Record<string, string>} */ extra) => {
-      const target = await startProcess(argv, { ...env, ...extra }, pin);
+    // --profile DIR: each process under test writes DIR/<name>.cpuprofile when it stops.
+    const start = async (/** @type {string} */ name, /** @type {string[]} */ argv, /** @type {Record<string, string>} */ extra) => {
+      const profile = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
+      const target = await startProcess([...profile, ...argv], { ...env, ...extra }, pin);
       targets.push(target);
       return target;
     };
-    const bare = await start(['bench/target.js', 'bare'], {});
-    const sqlite = await start(['bench/target.js'], { DATABASE_PATH: join(tempDir(), 'bench.db') });
+    const bare = await start('bare', ['bench/target.js', 'bare'], {});
+    const sqlite = await start('sqlite', ['bench/target.js'], { DATABASE_PATH: join(tempDir(), 'bench.db') });
     await expectBackend(sqlite, 'sqlite');
-    const pgTarget = await start(['bench/target.js'], { DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() });
+    const pgTarget = await start('postgres', ['bench/target.js'], { DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() });
     await expectBackend(pgTarget, 'postgres');
     const sidecarDb = join(tempDir(), 'sidecar.db');
     execFileSync(process.execPath, ['bench/target.js', 'seed'], { cwd: root, env: { ...process.env, ...env, DATABASE_PATH: sidecarDb }, stdio: 'inherit' });
-    const sidecar = await start(['dist/src/cli/main.js', 'serve'], { DATABASE_PATH: sidecarDb, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', INCLUDE_STREAM_USAGE: 'false' });
-    const fallback = await start(['bench/target.js'], { DATABASE_URL: await freshDatabase(doomed.url), FALLBACK_DIR: tempDir() });
+    const sidecar = await start('sidecar', ['dist/src/cli/main.js', 'serve'], { DATABASE_PATH: sidecarDb, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', INCLUDE_STREAM_USAGE: 'false' });
+    const fallback = await start('fallback', ['bench/target.js'], { DATABASE_URL: await freshDatabase(doomed.url), FALLBACK_DIR: tempDir() });
     await doomed.stop();
     await fetch(`${fallback.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${benchKeys()[0]}`, 'content-type': 'application/json' }, body: REQUEST });
     await expectBackend(fallback, 'file');
