@@ -1,5 +1,4 @@
 // tokenGate(): authenticate the key, admit on a reservation or refuse, then meter the response.
-import { randomUUID } from 'node:crypto';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { digestKey } from '../src/keys/secret.js';
 import { remainingTokens } from '../src/quota/admission.js';
@@ -8,6 +7,7 @@ import { windowStart } from '../src/keys/view.js';
 import type { KeyRecord } from '../src/storage/types.js';
 import { BodyTooLargeError, declaredTooLarge, readRequestBody, type RequestBody } from './body.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
+import { newRecordId } from '../src/usage/record-id.js';
 import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
 import { setQuotaHeaders } from './headers.js';
 import { meterResponse } from './meter.js';
@@ -97,7 +97,7 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   const estimate = estimateFor(req, body, config);
   let admission;
   try {
-    const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: randomUUID(), now, windowMs };
+    const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: newRecordId(), now, windowMs };
     admission = await storageCall(config, 'admit', () => config.storage.admit(request));
   } catch (error) {
     config.logger.error({ err: error, keyId: key.id }, 'admission failed');
