@@ -80,7 +80,7 @@ export function writeReport(out, { settings, proxy, scale }) {
     '',
     '| store | keys | hot key history | decisions/s | µs per decision | records/s |',
     '|---|---:|---|---:|---:|---:|',
-    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${s.history === 'dense' ? '5 h of minute buckets' : 'empty'} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
+    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${s.history === 'dense' ? `5 h of minute buckets, ${s.pastRecords} records` : 'empty'} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
     '',
   ].join('\n');
   writeFileSync(join(out, 'latest.md'), markdown);

@@ -151,7 +151,7 @@ async function main() {
     );
     for (const target of targets.splice(0)) await target.stop();
     unpinBenchmark(pin);
-    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500 });
+    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500, pastRecords: smoke ? 1000 : 1_000_000 });
     writeReport(args.out, { settings: { ...settings, pinned: pin.length > 0 }, proxy: summary, scale });
   } finally {
     for (const target of targets) await target.stop();

@@ -1,7 +1,7 @@
 // @ts-check
 // The scale run: lookup, admission and recording on one hot key among 1, 10^4 and 10^5 keys, with an
-// empty history and with 5 hours of dense minute buckets, straight against each store.
-import { randomUUID } from 'node:crypto';
+// empty history and with a dense one (5 hours of minute buckets, and 10^6 earlier usage records),
+// straight against each store.
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import Database from 'better-sqlite3';
 import postgres from 'postgres';
 import { createLogger, createStorage } from 'tokengate';
 import { digestKey } from '../dist/src/keys/secret.js';
+import { newRecordId } from '../dist/src/usage/record-id.js';
 
 const WINDOW_MS = 5 * 3600_000;
 const MINUTE = 60_000;
@@ -17,17 +18,17 @@ const HOT_KEY = 'tg-bench-hot-key';
 const RECORDING_LOOPS = 32;
 
 /**
- * @param {{ databaseUrl: () => Promise<string>, keyCounts: number[], measureMs: number }} options
+ * @param {{ databaseUrl: () => Promise<string>, keyCounts: number[], measureMs: number, pastRecords: number }} options
  */
-export async function runScale({ databaseUrl, keyCounts, measureMs }) {
+export async function runScale({ databaseUrl, keyCounts, measureMs, pastRecords }) {
   const rows = [];
   for (const backend of ['sqlite', 'postgres']) {
     for (const keys of keyCounts) {
       for (const history of ['empty', 'dense']) {
         const store = backend === 'sqlite' ? await sqliteStore() : await postgresStore(await databaseUrl());
         try {
-          await store.fill(keys, history === 'dense');
-          rows.push({ backend, keys, history, ...(await measure(store.storage, measureMs)) });
+          await store.fill(keys, history === 'dense' ? pastRecords : 0);
+          rows.push({ backend, keys, history, pastRecords: history === 'dense' ? pastRecords : 0, ...(await measure(store.storage, measureMs)) });
         } finally {
           await store.close();
         }
@@ -44,7 +45,8 @@ const logger = () => {
 };
 
 /**
- * Keys and buckets are written straight to the tables: 10^5 keys through createKey() would take minutes.
+ * Keys, buckets and past records are written straight to the tables: 10^5 keys through createKey()
+ * would take minutes. Past records carry ids like the gate's (UUIDv7, one per millisecond before now).
  * @param {number} now
  */
 function hotKeyRow(now) {
@@ -56,8 +58,9 @@ async function sqliteStore() {
   const storage = await createStorage({ databasePath: path, logger: logger() });
   return {
     storage,
-    /** @param {number} keys @param {boolean} dense */
-    async fill(keys, dense) {
+    /** @param {number} keys @param {number} pastRecords with 5 h of buckets when above 0 */
+    async fill(keys, pastRecords) {
+      const dense = pastRecords > 0;
       const db = new Database(path);
       const now = Date.now();
       const hot = hotKeyRow(now);
@@ -70,6 +73,11 @@ async function sqliteStore() {
         for (let i = 1; i < keys; i++) insertKey.run(`key_${i}`, digestKey(`tg-bench-filler-${i}`), 'tg-bench', 'filler', 1e12, now + 24 * 3600_000, now);
         if (dense) for (let m = 1; m < WINDOW_MS / MINUTE; m++) insertBucket.run(hot.id, Math.floor(now / MINUTE) * MINUTE - m * MINUTE, 10);
       })();
+      db.prepare(
+        `with recursive n(i) as (select 1 union all select i + 1 from n where i < ?)
+         insert into usage_records (id, key_id, tokens, recorded_at)
+         select printf('%08x-%04x-7000-8000-%012x', (? - i) / 65536, (? - i) % 65536, i), ?, 10, ? - i from n`,
+      ).run(pastRecords, now, now, hot.id, now);
       db.close();
     },
     close: () => storage.close(),
@@ -81,8 +89,9 @@ async function postgresStore(url) {
   const storage = await createStorage({ databaseUrl: url, fallback: false, logger: logger() });
   return {
     storage,
-    /** @param {number} keys @param {boolean} dense */
-    async fill(keys, dense) {
+    /** @param {number} keys @param {number} pastRecords with 5 h of buckets when above 0 */
+    async fill(keys, pastRecords) {
+      const dense = pastRecords > 0;
       const sql = postgres(url, { max: 1, onnotice: () => undefined });
       const now = Date.now();
       const hot = hotKeyRow(now);
@@ -95,6 +104,10 @@ async function postgresStore(url) {
       if (dense) {
         await sql`insert into usage_buckets (key_id, bucket_start, tokens)
                   select ${hot.id}, ${Math.floor(now / MINUTE) * MINUTE}::bigint - m * ${MINUTE}::bigint, 10 from generate_series(1, ${WINDOW_MS / MINUTE - 1}) m`;
+        await sql`insert into usage_records (id, key_id, tokens, recorded_at)
+                  select lpad(to_hex((${now}::bigint - i) / 65536), 8, '0') || '-' || lpad(to_hex((${now}::bigint - i) % 65536), 4, '0')
+                         || '-7000-8000-' || lpad(to_hex(i), 12, '0'), ${hot.id}, 10, ${now}::bigint - i
+                  from generate_series(1, ${pastRecords}) i`;
       }
       await sql.end();
     },
@@ -113,7 +126,7 @@ async function measure(storage, ms) {
   const admitOnce = async () => {
     const key = await storage.findKeyByDigest(digestKey(HOT_KEY));
     if (!key) throw new Error('the hot key is missing');
-    const admission = await storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate: 10, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW_MS });
+    const admission = await storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate: 10, requestId: newRecordId(), now: Date.now(), windowMs: WINDOW_MS });
     if (!admission.admitted) throw new Error('the hot key was refused');
     return { key, reservation: admission.reservation };
   };
