@@ -10,7 +10,7 @@ import { estimateRequestTokens } from '../src/usage/estimate.js';
 import { newRecordId } from '../src/usage/record-id.js';
 import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
 import { setQuotaHeaders } from './headers.js';
-import { meterResponse } from './meter.js';
+import { installMeter, meterResponse } from './meter.js';
 import { resolveOptions, type GateConfig, type TokenGateOptions } from './options.js';
 import { rejections, type Rejection } from './reject.js';
 import type { RequestOutcome } from '../src/ops/metrics.js';
@@ -30,6 +30,7 @@ export interface TokenGateMiddleware extends RequestHandler {
 export function tokenGate(options: TokenGateOptions): TokenGateMiddleware {
   const config = resolveOptions(options);
   config.metrics?.watch(config.storage);
+  installMeter();
   const recording = new Set<Promise<void>>();
   const track = (settling: Promise<void>): void => {
     recording.add(settling);

@@ -18,27 +18,44 @@ interface Meter {
 
 const METER = Symbol('tokengate.meter');
 type MeteredResponse = ServerResponse & { [METER]?: Meter };
-const patched = new WeakSet<object>();
+let patched = false;
 
 /**
- * Sees each chunk a response writes through the prototype's write/end, patched once: a closure
- * assigned to res.write and res.end on every response costs more than the rest of the gate (the
- * response object's shape changes per request). An unmetered response goes straight through;
- * wrappers installed later on the instance (compression, instrumentation) still end up here.
- * Responses of another class (not an http.ServerResponse) get their own wrappers.
+ * Makes http.ServerResponse's write and end hand each chunk to the response's meter, once per
+ * process; tokenGate() calls it when it is created, before any request, so that wrappers other
+ * middleware put on a response (compression, tracing: they keep the write they found) lead here
+ * too. A closure pair assigned to res.write and res.end on every response instead costs more than
+ * the rest of the gate (the response object's shape changes per request). Responses not metered go
+ * straight through.
+ */
+export function installMeter(): void {
+  if (patched) return;
+  wrapWrites(ServerResponse.prototype as never, meterOf);
+  patched = true;
+}
+
+const meterOf = (self: MeteredResponse): Meter | undefined => self[METER];
+
+/**
+ * Hands what `res` writes to `meter`; also when another gate meters it already (two quotas on one
+ * request). Responses of another class than http.ServerResponse get wrappers of their own.
  */
 function tapWrites(res: ServerResponse, meter: Meter): void {
   if (!(res instanceof ServerResponse)) return wrapWrites(res as never, () => meter);
-  if (!patched.has(ServerResponse.prototype)) {
-    wrapWrites(ServerResponse.prototype as never, meterOf);
-    patched.add(ServerResponse.prototype);
-  }
-  (res as MeteredResponse)[METER] = meter;
+  installMeter();
+  const metered = res as MeteredResponse;
+  const earlier = metered[METER];
+  metered[METER] = earlier ? both(earlier, meter) : meter;
 }
 
-// Not an arrow inside tapWrites: it would share that call's scope, and so keep the first metered
-// response in memory for as long as the process runs.
-const meterOf = (self: MeteredResponse): Meter | undefined => self[METER];
+function both(first: Meter, second: Meter): Meter {
+  return {
+    observe(chunk, encoding) {
+      first.observe(chunk, encoding);
+      second.observe(chunk, encoding);
+    },
+  };
+}
 
 /** Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find` names. */
 function wrapWrites(target: Record<'write' | 'end', (...args: unknown[]) => unknown>, find: (self: MeteredResponse) => Meter | undefined): void {

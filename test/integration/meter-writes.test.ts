@@ -1,6 +1,7 @@
 // The gate reads what a response writes through ServerResponse's write/end, patched once per
-// process: responses it does not gate go through untouched, each gated response charges its own
-// key, and wrappers other middleware put on the instance, before or after the gate, still feed it.
+// process when a gate is created: responses it does not gate go through untouched, each gated
+// response charges its own key, wrappers other middleware put on the instance, before or after the
+// gate, still feed it, and two gates on one request both see it.
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type RequestHandler } from 'express';
@@ -76,6 +77,28 @@ afterAll(async () => {
 });
 
 describe('metering what responses write', () => {
+  // First in this file: the wrapper put on before the gate keeps the write it found, so the gate must
+  // have hooked the prototype before its first request, not at the first response it meters.
+  it('reads the usage through instance wrappers put on before and after the gate, from the first request on', async () => {
+    const [storage] = storages as [Storage];
+    const gate = tokenGate({ storage, logger: quietLogger() });
+    const before = { bytes: 0 };
+    const after = { bytes: 0 };
+    const app = express();
+    app.use('/v1', instanceWrapper(before), gate, instanceWrapper(after), answer(33));
+    const { url, server } = await listen(app);
+    servers.push(server);
+    const { record, key } = await storage.createKey({ name: 'w', tokenLimit: 100_000, expiresAt: Date.now() + 3600_000 });
+
+    const response = await fetch(`${url}/v1/chat`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{}' });
+    expect(await response.text()).toBe(usageBody(33));
+    await gate.settled();
+
+    expect(before.bytes).toBe(Buffer.byteLength(usageBody(33)));
+    expect(after.bytes).toBe(Buffer.byteLength(usageBody(33)));
+    expect((await storage.getKey(record.id))?.totalLifetimeTokens).toBe(33);
+  });
+
   it('leaves responses it does not gate untouched and charges each gated one to its own key, also in two apps at once', async () => {
     const [first, second] = storages as [Storage, Storage];
     const gates = [tokenGate({ storage: first, logger: quietLogger() }), tokenGate({ storage: second, logger: quietLogger() })];
@@ -109,23 +132,22 @@ describe('metering what responses write', () => {
     expect([b?.totalRequests, b?.totalLifetimeTokens]).toEqual([1, 22]);
   });
 
-  it('reads the usage through instance wrappers put on before and after the gate', async () => {
-    const [storage] = storages as [Storage];
-    const gate = tokenGate({ storage, logger: quietLogger() });
-    const before = { bytes: 0 };
-    const after = { bytes: 0 };
+  it('lets two gates on one request each charge their own store', async () => {
+    const [first, second] = storages as [Storage, Storage];
+    const key = 'tg-two-gates-0123456789abcdef';
+    const expiresAt = Date.now() + 3600_000;
+    const [a, b] = await Promise.all(storages.map((storage) => storage.createKey({ name: 'two', key, tokenLimit: 100_000, expiresAt })));
+    const gates = [tokenGate({ storage: first, logger: quietLogger() }), tokenGate({ storage: second, logger: quietLogger() })];
     const app = express();
-    app.use('/v1', instanceWrapper(before), gate, instanceWrapper(after), answer(33));
+    app.use('/v1', gates[0]!, gates[1]!, answer(44));
     const { url, server } = await listen(app);
     servers.push(server);
-    const { record, key } = await storage.createKey({ name: 'w', tokenLimit: 100_000, expiresAt: Date.now() + 3600_000 });
 
-    const response = await fetch(`${url}/v1/chat`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{}' });
-    expect(await response.text()).toBe(usageBody(33));
-    await gate.settled();
+    const response = await fetch(`${url}/v1/chat`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{"max_tokens":5}' });
+    expect(await response.text()).toBe(usageBody(44));
+    await Promise.all(gates.map((gate) => gate.settled()));
 
-    expect(before.bytes).toBe(Buffer.byteLength(usageBody(33)));
-    expect(after.bytes).toBe(Buffer.byteLength(usageBody(33)));
-    expect((await storage.getKey(record.id))?.totalLifetimeTokens).toBe(33);
+    expect((await first.getKey(a!.record.id))?.totalLifetimeTokens).toBe(44);
+    expect((await second.getKey(b!.record.id))?.totalLifetimeTokens).toBe(44);
   });
 });
