@@ -3,7 +3,6 @@
 // peak RSS from /proc, stop it; and the CPU pinning that keeps the process under test on a core of its own.
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 
@@ -19,26 +18,45 @@ process.once('exit', () => {
   for (const child of started) child.kill('SIGKILL');
 });
 
-/**
- * Pinning: with two cores or more, the benchmark itself (load generator, upstream, PostgreSQL) runs on
- * core 1 and every process under test on core 0, so that the proxy's own CPU is what limits its
- * throughput and the rows compare like with like. Returns the prefix to run a process under test with.
- * @param {boolean} wanted
- * @returns {string[]}
- */
-export function pinBenchmark(wanted) {
-  if (!wanted || availableParallelism() < 2) return [];
-  const own = spawnSync('taskset', ['-a', '-p', '-c', '1', String(process.pid)], { stdio: 'ignore' });
-  if (own.status !== 0) return [];
-  return ['taskset', '-c', '0'];
+/** The CPUs this process may run on, as /proc/self/status lists them ("0-1", "1,3-4"); [] elsewhere. */
+function allowedCpus() {
+  let list;
+  try {
+    list = /^Cpus_allowed_list:\s*(\S+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+  } catch {
+    return { list: '', cpus: [] };
+  }
+  if (!list) return { list: '', cpus: [] };
+  const cpus = list.split(',').flatMap((part) => {
+    const [from, to = from] = part.split('-').map(Number);
+    return Array.from({ length: /** @type {number} */ (to) - /** @type {number} */ (from) + 1 }, (_, i) => /** @type {number} */ (from) + i);
+  });
+  return { list, cpus };
 }
 
 /**
- * Lets the benchmark use every core again (the scale run measures the store from this process).
- * @param {string[]} pin what pinBenchmark() returned
+ * Pinning: with two CPUs or more allowed, the benchmark itself (load generator, upstream, PostgreSQL)
+ * runs on the second and every process under test on the first, so that the proxy's own CPU is what
+ * limits its throughput and the rows compare like with like.
+ * @param {boolean} wanted
+ * @returns {{ prefix: string[], restore: string }} the prefix to run a process under test with, and
+ * the CPU list to give the benchmark back
  */
-export function unpinBenchmark(pin) {
-  if (pin.length > 0) spawnSync('taskset', ['-a', '-p', '-c', `0-${availableParallelism() - 1}`, String(process.pid)], { stdio: 'ignore' });
+export function pinBenchmark(wanted) {
+  const { list, cpus } = allowedCpus();
+  const [target, bench] = cpus;
+  if (!wanted || target === undefined || bench === undefined) return { prefix: [], restore: '' };
+  const own = spawnSync('taskset', ['-a', '-p', '-c', String(bench), String(process.pid)], { stdio: 'ignore' });
+  if (own.status !== 0) return { prefix: [], restore: '' };
+  return { prefix: ['taskset', '-c', String(target)], restore: list };
+}
+
+/**
+ * Lets the benchmark use the CPUs it had again (the scale run measures the store from this process).
+ * @param {{ restore: string }} pin what pinBenchmark() returned
+ */
+export function unpinBenchmark({ restore }) {
+  if (restore) spawnSync('taskset', ['-a', '-p', '-c', restore, String(process.pid)], { stdio: 'ignore' });
 }
 
 /**

@@ -19,8 +19,8 @@ import { runScale } from './scale.js';
 const { values: args } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
-    rounds: { type: 'string', default: '3' },
-    duration: { type: 'string', default: '4' },
+    rounds: { type: 'string', default: '5' },
+    duration: { type: 'string', default: '3' },
     warmup: { type: 'string', default: '2' },
     connections: { type: 'string', default: '32' },
     'no-pin': { type: 'boolean', default: false },
@@ -93,7 +93,7 @@ async function main() {
     // --profile DIR: each process under test writes DIR/<name>.cpuprofile when it stops.
     const start = async (/** @type {string} */ name, /** @type {string[]} */ argv, /** @type {Record<string, string>} */ extra) => {
       const profile = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
-      const target = await startProcess([...profile, ...argv], { ...env, ...extra }, pin);
+      const target = await startProcess([...profile, ...argv], { ...env, ...extra }, pin.prefix);
       targets.push(target);
       return target;
     };
@@ -152,7 +152,7 @@ async function main() {
     for (const target of targets.splice(0)) await target.stop();
     unpinBenchmark(pin);
     const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500, pastRecords: smoke ? 1000 : 1_000_000 });
-    writeReport(args.out, { settings: { ...settings, pinned: pin.length > 0 }, proxy: summary, scale });
+    writeReport(args.out, { settings: { ...settings, pinned: pin.prefix.length > 0 }, proxy: summary, scale });
   } finally {
     for (const target of targets) await target.stop();
     await upstream.stop();

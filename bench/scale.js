@@ -73,11 +73,13 @@ async function sqliteStore() {
         for (let i = 1; i < keys; i++) insertKey.run(`key_${i}`, digestKey(`tg-bench-filler-${i}`), 'tg-bench', 'filler', 1e12, now + 24 * 3600_000, now);
         if (dense) for (let m = 1; m < WINDOW_MS / MINUTE; m++) insertBucket.run(hot.id, Math.floor(now / MINUTE) * MINUTE - m * MINUTE, 10);
       })();
-      db.prepare(
-        `with recursive n(i) as (select 1 union all select i + 1 from n where i < ?)
-         insert into usage_records (id, key_id, tokens, recorded_at)
-         select printf('%08x-%04x-7000-8000-%012x', (? - i) / 65536, (? - i) % 65536, i), ?, 10, ? - i from n`,
-      ).run(pastRecords, now, now, hot.id, now);
+      if (dense) {
+        db.prepare(
+          `with recursive n(i) as (select 1 union all select i + 1 from n where i < ?)
+           insert into usage_records (id, key_id, tokens, recorded_at)
+           select printf('%08x-%04x-7000-8000-%012x', (? - i) / 65536, (? - i) % 65536, i), ?, 10, ? - i from n`,
+        ).run(pastRecords, now, now, hot.id, now);
+      }
       db.close();
     },
     close: () => storage.close(),
