@@ -30,16 +30,22 @@ export const usageBuckets = pgTable(
     bucketStart: ms('bucket_start').notNull(),
     tokens: bigint('tokens', { mode: 'number' }).notNull(),
   },
-  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] })],
+  // bucket_start alone: pruning finds the buckets that left every window.
+  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] }), index('usage_buckets_bucket_start').on(table.bucketStart)],
 );
 
 /** One row per applied usage record: replaying a record whose id is here changes nothing. */
-export const usageRecords = pgTable('usage_records', {
-  id: text('id').primaryKey(),
-  keyId: text('key_id').notNull(),
-  tokens: bigint('tokens', { mode: 'number' }).notNull(),
-  recordedAt: ms('recorded_at').notNull(),
-});
+export const usageRecords = pgTable(
+  'usage_records',
+  {
+    id: text('id').primaryKey(),
+    keyId: text('key_id').notNull(),
+    tokens: bigint('tokens', { mode: 'number' }).notNull(),
+    recordedAt: ms('recorded_at').notNull(),
+  },
+  // Pruning finds the records older than the retention.
+  (table) => [index('usage_records_recorded_at').on(table.recordedAt)],
+);
 
 /**
  * Tokens held by requests in flight on any instance. A row past `expires_at` (its instance

@@ -1,6 +1,6 @@
 // The SQLite schema: keys, per-minute usage buckets and the ids of applied usage records.
 // Times are integer milliseconds since the epoch, so both dialects share one logical schema.
-import { sqliteTable, text, integer, primaryKey } from 'drizzle-orm/sqlite-core';
+import { sqliteTable, text, integer, primaryKey, index } from 'drizzle-orm/sqlite-core';
 
 export const apiKeys = sqliteTable('api_keys', {
   id: text('id').primaryKey(),
@@ -28,13 +28,19 @@ export const usageBuckets = sqliteTable(
     bucketStart: integer('bucket_start').notNull(),
     tokens: integer('tokens').notNull(),
   },
-  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] })],
+  // bucket_start alone: pruning finds the buckets that left every window.
+  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] }), index('usage_buckets_bucket_start').on(table.bucketStart)],
 );
 
 /** One row per applied usage record: replaying a record whose id is here changes nothing. */
-export const usageRecords = sqliteTable('usage_records', {
-  id: text('id').primaryKey(),
-  keyId: text('key_id').notNull(),
-  tokens: integer('tokens').notNull(),
-  recordedAt: integer('recorded_at').notNull(),
-});
+export const usageRecords = sqliteTable(
+  'usage_records',
+  {
+    id: text('id').primaryKey(),
+    keyId: text('key_id').notNull(),
+    tokens: integer('tokens').notNull(),
+    recordedAt: integer('recorded_at').notNull(),
+  },
+  // Pruning finds the records older than the retention.
+  (table) => [index('usage_records_recorded_at').on(table.recordedAt)],
+);

@@ -1,0 +1,2 @@
+CREATE INDEX "usage_buckets_bucket_start" ON "usage_buckets" USING btree ("bucket_start");--> statement-breakpoint
+CREATE INDEX "usage_records_recorded_at" ON "usage_records" USING btree ("recorded_at");
