@@ -1,6 +1,13 @@
-// `tokengate db migrate`: applies pending migrations to the configured store, then exits.
+// `tokengate db migrate` and `tokengate db prune`: database maintenance on the configured store, then exit.
 import { Command } from 'commander';
-import { withStorage } from './shared.js';
+import { openPruneTarget } from '../storage/create.js';
+import { formatDuration, parseDuration } from '../storage/prune.js';
+import { printJson, printLine, withStorage } from './shared.js';
+
+interface PruneCliOptions {
+  window?: string;
+  json?: boolean;
+}
 
 export function dbCommand(): Command {
   const db = new Command('db').description('database maintenance');
@@ -9,6 +16,33 @@ export function dbCommand(): Command {
     .action(async () => {
       // Opening a store migrates it, under an advisory lock on PostgreSQL.
       await withStorage(async () => undefined);
+    });
+  db.command('prune')
+    .description(
+      'delete usage record ids older than RECORD_RETENTION (default 7d), usage buckets outside the window and, on PostgreSQL, ' +
+        'expired reservations, in small batches, while the gate serves (a running gate also does this every minute)',
+    )
+    .option('--window <duration>', 'the longest window your gates use, such as 5h or 7d: older buckets are deleted', '5h')
+    .option('--json', 'print {"store", "usage_records", "usage_buckets", "reservations"?} as JSON')
+    .action(async (options: PruneCliOptions) => {
+      const windowMs = parseDuration('--window', options.window ?? '5h');
+      const target = await openPruneTarget({ windowMs });
+      try {
+        const counts = await target.pruner.run();
+        const { store } = target;
+        if (options.json) {
+          printJson({ store, usage_records: counts.usageRecords, usage_buckets: counts.usageBuckets, ...(counts.reservations === undefined ? {} : { reservations: counts.reservations }) });
+          return;
+        }
+        const parts = [
+          `${counts.usageRecords} usage records older than ${formatDuration(target.options.recordRetentionMs)}`,
+          `${counts.usageBuckets} usage buckets outside the ${formatDuration(windowMs)} window`,
+          ...(counts.reservations === undefined ? [] : [`${counts.reservations} expired reservations`]),
+        ];
+        printLine(`${store}: pruned ${parts.join(', ')}`);
+      } finally {
+        await target.close();
+      }
     });
   return db;
 }

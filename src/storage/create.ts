@@ -18,6 +18,7 @@ import type { Storage } from './types.js';
 import type { AdminStore } from './admin.js';
 import { SqliteAdmin } from './sqlite-admin.js';
 import { PostgresAdmin } from './postgres-admin.js';
+import { postgresTarget, Pruner, recordRetentionFromEnv, sqliteTarget, type PruneOptions } from './prune.js';
 
 export const DEFAULT_DATABASE_PATH = './data/tokengate.db';
 export const DEFAULT_FALLBACK_DIR = './data/fallback';
@@ -54,6 +55,12 @@ export interface StorageConfig {
   fallback?: boolean;
   /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
   windowMs?: number;
+  /** How long usage record ids are kept (what a replay is checked against). Default `RECORD_RETENTION` (at least `windowMs`), then 7 days. */
+  recordRetentionMs?: number;
+  /** Prune old usage in the background while the store is open. Default: true (the CLI's short-lived commands turn it off). */
+  prune?: boolean;
+  /** The clock pruning measures ages with (tests move it); admissions use the gate's own clock. Default: Date.now. */
+  now?: () => number;
 }
 
 /** Opens the configured store, migrated and ready; with no config at all, the embedded SQLite default. */
@@ -71,7 +78,7 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  return new SqliteStorage(openSqlite(databasePath, logger), { keyCacheTtlMs: keyCacheTtl(config) });
+  return new SqliteStorage(openSqlite(databasePath, logger), { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) });
 }
 
 /**
@@ -96,7 +103,11 @@ export async function openAdminStore(config: StorageConfig = {}): Promise<AdminS
 
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
   const pool = poolSettings(url, config);
-  const options = { reservationTtlMs: config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS), keyCacheTtlMs: keyCacheTtl(config) };
+  const options = {
+    reservationTtlMs: config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS),
+    keyCacheTtlMs: keyCacheTtl(config),
+    prune: backgroundPruning(config, logger),
+  };
   const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds, logger);
   let down: unknown;
   try {
@@ -120,6 +131,44 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
   if (down !== undefined || file.journalLength > 0) storage.enterFallback(down ?? 'journal left by an earlier run');
   else await storage.refreshSnapshot();
   return storage;
+}
+
+/** The pruning settings from config, then the environment. */
+function pruneOptions(config: StorageConfig, logger?: Logger): PruneOptions {
+  const windowMs = config.windowMs ?? DEFAULT_WINDOW_MS;
+  const recordRetentionMs = config.recordRetentionMs ?? recordRetentionFromEnv(nonEmpty(process.env.RECORD_RETENTION), windowMs);
+  return { recordRetentionMs, windowMs, ...(config.now ? { now: config.now } : {}), ...(logger ? { logger } : {}) };
+}
+
+function backgroundPruning(config: StorageConfig, logger: Logger): PruneOptions | undefined {
+  return config.prune === false ? undefined : pruneOptions(config, logger);
+}
+
+/** A store opened for pruning by hand (`tokengate db prune`): what it is, its pruner, and how to close it. */
+export interface PruneTarget {
+  /** `sqlite ./data/tokengate.db`, or `postgres host:port/database` (never credentials). */
+  store: string;
+  pruner: Pruner;
+  options: PruneOptions;
+  close(): Promise<void>;
+}
+
+/** Opens the configured database, migrated, on a connection of its own, for one pruning pass by hand. */
+export async function openPruneTarget(config: StorageConfig = {}): Promise<PruneTarget> {
+  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+    throw new ConfigError('STORAGE=file keeps only the usage its window needs and has nothing to prune: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
+  }
+  const options = pruneOptions(config);
+  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  if (databaseUrl) {
+    const pool = poolSettings(databaseUrl, config);
+    await migrateOrExplain(databaseUrl, pool.connectTimeoutSeconds);
+    const { sql } = connectPostgres(databaseUrl, { ...pool, poolSize: 1 });
+    return { store: `postgres ${describeUrl(databaseUrl)}`, pruner: new Pruner(postgresTarget(sql), options), options, close: () => sql.end({ timeout: 5 }) };
+  }
+  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
+  const { sqlite } = openSqlite(databasePath);
+  return { store: `sqlite ${databasePath}`, pruner: new Pruner(sqliteTarget(sqlite), options), options, close: async () => void sqlite.close() };
 }
 
 /** Checks the URL and reads the pool settings from config, then the environment. */

@@ -9,6 +9,7 @@ import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from './leases.js';
+import { Pruner, postgresTarget, type PruneOptions } from './prune.js';
 import { errorCode, withRetry } from './retry.js';
 import type { SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
@@ -71,11 +72,14 @@ export class PostgresStorage implements Storage {
   private renewing: Promise<void> = Promise.resolve();
   private queue: Queued[] = [];
   private flushing: Promise<void> | undefined;
+  /** Prunes old usage and expired reservations in the background, when the store was opened with `prune`. */
+  readonly pruner: Pruner | undefined;
 
   constructor(
     private readonly opened: OpenedPostgres,
-    options: { reservationTtlMs?: number; keyCacheTtlMs?: number } = {},
+    options: { reservationTtlMs?: number; keyCacheTtlMs?: number; prune?: PruneOptions } = {},
   ) {
+    this.pruner = options.prune && new Pruner(postgresTarget(opened.sql), options.prune).start();
     this.reservationTtlMs = options.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
     this.renewer = setInterval(() => {
@@ -395,6 +399,7 @@ export class PostgresStorage implements Storage {
   /** Writes what is queued, gives the leases back, then closes the connections. */
   async close(): Promise<void> {
     clearInterval(this.renewer);
+    await this.pruner?.stop();
     await this.flushing;
     await this.renewing;
     const leaseIds = this.leases.clear();

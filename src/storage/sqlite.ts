@@ -12,6 +12,7 @@ import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
+import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
@@ -64,12 +65,15 @@ export class SqliteStorage implements Storage {
   private readonly mirrors = new Map<string, Mirror>();
   private lastSweep = performance.now();
   private queue: Queued[] = [];
+  /** Prunes old usage in the background, when the store was opened with `prune`. */
+  readonly pruner: Pruner | undefined;
 
   constructor(
     private readonly opened: OpenedSqlite,
-    options: { keyCacheTtlMs?: number } = {},
+    options: { keyCacheTtlMs?: number; prune?: PruneOptions } = {},
   ) {
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
+    this.pruner = options.prune && new Pruner(sqliteTarget(opened.sqlite), options.prune).start();
     const { db, sqlite } = opened;
     this.statements = {
       keyByHash: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, p('hash'))).prepare(),
@@ -259,6 +263,7 @@ export class SqliteStorage implements Storage {
 
   /** Commits what is queued, then closes the database. */
   async close(): Promise<void> {
+    await this.pruner?.stop();
     this.flush();
     if (this.opened.sqlite.open) this.opened.sqlite.close();
   }
