@@ -78,7 +78,8 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  return new SqliteStorage(openSqlite(databasePath, logger), { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) });
+  const options = { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) }; // checked before the file is opened
+  return new SqliteStorage(openSqlite(databasePath, logger), options);
 }
 
 /**
