@@ -34,7 +34,13 @@ export interface HealthBody {
   /** The store deciding requests now (`file` while PostgreSQL is replaced by the fallback). */
   backend: string;
   database: { backend: string; up: boolean; latencyMs: number | null; checkedAt: string | null; lastError: string | null };
+  /** Where usage goes: `ok` the database, `journal` the journal (replayed later), `failing` nowhere durable (nothing admitted). */
+  recording: StorageHealth['recording'];
   journalPendingRecords: number;
+  /** Journal files set aside for an operator to look at: lines that failed their checksum, or records refused on replay. */
+  quarantinedFiles: string[];
+  /** Usage records refused since start, by the database (then journaled) and by the journal too. */
+  recordingFailures: StorageHealth['recordingFailures'];
   lastFailure: { at: string; message: string } | null;
   lastReplay: { at: string; records: number } | null;
 }
@@ -125,7 +131,11 @@ export class StorageMonitor {
     }
   }
 
-  /** /healthz: ok on the database, degraded on the file fallback, unhealthy when nothing can decide. */
+  /**
+   * /healthz: ok when the database decides and records; degraded on the file fallback, while usage
+   * is journaled, or with journal files set aside; unhealthy when nothing can decide, or usage can be
+   * recorded nowhere (then nothing is admitted).
+   */
   health(): Answer<HealthBody> {
     const store = this.storage.health();
     const status = this.status(store);
@@ -138,7 +148,10 @@ export class StorageMonitor {
         mode: store.mode,
         backend: this.storage.backend,
         database: { backend: this.database, up, latencyMs: latencyMs === null ? null : Math.round(latencyMs * 1000) / 1000, checkedAt: iso(checkedAt), lastError },
+        recording: store.recording,
         journalPendingRecords: store.journalPendingRecords,
+        quarantinedFiles: store.quarantinedFiles,
+        recordingFailures: store.recordingFailures,
         lastFailure: store.lastFailure && { at: new Date(store.lastFailure.at).toISOString(), message: scrub(store.lastFailure.message) },
         lastReplay: store.lastReplay && { at: new Date(store.lastReplay.at).toISOString(), records: store.lastReplay.records },
       },
@@ -157,8 +170,10 @@ export class StorageMonitor {
   }
 
   private status(store: StorageHealth): HealthStatus {
+    if (store.recording === 'failing') return 'unhealthy';
     if (store.mode === 'fallback') return 'degraded';
-    return this.current.up ? 'ok' : 'unhealthy';
+    if (!this.current.up) return 'unhealthy';
+    return store.recording === 'journal' || store.quarantinedFiles.length > 0 ? 'degraded' : 'ok';
   }
 
   stop(): void {

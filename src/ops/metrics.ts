@@ -31,6 +31,8 @@ export class TokenGateMetrics {
   readonly fallbackActive: Gauge;
   readonly journalPending: Gauge;
   readonly reservedTokens: Gauge;
+  readonly recordingFailures: Counter<'stage'>;
+  readonly journalQuarantined: Gauge;
   readonly keyRequests: Counter<'key_id' | 'outcome'> | undefined;
   readonly keyTokens: Counter<'key_id'> | undefined;
   /** Stores whose health() the fallback and journal gauges read at scrape time. */
@@ -72,10 +74,32 @@ export class TokenGateMetrics {
     });
     this.journalPending = new Gauge({
       name: 'tokengate_journal_pending_records',
-      help: 'Usage records in the fallback journal waiting to be replayed into the database.',
+      help: 'Usage records on disk in the journal, waiting to be replayed into the database.',
       registers,
       collect() {
         this.set([...stores].reduce((sum, store) => sum + store.health().journalPendingRecords, 0));
+      },
+    });
+    const counted = { database: 0, journal: 0 };
+    this.recordingFailures = new Counter({
+      name: 'tokengate_recording_failures_total',
+      help: 'Usage records refused: by the database (then journaled), and by the journal too (then held in memory, and nothing admitted).',
+      labelNames: ['stage'],
+      registers,
+      collect() {
+        for (const stage of ['database', 'journal'] as const) {
+          const total = [...stores].reduce((sum, store) => sum + store.health().recordingFailures[stage], 0);
+          if (total > counted[stage]) this.inc({ stage }, total - counted[stage]);
+          counted[stage] = Math.max(counted[stage], total);
+        }
+      },
+    });
+    this.journalQuarantined = new Gauge({
+      name: 'tokengate_journal_quarantined_files',
+      help: 'Journal files set aside (not deleted) because a line failed its checksum or a record was refused on replay; /healthz names them.',
+      registers,
+      collect() {
+        this.set([...stores].reduce((sum, store) => sum + store.health().quarantinedFiles.length, 0));
       },
     });
     this.reservedTokens = new Gauge({ name: 'tokengate_reserved_tokens', help: 'Tokens reserved by the requests this process has in flight.', registers });
@@ -90,6 +114,7 @@ export class TokenGateMetrics {
   private initialize(): void {
     for (const outcome of ['admitted', 'unauthenticated', 'expired', 'rate_limited', 'unavailable'] as const) this.requests.inc({ outcome }, 0);
     for (const source of ['reported', 'estimated'] as const) this.tokens.inc({ source }, 0);
+    for (const stage of ['database', 'journal'] as const) this.recordingFailures.inc({ stage }, 0);
     this.reservedTokens.set(0);
   }
 

@@ -1,6 +1,6 @@
 // createStorage(): picks and opens the store from explicit config or the environment.
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { openSqlite } from '../db/sqlite.js';
 import { connectPostgres, DEFAULT_POOL, migratePostgres, type PoolSettings } from '../db/postgres.js';
@@ -51,7 +51,11 @@ export interface StorageConfig {
   keyFile?: string;
   /** Where state changes (migrations applied, fallback entered and left) are logged. Default: JSON on stdout. */
   logger?: Logger;
-  /** PostgreSQL: put the file fallback behind it. Default: true (tools that only change keys turn it off). */
+  /**
+   * PostgreSQL: put the file fallback behind it; SQLite: journal the usage the database refuses, in
+   * `fallbackDir` (default: `fallback` next to the database file). Default: true (tools that only
+   * change keys turn it off).
+   */
   fallback?: boolean;
   /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
   windowMs?: number;
@@ -78,7 +82,13 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  const options = { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) }; // checked before the file is opened
+  // The gate journals the usage the database refuses (FALLBACK_DIR, by default next to the database file).
+  const journalDir = config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? join(dirname(databasePath), 'fallback');
+  const options = {
+    keyCacheTtlMs: keyCacheTtl(config),
+    prune: backgroundPruning(config, logger),
+    ...(config.fallback === false ? {} : { journal: { dir: journalDir, logger } }),
+  }; // checked before the file is opened
   return new SqliteStorage(openSqlite(databasePath, logger), options);
 }
 

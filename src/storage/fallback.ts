@@ -4,7 +4,7 @@ import pRetry from 'p-retry';
 import { StorageError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
-import type { KeyPatch, NewKey } from '../keys/validate.js';
+import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import type { FileStorage } from './file.js';
 import type { PostgresStorage } from './postgres.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
@@ -56,6 +56,11 @@ export class FallbackStorage implements Storage {
   /** Reservations given back while the database was unreachable: deleted there on recovery. */
   private readonly unreleased = new Map<string, Reservation>();
   private readonly refresher: NodeJS.Timeout;
+  /** Records neither the database nor the journal took: in memory only, retried each second. */
+  private unwritten: { reservation: Reservation; record: UsageRecord }[] = [];
+  private retryTimer: NodeJS.Timeout | undefined;
+  /** Records the database refused (then journaled) since start. */
+  private databaseFailures = 0;
   private readonly timeoutMs: number;
   private readonly windowMs: number;
 
@@ -70,7 +75,16 @@ export class FallbackStorage implements Storage {
   }
 
   health(): StorageHealth {
-    return { mode: this.mode, journalPendingRecords: this.file.journalLength, lastFailure: this.lastFailure, lastReplay: this.lastReplay };
+    const recording = this.unwritten.length > 0 ? 'failing' : this.mode === 'fallback' || this.file.journalHoldsRecords ? 'journal' : 'ok';
+    return {
+      mode: this.mode,
+      recording,
+      journalPendingRecords: this.file.journalLength,
+      quarantinedFiles: this.file.quarantinedFiles,
+      recordingFailures: { database: this.databaseFailures, journal: this.file.health().recordingFailures.journal },
+      lastFailure: this.lastFailure,
+      lastReplay: this.lastReplay,
+    };
   }
 
   /** The store deciding requests now: PostgreSQL, or the file store while in fallback. */
@@ -93,6 +107,12 @@ export class FallbackStorage implements Storage {
     this.mode = 'fallback';
     const message = reason instanceof Error ? reason.message : String(reason);
     this.lastFailure = { at: Date.now(), message };
+    // The mirror holds this instance's usage up to now: a gate restarted during the outage starts from it.
+    try {
+      this.file.persistMirror();
+    } catch (error) {
+      this.options.logger.error({ err: error }, 'writing the fallback snapshot at the switch failed; the last periodic one stays');
+    }
     this.options.logger.warn({ reason: message, journalPendingRecords: this.file.journalLength }, 'database unreachable: deciding from the file store');
     this.startProbe();
   }
@@ -107,6 +127,7 @@ export class FallbackStorage implements Storage {
   }
 
   async admit(request: AdmitRequest): Promise<Admission> {
+    if (this.unwritten.length > 0) throw new StorageError('usage can be written neither to the database nor to the journal: admitting nothing until one of them takes it', true);
     // An admission that commits after its timeout was decided by the files instead: give its
     // reservation back, or it would hold tokens in the database until the reservation TTL.
     const abandon = (late: Admission): void => {
@@ -119,23 +140,96 @@ export class FallbackStorage implements Storage {
   }
 
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
+    try {
+      validateCharge(record.tokens); // a bad charge is refused as it is, not journaled
+    } catch (error) {
+      await this.release(reservation);
+      throw error;
+    }
     await this.file.release(reservation);
     // Settling deletes the database's reservation too, now or when the journal is replayed.
     this.heldInDatabase.delete(reservation.id);
-    const settled = await this.attempt(() => this.primary.settle(reservation, record));
+    let settled;
+    try {
+      settled = await this.attempt(() => this.primary.settle(reservation, record));
+    } catch (error) {
+      // Refused for another reason than being unreachable: journaled all the same, offered again in a second.
+      this.databaseFailures++;
+      this.options.logger.error({ err: error, keyId: record.keyId, recordId: record.id }, 'the database refused a usage record: journaled, replayed when it takes it');
+      return this.journal(reservation, record, 1000);
+    }
     if (settled !== DOWN) return this.file.observe(record);
+    this.databaseFailures++;
     this.primary.forget(reservation, record.tokens);
-    await this.file.settle(reservation, record);
     // Journaled just as the database came back (after the last replay pass): replay it now.
-    if (this.mode === 'primary') void this.replayStragglers();
+    return this.journal(reservation, record, 0);
   }
 
-  private async replayStragglers(): Promise<void> {
+  /**
+   * Journals a record the database did not take (counting it in the mirror at once). When the journal
+   * refuses it too, it is kept in memory and retried each second, and nothing is admitted meanwhile.
+   * `replayInMs`: while deciding from the database, when to offer the journal to it.
+   */
+  private async journal(reservation: Reservation, record: UsageRecord, replayInMs: number): Promise<void> {
     try {
-      await this.file.replay((usage) => this.primary.settle({ id: usage.id, keyId: usage.keyId, tokens: 0, partial: false }, usage));
+      await this.file.settle(reservation, record);
     } catch (error) {
-      this.options.logger.warn({ err: error, journalPendingRecords: this.file.journalLength }, 'replaying late journal records failed; they are replayed after the next recovery or restart');
+      this.unwritten.push({ reservation, record });
+      this.scheduleRetry(1000);
+      this.options.logger.error({ err: error, unwritten: this.unwritten.length }, 'neither the database nor the journal can take usage: admitting nothing until one of them can');
+      throw error;
     }
+    if (this.mode === 'primary') this.scheduleRetry(replayInMs);
+  }
+
+  private scheduleRetry(delayMs: number): void {
+    if (this.retryTimer || this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.retryRecording();
+    }, delayMs).unref();
+  }
+
+  /** Writes what is in memory only (to the database, else the journal), then offers the journal to the database. */
+  private async retryRecording(): Promise<void> {
+    while (this.unwritten.length > 0) {
+      const { reservation, record } = this.unwritten[0]!;
+      try {
+        const settled = await this.attempt(() => this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record)).catch(() => DOWN);
+        if (settled === DOWN) await this.file.settle(reservation, record);
+        else this.file.observe(record);
+        this.unwritten.shift();
+      } catch {
+        break; // still refused by both: again in a second
+      }
+    }
+    if (this.mode === 'primary' && this.file.journalHoldsRecords) {
+      try {
+        await this.file.replay(this.replayInto());
+      } catch (error) {
+        this.options.logger.warn({ err: error, journalPendingRecords: this.file.journalLength }, 'replaying journaled usage failed; trying again in a second');
+      }
+    }
+    if (this.unwritten.length > 0 || (this.mode === 'primary' && this.file.journalHoldsRecords)) this.scheduleRetry(1000);
+  }
+
+  /**
+   * How a replay applies a journaled record: the database's idempotent recording. A record for a key
+   * the database does not know is refused (its file is set aside, not deleted); any failure throws,
+   * and the replay is run again later.
+   */
+  private replayInto(): (record: UsageRecord) => Promise<'taken' | 'refused'> {
+    const known = new Map<string, boolean>();
+    return async (record) => {
+      let exists = known.get(record.keyId);
+      if (exists === undefined) {
+        exists = (await withTimeout(this.primary.getKey(record.keyId), this.timeoutMs)) !== undefined;
+        known.set(record.keyId, exists);
+      }
+      if (!exists) return 'refused';
+      await withTimeout(this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record), this.timeoutMs);
+      return 'taken';
+    };
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -185,7 +279,7 @@ export class FallbackStorage implements Storage {
   }
 
   private async refreshNow(): Promise<void> {
-    if (this.mode !== 'primary' || this.file.journalLength > 0) return;
+    if (this.mode !== 'primary' || this.file.journalHoldsRecords) return;
     // Not through attempt(): reading every key may take longer than a request may wait, and a slow
     // or failed refresh says nothing about whether requests can be decided by the database.
     try {
@@ -199,10 +293,22 @@ export class FallbackStorage implements Storage {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.refresher);
+    clearTimeout(this.retryTimer);
     this.probe?.abort();
     // A replay or refresh still writing to the file store finishes before it closes.
     await this.recovering;
     await this.refreshing;
+    for (const { reservation, record } of this.unwritten.splice(0)) {
+      await this.file.settle(reservation, record).catch((error: unknown) => this.options.logger.error({ err: error, recordId: record.id, tokens: record.tokens }, 'closing with usage neither the database nor the journal took: it is lost'));
+    }
+    // The next start in an outage decides from this: the usage this instance recorded up to now.
+    if (this.mode === 'primary') {
+      try {
+        this.file.persistMirror();
+      } catch (error) {
+        this.options.logger.warn({ err: error }, 'writing the fallback snapshot at close failed');
+      }
+    }
     await this.file.close();
     await this.primary.close();
   }
@@ -247,10 +353,8 @@ export class FallbackStorage implements Storage {
     try {
       await this.releaseLeftovers();
       do {
-        replayed += await this.file.replay((record) =>
-          withTimeout(this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record), this.timeoutMs),
-        );
-      } while (this.file.journalLength > 0 && !probe.signal.aborted);
+        replayed += await this.file.replay(this.replayInto());
+      } while (this.file.journalHoldsRecords && !probe.signal.aborted);
     } catch (error) {
       logger.warn({ err: error, replayed }, 'replay into the database interrupted; probing again');
       if (!probe.signal.aborted) this.startProbe();

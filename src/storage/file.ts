@@ -1,5 +1,6 @@
 // File storage: keys in an atomically replaced snapshot, usage in an fsynced append-only journal.
 import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import { decide, msUntilAdmissible } from '../quota/admission.js';
@@ -8,7 +9,7 @@ import { bucketStart, countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js'
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { lockDirectory } from './dir-lock.js';
-import { Journal } from './journal.js';
+import { Journal, type ReplayOutcome } from './journal.js';
 import { readSnapshot, setAsideSnapshot, SnapshotError, writeSnapshot, type SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
@@ -42,9 +43,13 @@ export class FileStorage implements Storage {
   private readonly reservations = new ReservationBook();
   /** Ids of records applied in memory since the last snapshot, so that none is counted twice. */
   private applied = new Set<string>();
-  /** Journal generations holding records not yet replayed (fallback) or folded (standalone). */
-  private pending = new Map<number, number>();
+  /** Ids of records counted in memory whose journal append failed: appended again when settled again. */
+  private readonly unjournaled = new Set<string>();
   private journal!: Journal;
+  /** Standalone: records counted in memory that neither the journal nor a snapshot holds yet. */
+  private unwritten = 0;
+  private retrying: NodeJS.Timeout | undefined;
+  private readonly failures = { database: 0, journal: 0 };
   private readonly windowMs: number;
   private compactor: NodeJS.Timeout | undefined;
   private readonly releaseLock: () => void;
@@ -82,15 +87,13 @@ export class FileStorage implements Storage {
     const keys = snapshot?.keys ?? (role === 'standalone' ? this.options.initialKeys?.() : undefined) ?? [];
     for (const key of keys) this.putKey({ ...key, buckets: new Map(key.buckets) });
     const folded = snapshot?.journalGeneration ?? 0;
-    this.journal = Journal.open(dir, folded);
+    this.journal = Journal.open(dir, folded, logger);
     for (const generation of Journal.generations(dir)) {
       if (generation <= folded) {
-        void this.journal.remove(generation); // already in the snapshot: a crash came between writing it and deleting this
+        void this.journal.done(generation); // already in the snapshot: a crash came between writing it and deleting this
         continue;
       }
-      const records = this.journal.read(generation, logger);
-      for (const record of records) this.apply(record);
-      this.pending.set(generation, records.length);
+      for (const record of this.journal.load(generation)) this.apply(record);
     }
     if (role === 'standalone' && !snapshot && keys.length > 0) this.persistNow();
     // Standalone, the journal is folded into the snapshot now and then, so neither grows for ever.
@@ -100,14 +103,30 @@ export class FileStorage implements Storage {
   async ping(): Promise<void> {}
 
   health(): StorageHealth {
-    return { mode: 'primary', journalPendingRecords: this.journalLength, lastFailure: null, lastReplay: null };
+    return {
+      mode: 'primary',
+      recording: this.unwritten > 0 ? 'failing' : 'ok',
+      journalPendingRecords: this.journalLength,
+      quarantinedFiles: this.quarantinedFiles,
+      recordingFailures: { ...this.failures },
+      lastFailure: null,
+      lastReplay: null,
+    };
   }
 
-  /** Records in the journal not yet replayed or folded. */
+  /** Records on disk in the journal, not yet replayed or folded. */
   get journalLength(): number {
-    let total = 0;
-    for (const count of this.pending.values()) total += count;
-    return total;
+    return this.journal.pendingRecords;
+  }
+
+  /** Whether the journal holds records the database lacks, on disk or on their way there. */
+  get journalHoldsRecords(): boolean {
+    return this.journal.holdsRecords;
+  }
+
+  /** Journal files set aside because a line could not be trusted or a record was refused on replay. */
+  get quarantinedFiles(): string[] {
+    return this.journal.quarantinedFiles.map((name) => join(this.options.dir, name));
   }
 
   async findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
@@ -116,6 +135,7 @@ export class FileStorage implements Storage {
   }
 
   async admit(request: AdmitRequest): Promise<Admission> {
+    if (this.unwritten > 0) throw new StorageError(`usage cannot be written to ${this.options.dir}: admitting nothing until a write succeeds`, true);
     const { keyId, now, windowMs } = request;
     const window = this.window(keyId, now, windowMs);
     const held = this.reservations.held(keyId);
@@ -132,14 +152,41 @@ export class FileStorage implements Storage {
     return { admitted: true, reservation, window: { ...window, reserved: held.reserved + decision.reserve } };
   }
 
-  /** Applies the record in memory and appends it to the journal; resolves once it is on disk. */
+  /**
+   * Applies the record in memory (once) and appends it to the journal; resolves once it is on disk.
+   * Settling a record again appends it again (the journal refused it before): replays are idempotent.
+   * Standalone, a record the journal refuses stays in memory until a snapshot holds it, and nothing is
+   * admitted meanwhile.
+   */
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     this.reservations.remove(reservation.id);
     validateCharge(record.tokens);
-    if (!this.apply(record)) return;
-    const generation = this.journal.generation;
-    this.pending.set(generation, (this.pending.get(generation) ?? 0) + 1);
-    await this.journal.append(record);
+    const fresh = this.apply(record);
+    if (!fresh && !this.unjournaled.has(record.id)) return;
+    try {
+      await this.journal.append(record);
+      this.unjournaled.delete(record.id);
+    } catch (error) {
+      this.failures.journal++;
+      this.unjournaled.add(record.id);
+      if (this.options.role === 'standalone' && fresh) this.holdUnwritten();
+      throw new StorageError(`the journal in ${this.options.dir} cannot take usage record ${record.id}: ${(error as Error).message}`, false, { cause: error });
+    }
+  }
+
+  /** Standalone: retries a snapshot (which holds every record in memory) each second until one is written. */
+  private holdUnwritten(): void {
+    this.unwritten++;
+    this.retrying ??= setInterval(() => {
+      this.persist().then(
+        () => {
+          this.unwritten = 0;
+          clearInterval(this.retrying);
+          this.retrying = undefined;
+        },
+        () => undefined,
+      );
+    }, 1000).unref();
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -198,24 +245,13 @@ export class FileStorage implements Storage {
    * idempotent recording), deleting each file once all its records are in. A replay cut short is
    * simply run again: records already applied are no-ops there. Returns the records replayed.
    */
-  async replay(apply: (record: UsageRecord) => Promise<void>): Promise<number> {
-    this.journal.rotate();
-    await this.journal.drain();
-    let replayed = 0;
-    for (const generation of [...this.pending.keys()].filter((g) => g < this.journal.generation).sort((a, b) => a - b)) {
-      for (const record of this.journal.read(generation, this.options.logger)) {
-        await apply(record);
-        replayed++;
-      }
-      await this.journal.remove(generation);
-      this.pending.delete(generation);
-    }
-    return replayed;
+  replay(apply: (record: UsageRecord) => Promise<ReplayOutcome>): Promise<number> {
+    return this.journal.replay(apply);
   }
 
   /** Fallback role: replaces the mirror with the database's keys and windows, and writes the snapshot. */
   refresh(keys: SnapshotKey[]): void {
-    if (this.journalLength > 0) return; // the database lacks those records yet: keep counting them here
+    if (this.journal.holdsRecords) return; // the database lacks those records yet: keep counting them here
     this.keys = new Map();
     this.byDigest = new Map();
     this.applied = new Set();
@@ -223,8 +259,18 @@ export class FileStorage implements Storage {
     this.persistNow();
   }
 
+  /**
+   * Fallback role: writes the mirror as the snapshot now, while the journal is empty, so that a gate
+   * restarted during the outage that follows still counts the usage recorded before it (the periodic
+   * refresh may be up to its interval behind).
+   */
+  persistMirror(): void {
+    if (!this.journal.holdsRecords) this.persistNow();
+  }
+
   async close(): Promise<void> {
     clearInterval(this.compactor);
+    clearInterval(this.retrying);
     if (this.options.role === 'standalone') await this.persist();
     await this.journal.close();
     this.releaseLock();
@@ -271,10 +317,7 @@ export class FileStorage implements Storage {
   private async persist(): Promise<void> {
     const folded = this.persistNow();
     await this.journal.drain();
-    for (const generation of [...this.pending.keys()].filter((g) => g <= folded)) {
-      await this.journal.remove(generation);
-      this.pending.delete(generation);
-    }
+    for (const generation of this.journal.pendingGenerations.filter((g) => g <= folded)) await this.journal.done(generation);
   }
 
   /**
@@ -291,6 +334,6 @@ export class FileStorage implements Storage {
   }
 
   private oldestPending(): number {
-    return Math.min(Number.MAX_SAFE_INTEGER, ...this.pending.keys());
+    return Math.min(Number.MAX_SAFE_INTEGER, ...this.journal.pendingGenerations);
   }
 }

@@ -87,12 +87,13 @@ export class PostgresStorage implements Storage {
     }, LEASE_TTL_MS / 3).unref();
   }
 
+  /** Writes the probe row: a database that answers reads but refuses writes (disk full, read-only) is not up. */
   async ping(): Promise<void> {
-    await withRetry('ping', () => this.opened.sql`select 1`);
+    await withRetry('health probe', () => this.opened.sql`insert into health_probes (id, at) values ('gate', ${Date.now()}) on conflict (id) do update set at = excluded.at`);
   }
 
   health(): StorageHealth {
-    return { mode: 'primary', journalPendingRecords: 0, lastFailure: null, lastReplay: null };
+    return { mode: 'primary', recording: 'ok', journalPendingRecords: 0, quarantinedFiles: [], recordingFailures: { database: 0, journal: 0 }, lastFailure: null, lastReplay: null };
   }
 
   /** Reused for a few seconds (KeyCache): other instances' key changes show within KEY_CACHE_TTL_MS. */

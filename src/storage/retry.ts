@@ -5,9 +5,10 @@ import { StorageError, TokenGateError } from '../errors.js';
 // SQLSTATE classes and driver codes of failures that another attempt may get past: the server shut
 // down or restarted (57P01-57P03), a connection broke (08xxx, sockets), the host cannot be resolved
 // or reached (DNS, routes), serialization failures and deadlocks (40001, 40P01), too many
-// connections (53300).
+// connections (53300), a server out of disk or memory (53100, 53200) or read-only (25006, a standby):
+// it cannot take usage now, so the gate journals it until it can.
 const TRANSIENT = new Set([
-  '57P01', '57P02', '57P03', '40001', '40P01', '53300', '08000', '08001', '08003', '08004', '08006',
+  '57P01', '57P02', '57P03', '40001', '40P01', '53300', '53100', '53200', '25006', '08000', '08001', '08003', '08004', '08006',
   'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENETDOWN',
   'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT',
 ]);

@@ -67,7 +67,7 @@ function validKey(key: SnapshotKey | undefined): boolean {
 export function writeSnapshot(dir: string, snapshot: Snapshot): void {
   const path = join(dir, SNAPSHOT_FILE);
   const temporary = `${path}.${process.pid}.tmp`;
-  const fd = openSync(temporary, 'w');
+  const fd = openSync(temporary, 'w', 0o600); // owner only: it holds key digests and usage
   try {
     writeSync(fd, JSON.stringify({ format: FORMAT, ...snapshot }));
     fsyncSync(fd);

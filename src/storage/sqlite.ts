@@ -4,7 +4,8 @@ import { performance } from 'node:perf_hooks';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
-import { apiKeys, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
+import { apiKeys, healthProbes, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
+import type { Logger } from '../ops/logger.js';
 import { decide, msUntilAdmissible } from '../quota/admission.js';
 import { KeyWindow } from '../quota/key-window.js';
 import { ReservationBook } from '../quota/reservations.js';
@@ -13,6 +14,7 @@ import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
+import { Spill, type ApplyOutcome } from './spill.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
@@ -45,6 +47,23 @@ const keyColumns = {
   totalRequests: apiKeys.totalRequests,
 };
 
+/** Failures of the database as a whole (full, locked, corrupt, read-only, I/O), not of one record. */
+const WHOLE_DATABASE = /^SQLITE_(BUSY|LOCKED|FULL|CORRUPT|NOTADB|IOERR|READONLY|CANTOPEN|PROTOCOL)/;
+
+function wholeDatabase(error: unknown): boolean {
+  return WHOLE_DATABASE.test(String((error as { code?: unknown }).code ?? ''));
+}
+
+export interface SqliteStorageOptions {
+  keyCacheTtlMs?: number;
+  prune?: PruneOptions;
+  /**
+   * The directory whose journal takes the usage the database refuses (replayed into it each second).
+   * Without one (the CLI's stores), a refused record fails its settle().
+   */
+  journal?: { dir: string; logger: Logger; retryMs?: number };
+}
+
 const p = sql.placeholder;
 const inWindow = and(eq(usageBuckets.keyId, p('keyId')), gt(usageBuckets.bucketStart, p('since')));
 
@@ -67,13 +86,14 @@ export class SqliteStorage implements Storage {
   private queue: Queued[] = [];
   /** Prunes old usage in the background, when the store was opened with `prune`. */
   readonly pruner: Pruner | undefined;
+  /** Holds the usage the database refuses, when the store was opened with `journal`. */
+  private readonly spill: Spill | undefined;
 
   constructor(
     private readonly opened: OpenedSqlite,
-    options: { keyCacheTtlMs?: number; prune?: PruneOptions } = {},
+    options: SqliteStorageOptions = {},
   ) {
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
-    this.pruner = options.prune && new Pruner(sqliteTarget(opened.sqlite), options.prune).start();
     const { db, sqlite } = opened;
     this.statements = {
       keyByHash: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, p('hash'))).prepare(),
@@ -103,27 +123,63 @@ export class SqliteStorage implements Storage {
         .values({ keyId: p('keyId'), bucketStart: p('bucket'), tokens: p('tokens') })
         .onConflictDoUpdate({ target: [usageBuckets.keyId, usageBuckets.bucketStart], set: { tokens: sql`${usageBuckets.tokens} + excluded.tokens` } })
         .prepare(),
+      hasRecord: db.select({ id: usageRecords.id }).from(usageRecords).where(eq(usageRecords.id, p('id'))).prepare(),
+      probe: db
+        .insert(healthProbes)
+        .values({ id: 'gate', at: p('at') })
+        .onConflictDoUpdate({ target: healthProbes.id, set: { at: sql`excluded.at` } })
+        .prepare(),
     };
     // The record id goes in first: when it is already there, the record was applied before.
-    // Returns, for each record, whether it changed anything.
-    this.applyRecords = sqlite.transaction((records: readonly UsageRecord[]) =>
+    this.applyRecords = sqlite.transaction((records: readonly UsageRecord[]): ApplyOutcome[] =>
       records.map((record) => {
-        if (this.statements.insertRecord.run({ ...record }).changes === 0) return false;
-        if (this.statements.chargeKey.run({ ...record }).changes === 0) return false; // key deleted meanwhile
+        if (this.statements.insertRecord.run({ ...record }).changes === 0) return 'duplicate';
+        if (this.statements.chargeKey.run({ ...record }).changes === 0) return 'no-key'; // key deleted meanwhile
         if (record.tokens > 0) this.statements.addToBucket.run({ ...record, bucket: bucketStart(record.at) });
-        return true;
+        return 'applied';
       }),
     );
+    this.spill =
+      options.journal &&
+      new Spill({
+        ...options.journal,
+        apply: (record) => {
+          const outcome = this.applyRecords([record])[0]!;
+          return outcome;
+        },
+        holds: (id) => this.statements.hasRecord.get({ id }) !== undefined,
+      });
+    this.pruner = options.prune && new Pruner(sqliteTarget(opened.sqlite), options.prune).start();
   }
 
-  /** Also fails when the file was removed under the open connection: what is written then is lost at restart. */
+  /**
+   * Reads, then writes a probe row: a database that answers reads but refuses writes (full, locked,
+   * corrupt) has its usage journaled, and health says so. Also fails when the file was removed under
+   * the open connection: what is written then is lost at restart.
+   */
   async ping(): Promise<void> {
     this.opened.sqlite.prepare('select 1').get();
     if (!existsSync(this.opened.path)) throw new StorageError(`the SQLite database file ${this.opened.path} was removed`, false);
+    try {
+      this.statements.probe.run({ at: Date.now() });
+      this.spill?.databaseWrote();
+    } catch (error) {
+      if (!this.spill) throw new StorageError(`the SQLite database ${this.opened.path} refuses writes: ${(error as Error).message}`, false, { cause: error });
+      this.spill.databaseRefused();
+    }
   }
 
   health(): StorageHealth {
-    return { mode: 'primary', journalPendingRecords: 0, lastFailure: null, lastReplay: null };
+    const spill = this.spill;
+    return {
+      mode: 'primary',
+      recording: spill?.state ?? 'ok',
+      journalPendingRecords: spill?.pendingRecords ?? 0,
+      quarantinedFiles: spill?.quarantinedFiles ?? [],
+      recordingFailures: spill?.recordingFailures ?? { database: 0, journal: 0 },
+      lastFailure: null,
+      lastReplay: null,
+    };
   }
 
   findKeyByDigest(digest: string): Promise<KeyRecord | undefined> {
@@ -140,6 +196,8 @@ export class SqliteStorage implements Storage {
       return known.window;
     }
     const window = new KeyWindow(this.statements.buckets.all({ keyId, since }), since);
+    // Usage the database refused is journaled: it counts all the same.
+    for (const record of this.spill?.records(keyId) ?? []) if (record.tokens > 0 && bucketStart(record.at) > since) window.add(bucketStart(record.at), record.tokens);
     this.mirrors.set(keyId, { window, loadedAt: at, usedAt: at });
     return window;
   }
@@ -150,6 +208,7 @@ export class SqliteStorage implements Storage {
   }
 
   async admit(request: AdmitRequest): Promise<Admission> {
+    if (this.spill?.holding) throw new StorageError('usage can be written neither to the SQLite database nor to its journal: admitting nothing until one of them takes it', true);
     const { keyId, now, windowMs } = request;
     const since = countsAfter(now, windowMs);
     const window = this.mirror(keyId, since);
@@ -181,31 +240,57 @@ export class SqliteStorage implements Storage {
   }
 
   /**
-   * Commits the queued records in one transaction; when it fails, each one alone, so that one bad
-   * record fails only its own request. A record counts in memory from its commit on, and its
-   * reservation goes at that same moment: the tokens are never counted twice nor missing.
+   * Commits the queued records in one transaction; when it fails for one record's sake, each one
+   * alone, so that one bad record fails only its own request. A record the database refuses goes to
+   * the journal; while the database refuses writes, records go straight there (offered to the
+   * database again each second), so that a lock held by another process never stalls the event loop
+   * once per batch. A record counts in memory from its commit (or journaling) on, and its reservation
+   * goes at that same moment: the tokens are never counted twice nor missing.
    */
   private flush(): void {
     const batch = this.queue;
     this.queue = [];
     if (batch.length === 0) return;
     if (!this.opened.sqlite.open) {
-      for (const queued of batch) this.finish(queued, false, new StorageError('the SQLite store is closed', false));
+      for (const queued of batch) this.refused(queued, new StorageError('the SQLite store is closed', false));
+      return;
+    }
+    if (this.spill?.state !== undefined && this.spill.state !== 'ok') {
+      for (const queued of batch) this.refused(queued);
       return;
     }
     try {
-      const applied = this.applyRecords(batch.map((queued) => queued.record));
-      batch.forEach((queued, i) => this.finish(queued, applied[i]!));
+      const outcomes = this.applyRecords(batch.map((queued) => queued.record));
+      this.spill?.databaseWrote();
+      batch.forEach((queued, i) => this.finish(queued, outcomes[i] === 'applied'));
     } catch (error) {
-      if (batch.length === 1) return this.finish(batch[0]!, false, error);
+      if (batch.length === 1 || wholeDatabase(error)) {
+        for (const queued of batch) this.refused(queued, error);
+        return;
+      }
       for (const queued of batch) {
         try {
-          this.finish(queued, this.applyRecords([queued.record])[0]!);
+          this.finish(queued, this.applyRecords([queued.record])[0] === 'applied');
         } catch (alone) {
-          this.finish(queued, false, alone);
+          this.refused(queued, alone);
         }
       }
     }
+  }
+
+  /** A record the database did not take: journaled when the store has a journal, else its settle fails. */
+  private refused(queued: Queued, error?: unknown): void {
+    const { spill } = this;
+    if (!spill) return this.finish(queued, false, error ?? new StorageError('the SQLite database refuses writes', false));
+    const { record } = queued;
+    const journaled = spill.take(record, error);
+    // Counted from now on, like a committed record: the journal (or memory) holds it for the database.
+    this.finish({ ...queued, done: () => undefined }, true);
+    journaled.then(
+      () => queued.done(),
+      (failed: unknown) =>
+        queued.done(new StorageError(`usage record ${record.id} is held in memory: the SQLite database and its journal both refuse it (${(failed as Error).message})`, true, { cause: failed })),
+    );
   }
 
   private finish(queued: Queued, applied: boolean, error?: unknown): void {
@@ -265,6 +350,7 @@ export class SqliteStorage implements Storage {
   async close(): Promise<void> {
     await this.pruner?.stop();
     this.flush();
+    await this.spill?.close();
     if (this.opened.sqlite.open) this.opened.sqlite.close();
   }
 }

@@ -64,12 +64,24 @@ export interface UsageRecord {
   at: number;
 }
 
+/**
+ * Where usage records go: `ok`, where they belong; `journal`, to the journal because the database
+ * refuses them (replayed when it takes writes again); `failing`, nowhere durable (kept in memory and
+ * retried), and nothing more is admitted until a write succeeds.
+ */
+export type RecordingState = 'ok' | 'journal' | 'failing';
+
 /** How a store is doing, for /healthz and metrics. */
 export interface StorageHealth {
   /** `fallback` while requests are decided from the file store because the database is unreachable. */
   mode: 'primary' | 'fallback';
-  /** Usage records in the journal, waiting to be replayed into the database. */
+  recording: RecordingState;
+  /** Usage records on disk in the journal, waiting to be replayed into the database. */
   journalPendingRecords: number;
+  /** Journal files set aside (never deleted) because a line failed its checksum or a record was refused on replay. */
+  quarantinedFiles: string[];
+  /** Usage records refused since start: by the database (then journaled), and by the journal too. */
+  recordingFailures: { database: number; journal: number };
   lastFailure: { at: number; message: string } | null;
   lastReplay: { at: number; records: number } | null;
 }

@@ -107,13 +107,14 @@ describe('crashes', () => {
         if (applied === 4) throw new Error('killed mid-replay');
         await database.settle({ id: usage.id, keyId: usage.keyId, tokens: 0, partial: false }, usage);
         applied++;
+        return 'taken';
       });
       await expect(cutOff).rejects.toThrow('killed mid-replay');
       expect(await totals(record.id)).toMatchObject({ requests: 4 });
 
       const restarted = FileStorage.open({ dir, role: 'fallback', logger }); // what a new process reads from disk
       expect(restarted.journalLength).toBe(10);
-      expect(await restarted.replay((usage) => database.settle({ id: usage.id, keyId: usage.keyId, tokens: 0, partial: false }, usage))).toBe(10);
+      expect(await restarted.replay(async (usage) => (await database.settle({ id: usage.id, keyId: usage.keyId, tokens: 0, partial: false }, usage), 'taken'))).toBe(10);
       expect(restarted.journalLength).toBe(0);
       const expected = Array.from({ length: 10 }, (_, i) => 100 + i).reduce((a, b) => a + b, 0);
       expect(await totals(record.id)).toEqual({ tokens: expected, requests: 10, window: expected });

@@ -32,6 +32,24 @@ async function freePort() {
 }
 
 /**
+ * Resolves once nothing accepts connections on `port` any more: the server may still be shutting
+ * down when its stop resolves.
+ * @param {number} port
+ */
+async function refusing(port) {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const accepted = await new Promise((resolve) => {
+      const socket = net.connect(port, '127.0.0.1');
+      socket.once('connect', () => (socket.destroy(), resolve(true)));
+      socket.once('error', () => resolve(false));
+    });
+    if (!accepted) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`PostgreSQL on port ${port} still accepts connections 10 s after it was stopped`);
+}
+
+/**
  * Starts a new PostgreSQL server on a free loopback port, with its data in a new temp directory.
  * @returns {Promise<PostgresServer>}
  */
@@ -49,6 +67,7 @@ export async function startPostgres() {
     async stop() {
       if (running) await pg.stop();
       running = false;
+      await refusing(port);
     },
     async start() {
       if (!running) await pg.start();

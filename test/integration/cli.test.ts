@@ -29,7 +29,7 @@ function createJson(dbPath: string, extra: string[] = []): KeyView {
 
 /** Every byte of every file in `dir` (the database, and its WAL and shared-memory files if any). */
 function allBytes(dir: string): Buffer {
-  return Buffer.concat(readdirSync(dir).map((name) => readFileSync(join(dir, name))));
+  return Buffer.concat(readdirSync(dir, { withFileTypes: true }).filter((entry) => entry.isFile()).map((entry) => readFileSync(join(dir, entry.name))));
 }
 
 beforeAll(requireBuiltCli);

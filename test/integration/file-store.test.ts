@@ -7,48 +7,28 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createProxyApp } from '../../examples/express-proxy/app.js';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../../src/errors.js';
 import { digestKey } from '../../src/keys/secret.js';
-import { createLogger, type Logger } from '../../src/ops/logger.js';
+import type { Logger } from '../../src/ops/logger.js';
 import { bucketStart } from '../../src/quota/window.js';
 import { createStorage } from '../../src/storage/create.js';
 import { FileStorage } from '../../src/storage/file.js';
 import type { KeyRecord, Storage, WindowUsage } from '../../src/storage/types.js';
 import { quietLogger, tempDir } from '../helpers/gate.js';
+import { captureLogs, ERROR, WARN } from '../helpers/logs.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 const DAY = 24 * HOUR;
 const WINDOW = 5 * HOUR;
-const WARN = 40;
-const ERROR = 50;
 const SNAPSHOT = 'snapshot.json';
 const JOURNAL = /^journal-\d{8}\.ndjson$/;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-interface Captured {
-  logger: Logger;
-  lines: Record<string, unknown>[];
-  at(level: number): Record<string, unknown>[];
-}
-
-/** A pino logger whose lines are kept, parsed. */
-function captureLogs(): Captured {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { logger: createLogger(sink), lines, at: (level) => lines.filter((line) => line.level === level) };
-}
 
 /** Stores opened by a test; whatever is still open at its end is closed. */
 const opened = new Set<Storage>();
@@ -278,12 +258,14 @@ describe('file store: damaged journals', () => {
     const third = open(dir, { logger: quietLogger() });
     await expectSixty(third, keyId, now, 5, 1);
 
-    // Once folded, the torn file is gone and nothing warns any more.
+    // Once folded, the torn file is set aside for an operator (never deleted) and nothing warns any more.
     await close(third);
     const quiet = captureLogs();
     const fourth = open(dir, { logger: quiet.logger });
     await expectSixty(fourth, keyId, now, 5, 1);
     expect(quiet.lines.filter((line) => (line.level as number) >= WARN)).toEqual([]);
+    expect(fourth.health().quarantinedFiles).toEqual([expect.stringMatching(/journal-\d{8}\.quarantined-\d+\.ndjson$/)]);
+    expect(readFileSync(fourth.health().quarantinedFiles[0]!, 'utf8')).toContain('"id":"torn"');
   });
 
   it('keeps the good lines around garbage and wrong JSON in the middle, with an error per bad line', async () => {

@@ -90,6 +90,8 @@ describe('createMetrics', () => {
     expect(names.sort()).toEqual([
       'tokengate_fallback_active',
       'tokengate_journal_pending_records',
+      'tokengate_journal_quarantined_files',
+      'tokengate_recording_failures_total',
       'tokengate_requests_total',
       'tokengate_reserved_tokens',
       'tokengate_storage_operation_duration_seconds',

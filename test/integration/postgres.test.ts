@@ -2,6 +2,7 @@
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import postgres from 'postgres';
@@ -12,6 +13,7 @@ import type { Storage } from '../../src/storage/types.js';
 import { StorageError } from '../../src/errors.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { tempDir, quietLogger } from '../helpers/gate.js';
+import { captureLogs, ERROR } from '../helpers/logs.js';
 import { freshDatabase } from '../helpers/postgres.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
@@ -150,7 +152,7 @@ describe('PostgreSQL storage', () => {
 
   it('reports a permanent failure as a StorageError naming the operation', async () => {
     const brokenUrl = await freshDatabase();
-    const broken = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: brokenUrl });
+    const broken = await createStorage({ databaseUrl: brokenUrl, fallback: false, logger: quietLogger() });
     const admin = postgres(brokenUrl, { max: 1, onnotice: () => undefined });
     try {
       await admin`drop table usage_records`;
@@ -161,6 +163,29 @@ describe('PostgreSQL storage', () => {
     } finally {
       await admin.end();
       await broken.close();
+    }
+  });
+
+  it('journals a record the database refuses for good, keeps counting it, and replays it once the database takes it', async () => {
+    const brokenUrl = await freshDatabase();
+    const logs = captureLogs();
+    const gate = await createStorage({ fallbackDir: tempDir(), logger: logs.logger, fallbackTimeoutMs: 30_000, databaseUrl: brokenUrl });
+    const admin = postgres(brokenUrl, { max: 1, onnotice: () => undefined });
+    try {
+      const { record: key } = await gate.createKey({ name: 'k', tokenLimit: 1000, expiresAt: Date.now() + 86_400_000 });
+      // The gate role cannot write usage any more, though it still reads: a refusal no retry gets past.
+      await admin`alter table usage_records rename to usage_records_away`;
+      const now = Date.now();
+      await gate.settle({ id: 'r1', keyId: key.id, tokens: 0, partial: false }, { id: 'r1', keyId: key.id, tokens: 700, at: now });
+      expect(gate.health()).toMatchObject({ mode: 'primary', recording: 'journal', journalPendingRecords: 1, recordingFailures: { database: 1, journal: 0 } });
+      expect(logs.at(ERROR).some((line) => /refused a usage record/.test(String(line.msg)))).toBe(true);
+      await admin`alter table usage_records_away rename to usage_records`;
+      await expect.poll(() => gate.health(), { timeout: 10_000, interval: 100 }).toMatchObject({ recording: 'ok', journalPendingRecords: 0, quarantinedFiles: [] });
+      const [totals] = await admin`select total_lifetime_tokens::int as tokens, total_requests::int as requests from api_keys where id = ${key.id}`;
+      expect(totals).toEqual({ tokens: 700, requests: 1 });
+    } finally {
+      await admin.end();
+      await gate.close();
     }
   });
 });
@@ -182,9 +207,9 @@ describe('migrations', () => {
     const sql = postgres(url, { max: 1 });
     try {
       const applied = await sql`select count(*)::int as n from drizzle.__drizzle_migrations`;
-      expect(applied[0]?.n).toBe(1);
+      expect(applied[0]?.n).toBe(readdirSync(join(ROOT, 'drizzle', 'postgres')).filter((name) => name.endsWith('.sql')).length);
       const tables = await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
-      expect(tables.map((t) => t.table_name)).toEqual(['api_keys', 'reservations', 'usage_buckets', 'usage_records']);
+      expect(tables.map((t) => t.table_name)).toEqual(['api_keys', 'health_probes', 'reservations', 'usage_buckets', 'usage_records']);
     } finally {
       await sql.end();
     }

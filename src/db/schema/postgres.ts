@@ -64,3 +64,9 @@ export const reservations = pgTable(
   },
   (table) => [index('reservations_key_id').on(table.keyId)],
 );
+
+/** One row the health probe writes, so that a database that reads but cannot write is noticed. */
+export const healthProbes = pgTable('health_probes', {
+  id: text('id').primaryKey(),
+  at: ms('at').notNull(),
+});

@@ -44,3 +44,9 @@ export const usageRecords = sqliteTable(
   // Pruning finds the records older than the retention.
   (table) => [index('usage_records_recorded_at').on(table.recordedAt)],
 );
+
+/** One row the health probe writes, so that a database that reads but cannot write is noticed. */
+export const healthProbes = sqliteTable('health_probes', {
+  id: text('id').primaryKey(),
+  at: integer('at').notNull(),
+});

@@ -44,7 +44,14 @@ describe('examples/observability', () => {
     const exposed = await exposedNames();
     const alerts = parse(read('alerts.yml')) as { groups: { rules: { alert: string; expr: string; for: string }[] }[] };
     const rules = alerts.groups.flatMap((group) => group.rules);
-    expect(rules.map((rule) => rule.alert).sort()).toEqual(['TokengateFallbackActive', 'TokengateHighRateLimited', 'TokengateJournalGrowing', 'TokengateStorageDown']);
+    expect(rules.map((rule) => rule.alert).sort()).toEqual([
+      'TokengateFallbackActive',
+      'TokengateHighRateLimited',
+      'TokengateJournalGrowing',
+      'TokengateJournalQuarantined',
+      'TokengateRecordingFailing',
+      'TokengateStorageDown',
+    ]);
     expect(rules.find((rule) => rule.alert === 'TokengateFallbackActive')?.for).toBe('5m');
     for (const rule of rules) for (const name of namesIn(rule.expr)) expect(exposed, rule.alert).toContain(name);
 
