@@ -79,7 +79,7 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   const options = { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) }; // checked before the file is opened
-  return new SqliteStorage(openSqlite(databasePath, logger), options);
+  return new SqliteStorage(openSqlite(databasePath, { logger }), options);
 }
 
 /**
@@ -99,7 +99,7 @@ export async function openAdminStore(config: StorageConfig = {}): Promise<AdminS
     return new PostgresAdmin(connectPostgres(databaseUrl, { ...pool, poolSize: 1, statementTimeoutMs }).sql);
   }
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  return new SqliteAdmin(openSqlite(databasePath));
+  return new SqliteAdmin(openSqlite(databasePath, { logger: config.logger }));
 }
 
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
