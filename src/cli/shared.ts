@@ -16,10 +16,10 @@ export class UsageError extends TokenGateError {
 
 /** Opens the store the environment names (as `serve` does), runs `use`, and always closes it. */
 export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Promise<T> {
-  // Key tools talk to the database directly: the file fallback and background pruning belong to the running gate.
+  // Key tools talk to the database directly: the file fallback, background pruning and the SQLite lock belong to the running gate.
   // Logs go to stderr, so stdout stays the command's output; info lines (migrations applied) only with LOG_LEVEL=info.
   const logger = createLogger(pino.destination({ dest: 2, sync: true }), process.env.LOG_LEVEL ?? 'warn');
-  const storage = await createStorage({ fallback: false, prune: false, logger });
+  const storage = await createStorage({ fallback: false, prune: false, lock: false, logger });
   try {
     return await use(storage);
   } finally {

@@ -1,8 +1,8 @@
 // createStorage(): picks and opens the store from explicit config or the environment.
 import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
-import { openSqlite } from '../db/sqlite.js';
+import { checkSqliteDirectory, openSqlite } from '../db/sqlite.js';
 import { connectPostgres, DEFAULT_POOL, migratePostgres, type PoolSettings } from '../db/postgres.js';
 import { defaultLogger, type Logger } from '../ops/logger.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
@@ -11,6 +11,7 @@ import { SqliteStorage } from './sqlite.js';
 import { DEFAULT_RESERVATION_TTL_MS, PostgresStorage } from './postgres.js';
 import { FileStorage } from './file.js';
 import { FallbackStorage } from './fallback.js';
+import { lockFile } from './lock-file.js';
 import { readKeyFile } from './key-file.js';
 import { SNAPSHOT_FILE } from './snapshot.js';
 import { errorCode, isTransient } from './retry.js';
@@ -53,6 +54,11 @@ export interface StorageConfig {
   logger?: Logger;
   /** PostgreSQL: put the file fallback behind it. Default: true (tools that only change keys turn it off). */
   fallback?: boolean;
+  /**
+   * SQLite: hold the lock that makes this process the one gate on the file (`<file>.lock`), until
+   * close(). Default: true (the key commands, which run alongside the gate, turn it off).
+   */
+  lock?: boolean;
   /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
   windowMs?: number;
   /** How long usage record ids are kept (what a replay is checked against). Default `RECORD_RETENTION` (at least `windowMs`), then 7 days. */
@@ -79,7 +85,33 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   const options = { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) }; // checked before the file is opened
-  return new SqliteStorage(openSqlite(databasePath, { logger }), options);
+  if (config.lock === false) return new SqliteStorage(openSqlite(databasePath, { logger }), options);
+  return openLockedSqlite(resolve(databasePath), options, logger);
+}
+
+/**
+ * How long the gate's own statements wait for a write lock another connection (a CLI command)
+ * holds: better-sqlite3 waits synchronously, blocking the event loop, so only briefly.
+ */
+export const GATE_BUSY_TIMEOUT_MS = 20;
+
+/**
+ * The gate's SQLite store: reservations live in the process, so two gates on one file would each
+ * admit the whole limit. The lock comes first, so a refused second gate touches nothing.
+ */
+function openLockedSqlite(file: string, options: { keyCacheTtlMs: number; prune: PruneOptions | undefined }, logger: Logger): Storage {
+  checkSqliteDirectory(dirname(file));
+  const lock = lockFile(`${file}.lock`, {
+    what: `the SQLite database ${file}`,
+    advice: 'one gate process serves each SQLite file (run several instances on PostgreSQL; the tokengate key commands may run alongside)',
+    logger,
+  });
+  try {
+    return new SqliteStorage(openSqlite(file, { logger, busyTimeoutMs: GATE_BUSY_TIMEOUT_MS }), { ...options, lock });
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
 }
 
 /**

@@ -13,6 +13,7 @@ import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
+import type { HeldLock } from './lock-file.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
@@ -67,12 +68,15 @@ export class SqliteStorage implements Storage {
   private queue: Queued[] = [];
   /** Prunes old usage in the background, when the store was opened with `prune`. */
   readonly pruner: Pruner | undefined;
+  private readonly lock: HeldLock | undefined;
 
+  /** `lock`: the gate's hold on the file, released by close(). */
   constructor(
     private readonly opened: OpenedSqlite,
-    options: { keyCacheTtlMs?: number; prune?: PruneOptions } = {},
+    options: { keyCacheTtlMs?: number; prune?: PruneOptions; lock?: HeldLock } = {},
   ) {
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
+    this.lock = options.lock;
     this.pruner = options.prune && new Pruner(sqliteTarget(opened.sqlite), options.prune).start();
     const { db, sqlite } = opened;
     this.statements = {
@@ -261,10 +265,14 @@ export class SqliteStorage implements Storage {
     return this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).run().changes > 0;
   }
 
-  /** Commits what is queued, then closes the database. */
+  /** Commits what is queued, then closes the database and lets another gate have it. */
   async close(): Promise<void> {
-    await this.pruner?.stop();
-    this.flush();
-    if (this.opened.sqlite.open) this.opened.sqlite.close();
+    try {
+      await this.pruner?.stop();
+      this.flush();
+      if (this.opened.sqlite.open) this.opened.sqlite.close();
+    } finally {
+      this.lock?.release();
+    }
   }
 }
