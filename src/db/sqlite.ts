@@ -6,8 +6,10 @@ import { drizzle, type BetterSQLite3Database } from 'drizzle-orm/better-sqlite3'
 import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
+import { PRIVATE_FILE_MODE } from '../ops/private-files.js';
 import * as schema from './schema/sqlite.js';
-import { migrationsFolder } from './migrations.js';
+import { migrationsFolder, schemaTag } from './migrations.js';
+import type { MigrationResult } from './postgres.js';
 
 export type SqliteDb = BetterSQLite3Database<typeof schema>;
 
@@ -15,6 +17,8 @@ export interface OpenedSqlite {
   sqlite: Database.Database;
   db: SqliteDb;
   path: string;
+  /** What this open's migration did. */
+  migrated: MigrationResult;
 }
 
 export interface SqliteOptions {
@@ -30,8 +34,6 @@ export interface SqliteOptions {
 
 const DEFAULT_BUSY_TIMEOUT_MS = 5000;
 
-/** Keys and usage are for the owner alone; SQLite gives the -wal and -shm files the same mode. */
-const FILE_MODE = 0o600;
 const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');
 /** Tables every tokengate database has had since its first migration. */
 const OUR_TABLES = ['__drizzle_migrations', 'api_keys'];
@@ -64,10 +66,11 @@ export function openSqlite(path: string, options: SqliteOptions = {}): OpenedSql
     const db = drizzle(sqlite, { schema });
     const before = appliedMigrations(sqlite);
     migrate(db, { migrationsFolder: migrationsFolder('sqlite') });
-    const applied = appliedMigrations(sqlite) - before;
+    const after = appliedMigrations(sqlite);
+    const applied = after - before;
     if (applied > 0) options.logger?.info({ backend: 'sqlite', path: file, applied }, 'database migrations applied');
     sqlite.pragma(`busy_timeout = ${options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS}`);
-    return { sqlite, db, path: file };
+    return { sqlite, db, path: file, migrated: { applied, schema: schemaTag('sqlite', after) } };
   } catch (error) {
     sqlite?.close();
     // A file this call created and could not set up would be refused as empty next time.
@@ -84,25 +87,25 @@ export function checkSqliteDirectory(dir: string): void {
     accessSync(dir, constants.W_OK);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    const state = code === 'EROFS' ? 'is on a read-only file system' : 'is not writable';
+    const readOnlyFs = code === 'EROFS' ? ', a read-only file system' : '';
     throw new ConfigError(
-      `SQLite data directory ${dir} ${state} (${code ?? String(error)}): SQLite keeps its -wal and -shm files next to the database; set DATABASE_PATH to a writable location`,
+      `SQLite data directory ${dir} is not writable (${code ?? String(error)}${readOnlyFs}): SQLite keeps its -wal and -shm files next to the database; set DATABASE_PATH to a writable location`,
       { cause: error },
     );
   }
 }
 
-/** Creates `file` with mode 0600 whatever the umask, unless it exists; true when it was created. */
+/** Creates `file` with mode 0600 whatever the umask (SQLite gives its -wal and -shm files the same mode), unless it exists; true when it was created. */
 function createIfMissing(file: string): boolean {
   let fd: number;
   try {
-    fd = openSync(file, 'wx', FILE_MODE);
+    fd = openSync(file, 'wx', PRIVATE_FILE_MODE);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw new ConfigError(`cannot create the SQLite database file ${file}: ${(error as Error).message}`, { cause: error });
   }
   try {
-    fchmodSync(fd, FILE_MODE);
+    fchmodSync(fd, PRIVATE_FILE_MODE);
   } finally {
     closeSync(fd);
   }

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
 import { checkSqliteDirectory, openSqlite } from '../db/sqlite.js';
-import { connectPostgres, DEFAULT_POOL, migratePostgres, type PoolSettings } from '../db/postgres.js';
+import { connectPostgres, DEFAULT_POOL, migratePostgres, type MigrationResult, type PoolSettings } from '../db/postgres.js';
 import { defaultLogger, type Logger } from '../ops/logger.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { DEFAULT_KEY_CACHE_TTL_MS } from './key-cache.js';
@@ -141,7 +141,9 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
     keyCacheTtlMs: keyCacheTtl(config),
     prune: backgroundPruning(config, logger),
   };
-  const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds, logger);
+  const migrate = async (): Promise<void> => {
+    await migratePostgres(url, pool.connectTimeoutSeconds, logger);
+  };
   let down: unknown;
   try {
     await migrate();
@@ -214,9 +216,25 @@ function poolSettings(url: string, config: StorageConfig): PoolSettings {
   };
 }
 
-async function migrateOrExplain(url: string, connectTimeoutSeconds: number): Promise<void> {
+/** Applies pending migrations to the configured database (`tokengate db migrate`): which store, and what was done. */
+export async function migrateDatabase(config: StorageConfig = {}): Promise<MigrationResult & { store: string }> {
+  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+    throw new ConfigError('STORAGE=file has no database to migrate: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
+  }
+  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  if (databaseUrl) {
+    const result = await migrateOrExplain(databaseUrl, poolSettings(databaseUrl, config).connectTimeoutSeconds, config.logger);
+    return { store: `postgres ${describeUrl(databaseUrl)}`, ...result };
+  }
+  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
+  const { sqlite, migrated } = openSqlite(databasePath, { logger: config.logger });
+  sqlite.close();
+  return { store: `sqlite ${databasePath}`, ...migrated };
+}
+
+async function migrateOrExplain(url: string, connectTimeoutSeconds: number, logger?: Logger): Promise<MigrationResult> {
   try {
-    await migratePostgres(url, connectTimeoutSeconds);
+    return await migratePostgres(url, connectTimeoutSeconds, logger);
   } catch (error) {
     throw migrationError(url, error);
   }
