@@ -1,6 +1,7 @@
 // `tokengate backup` and `tokengate restore`: logical backups of either database, and putting one back.
 import { createInterface } from 'node:readline/promises';
 import { Command } from 'commander';
+import { sameColumns } from '../db/migrations.js';
 import { backupDirFromEnv } from '../ops/backup-schedule.js';
 import { BackupError, restoreBackup, verifyBackup, writeBackup, type BackupManifest } from '../ops/backup.js';
 import { UsageError, note, printJson, printLine, withAdminStore } from './shared.js';
@@ -37,7 +38,7 @@ export function restoreCommand(): Command {
   return new Command('restore')
     .description(
       'replace everything in the store (keys, usage, record ids; PostgreSQL reservations are dropped) with a backup, in one transaction. ' +
-        'The file is checked in full first (checksum, counts, totals, schema) and the current contents are backed up (BACKUP_DIR). ' +
+        'The file is checked in full first (checksum, counts, totals, every row, a schema with the same columns) and the current contents are backed up (BACKUP_DIR). ' +
         'Stop the gates first. A backup of either backend restores into either.',
     )
     .argument('<file>', 'a tokengate-*.json.gz backup')
@@ -47,7 +48,9 @@ export function restoreCommand(): Command {
       const manifest = await verifyBackup(file);
       const result = await withAdminStore(async (store) => {
         const schema = await store.schemaVersion();
-        if (manifest.schema !== schema) throw new BackupError(`${file} has schema ${manifest.schema}, this ${store.backend} store has ${schema}: restore it with the tokengate version that wrote it`);
+        if (!sameColumns(store.backend, manifest.schema, schema)) {
+          throw new BackupError(`${file} has schema ${manifest.schema}, this ${store.backend} store has ${schema} with other columns: restore it with the tokengate version that wrote it`);
+        }
         await confirm(options.yes, `Replace every key and all usage in this ${store.backend} store with ${file} (${describe(manifest)})?`);
         const before = await writeBackup(store, backupDirFromEnv());
         const restored = await restoreBackup(store, file);

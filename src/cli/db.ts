@@ -1,8 +1,8 @@
 // `tokengate db migrate` and `tokengate db prune`: database maintenance on the configured store, then exit.
 import { Command } from 'commander';
-import { openPruneTarget } from '../storage/create.js';
+import { migrateDatabase, openPruneTarget } from '../storage/create.js';
 import { formatDuration, parseDuration } from '../storage/prune.js';
-import { printJson, printLine, withStorage } from './shared.js';
+import { cliLogger, printJson, printLine } from './shared.js';
 
 interface PruneCliOptions {
   window?: string;
@@ -14,8 +14,9 @@ export function dbCommand(): Command {
   db.command('migrate')
     .description('apply pending migrations to the store DATABASE_URL or DATABASE_PATH names (also done on every start)')
     .action(async () => {
-      // Opening a store migrates it, under an advisory lock on PostgreSQL.
-      await withStorage(async () => undefined);
+      // Under an advisory lock on PostgreSQL; on SQLite alongside a running gate, which holds the file's lock, not this.
+      const { store, applied, schema } = await migrateDatabase({ logger: cliLogger() });
+      printLine(`${store}: ${applied === 0 ? 'up to date, no migrations applied' : `applied ${applied} migration${applied === 1 ? '' : 's'}`}; schema ${schema}`);
     });
   db.command('prune')
     .description(

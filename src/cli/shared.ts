@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { pino } from 'pino';
 import { TokenGateError } from '../errors.js';
-import { createLogger } from '../ops/logger.js';
+import { createLogger, type Logger } from '../ops/logger.js';
 import { createStorage, openAdminStore } from '../storage/create.js';
 import type { AdminStore } from '../storage/admin.js';
 import type { Storage } from '../storage/types.js';
@@ -14,12 +14,15 @@ export class UsageError extends TokenGateError {
   }
 }
 
+/** Logs go to stderr, so stdout stays the command's output; info lines (migrations applied) only with LOG_LEVEL=info. */
+export function cliLogger(): Logger {
+  return createLogger(pino.destination({ dest: 2, sync: true }), process.env.LOG_LEVEL ?? 'warn');
+}
+
 /** Opens the store the environment names (as `serve` does), runs `use`, and always closes it. */
 export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Promise<T> {
-  // Key tools talk to the database directly: the file fallback and background pruning belong to the running gate.
-  // Logs go to stderr, so stdout stays the command's output; info lines (migrations applied) only with LOG_LEVEL=info.
-  const logger = createLogger(pino.destination({ dest: 2, sync: true }), process.env.LOG_LEVEL ?? 'warn');
-  const storage = await createStorage({ fallback: false, prune: false, logger });
+  // Key tools talk to the database directly: the file fallback, background pruning and the SQLite lock belong to the running gate.
+  const storage = await createStorage({ fallback: false, prune: false, lock: false, logger: cliLogger() });
   try {
     return await use(storage);
   } finally {

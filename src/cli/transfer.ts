@@ -1,10 +1,10 @@
 // `tokengate import` and `tokengate export`: the old JSON key file into the database, and back out.
-import { writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { StorageError } from '../errors.js';
 import { backupDirFromEnv } from '../ops/backup-schedule.js';
 import { writeBackup } from '../ops/backup.js';
+import { writePrivateFile } from '../ops/private-files.js';
 import { DEFAULT_WINDOW_MS, countsAfter } from '../quota/window.js';
 import type { ImportOutcome } from '../storage/admin.js';
 import { loadKeyFile, type ParsedKeyFile } from '../storage/key-file.js';
@@ -104,7 +104,7 @@ export function exportCommand(): Command {
       'write the keys as a JSON key file in the earlier gateway format, with the usage still inside the window. ' +
         'Plaintext keys are not stored, so "key" is null in every entry; "key_id" and "key_prefix" say which key it was.',
     )
-    .option('--out <file>', 'write to this file instead of stdout')
+    .option('--out <file>', 'write to this file (mode 0600) instead of stdout')
     .action(async (options: ExportCommandOptions) => {
       const now = Date.now();
       const keys = await withAdminStore((store) => store.exportKeys(countsAfter(now, DEFAULT_WINDOW_MS)));
@@ -113,7 +113,7 @@ export function exportCommand(): Command {
         process.stdout.write(text);
         return;
       }
-      writeFileSync(options.out, text);
+      writePrivateFile(options.out, text); // key digests and usage: the owner's alone
       note(`exported ${keys.length} key(s) to ${options.out}`);
     });
 }

@@ -3,7 +3,7 @@ import postgres from 'postgres';
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
 import { migrate } from 'drizzle-orm/postgres-js/migrator';
 import * as schema from './schema/postgres.js';
-import { migrationsFolder } from './migrations.js';
+import { migrationsFolder, schemaTag } from './migrations.js';
 import type { Logger } from '../ops/logger.js';
 
 export type PostgresDb = PostgresJsDatabase<typeof schema>;
@@ -41,6 +41,12 @@ const MIGRATION_LOCK = 7_370_001;
 // reconnecting after an outage): a session stuck holding the lock must not hang it for ever.
 const MIGRATION_LOCK_TIMEOUT_MS = 60_000;
 
+/** What migrating did: how many migrations it applied, and the tag of the latest one now applied. */
+export interface MigrationResult {
+  applied: number;
+  schema: string;
+}
+
 /** Migrations recorded as applied (none before the first migration creates drizzle's table). */
 async function appliedMigrations(sql: postgres.Sql): Promise<number> {
   const [table] = await sql`select to_regclass('drizzle.__drizzle_migrations') as name`;
@@ -54,7 +60,7 @@ async function appliedMigrations(sql: postgres.Sql): Promise<number> {
  * instances starting together migrate one after the other and the later ones find nothing to do.
  * Logs how many it applied, when there were any.
  */
-export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds, logger?: Logger): Promise<void> {
+export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds, logger?: Logger): Promise<MigrationResult> {
   const sql = postgres(url, {
     max: 1,
     connect_timeout: connectTimeoutSeconds,
@@ -65,9 +71,11 @@ export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAU
     await sql`select pg_advisory_lock(${MIGRATION_LOCK})`;
     const before = await appliedMigrations(sql);
     await migrate(drizzle(sql), { migrationsFolder: migrationsFolder('postgres') });
-    const applied = (await appliedMigrations(sql)) - before;
+    const after = await appliedMigrations(sql);
     await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`;
+    const applied = after - before;
     if (applied > 0) logger?.info({ backend: 'postgres', applied }, 'database migrations applied');
+    return { applied, schema: schemaTag('postgres', after) };
   } finally {
     await sql.end({ timeout: 5 });
   }

@@ -1,12 +1,13 @@
 // Logical backups: a gzipped NDJSON dump of every table with a checksummed manifest, written and read back by tokengate.
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, renameSync, rmSync, existsSync } from 'node:fs';
+import { chmodSync, createReadStream, createWriteStream, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, renameSync, rmSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip } from 'node:zlib';
 import { TokenGateError } from '../errors.js';
-import { TABLES, TABLE_NAMES, rowProblem, type AdminStore, type TableName, type TableRow } from '../storage/admin.js';
+import { PRIVATE_FILE_MODE } from './private-files.js';
+import { TABLE_NAMES, isTableName, rowProblem, type AdminStore, type TableName, type TableRow } from '../storage/admin.js';
 
 export const BACKUP_FORMAT = 'tokengate-backup';
 export const BACKUP_VERSION = 1;
@@ -76,15 +77,16 @@ function tally(counts: Record<TableName, number>, totals: BackupTotals, { table,
 }
 
 /**
- * Dumps `store` from one consistent snapshot into `dir` (created if needed). The file is written
- * under a temporary name, fsynced, then renamed: a file with the final name is always complete.
+ * Dumps `store` from one consistent snapshot into `dir` (created if needed, 0700). The file is
+ * written under a temporary name, owner-only (0600, whatever the umask), fsynced, then renamed: a
+ * file with the final name is always complete.
  */
 export async function writeBackup(store: AdminStore, dir: string, now = Date.now()): Promise<{ path: string; manifest: BackupManifest }> {
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const partial = join(dir, `.${backupFileName(store.backend, now)}.partial-${process.pid}`);
   const header: Header = { format: BACKUP_FORMAT, version: BACKUP_VERSION, created_at: new Date(now).toISOString(), backend: store.backend, schema: await store.schemaVersion() };
   const gzip = createGzip();
-  const written = pipeline(gzip, createWriteStream(partial, { flags: 'wx' }));
+  const written = pipeline(gzip, createWriteStream(partial, { flags: 'wx', mode: PRIVATE_FILE_MODE }));
   const hash = createHash('sha256');
   const counts = emptyCounts();
   const totals = emptyTotals();
@@ -103,6 +105,7 @@ export async function writeBackup(store: AdminStore, dir: string, now = Date.now
     await put(JSON.stringify({ manifest }), false);
     gzip.end();
     await written;
+    chmodSync(partial, PRIVATE_FILE_MODE);
     fsyncFile(partial);
     const path = finalPath(dir, store.backend, now);
     renameSync(partial, path);
@@ -182,6 +185,7 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
   const counts = emptyCounts();
   const totals = emptyTotals();
   let header: Header | undefined;
+  const keyIds = new Set<string>();
   let pending: { bytes: Buffer; number: number } | undefined;
   let number = 0;
   for await (const bytes of lines(path)) {
@@ -194,7 +198,7 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
     // The last line is the manifest, outside the checksum: a row is taken once the next line shows it was not last.
     if (pending) {
       hash.update(pending.bytes).update('\n');
-      const entry = checkRow(path, pending.number, parseLine(path, pending.number, pending.bytes));
+      const entry = checkRow(path, pending.number, parseLine(path, pending.number, pending.bytes), keyIds);
       tally(counts, totals, entry);
       yield entry;
     }
@@ -214,12 +218,19 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
   return manifest;
 }
 
-function checkRow(path: string, number: number, value: unknown): TableRow {
+/** Checks one row line; `keyIds` holds the keys read so far (they come first), which usage rows must belong to. */
+function checkRow(path: string, number: number, value: unknown, keyIds: Set<string>): TableRow {
   const entry = value as { table?: unknown; row?: unknown } | null;
   const table = entry?.table;
-  if (typeof table !== 'string' || !(table in TABLES)) throw new BackupError(`${path} is damaged: line ${number} names no known table`);
-  const problem = rowProblem(table as TableName, entry?.row);
-  if (problem) throw new BackupError(`${path} is damaged: line ${number} (${table}): ${problem}`);
+  if (!isTableName(table)) {
+    const named = typeof table === 'string' ? `unknown table ${JSON.stringify(table.slice(0, 64))}` : 'no table';
+    throw new BackupError(`${path} is refused: line ${number} names ${named}; a backup holds only ${TABLE_NAMES.join(', ')}`);
+  }
+  const problem = rowProblem(table, entry?.row);
+  if (problem) throw new BackupError(`${path} is refused: line ${number} (${table}): ${problem}`);
+  const row = (entry as TableRow).row;
+  if (table === 'api_keys') keyIds.add(row.id as string);
+  else if (!keyIds.has(row.key_id as string)) throw new BackupError(`${path} is refused: line ${number} (${table}): key_id ${JSON.stringify(row.key_id)} is not a key of this backup`);
   return entry as TableRow;
 }
 

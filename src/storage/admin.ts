@@ -49,17 +49,29 @@ export function columnsOf(table: TableName): string[] {
   return Object.keys(TABLES[table]);
 }
 
-/** Why `row` cannot be a row of `table` (a missing, extra or mistyped column), or undefined. */
+/** Whether `name` is one of the tables a backup holds (never an inherited name such as `__proto__`). */
+export function isTableName(name: unknown): name is TableName {
+  return typeof name === 'string' && Object.hasOwn(TABLES, name);
+}
+
+/**
+ * Why `row` cannot be a row of `table` (a missing, extra or mistyped column, a negative or
+ * fractional number: every integer column is a count, a limit or a time), or undefined.
+ */
 export function rowProblem(table: TableName, row: unknown): string | undefined {
   if (typeof row !== 'object' || row === null || Array.isArray(row)) return 'not an object';
   const columns = TABLES[table] as Record<string, ColumnType>;
-  for (const name of Object.keys(row)) if (!(name in columns)) return `unknown column ${name}`;
+  for (const name of Object.keys(row)) if (!Object.hasOwn(columns, name)) return `unknown column ${JSON.stringify(name)}`;
   for (const [name, type] of Object.entries(columns)) {
+    if (!Object.hasOwn(row, name)) return `column ${name} is missing`;
     const value = (row as Row)[name];
     if (value === null && type.endsWith('?')) continue;
-    const ok = type.startsWith('int') ? Number.isSafeInteger(value) : typeof value === 'string';
-    if (!ok) return `column ${name} is not ${type.startsWith('int') ? 'an integer' : 'a string'}`;
+    if (!type.startsWith('int')) {
+      if (typeof value !== 'string') return `column ${name} is not a string`;
+    } else if (!Number.isSafeInteger(value)) return `column ${name} is ${JSON.stringify(value)}, not an integer`;
+    else if ((value as number) < 0) return `column ${name} is ${value as number}, a negative number`;
   }
+  if (table === 'api_keys' && (row as Row).token_limit_per_5h === 0) return 'column token_limit_per_5h is 0, not a positive limit';
   return undefined;
 }
 

@@ -1,16 +1,17 @@
 // createStorage(): picks and opens the store from explicit config or the environment.
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { ConfigError } from '../errors.js';
-import { openSqlite } from '../db/sqlite.js';
-import { connectPostgres, DEFAULT_POOL, migratePostgres, type PoolSettings } from '../db/postgres.js';
+import { checkSqliteDirectory, openSqlite } from '../db/sqlite.js';
+import { connectPostgres, DEFAULT_POOL, migratePostgres, type MigrationResult, type PoolSettings } from '../db/postgres.js';
 import { defaultLogger, type Logger } from '../ops/logger.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { DEFAULT_KEY_CACHE_TTL_MS } from './key-cache.js';
-import { SqliteStorage } from './sqlite.js';
+import { SqliteStorage, type SqliteStorageOptions } from './sqlite.js';
 import { DEFAULT_RESERVATION_TTL_MS, PostgresStorage } from './postgres.js';
 import { FileStorage } from './file.js';
 import { FallbackStorage } from './fallback.js';
+import { lockFile } from './lock-file.js';
 import { readKeyFile } from './key-file.js';
 import { SNAPSHOT_FILE } from './snapshot.js';
 import { errorCode, isTransient } from './retry.js';
@@ -57,6 +58,11 @@ export interface StorageConfig {
    * change keys turn it off).
    */
   fallback?: boolean;
+  /**
+   * SQLite: hold the lock that makes this process the one gate on the file (`<file>.lock`), until
+   * close(). Default: true (the key commands, which run alongside the gate, turn it off).
+   */
+  lock?: boolean;
   /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
   windowMs?: number;
   /** How long usage record ids are kept (what a replay is checked against). Default `RECORD_RETENTION` (at least `windowMs`), then 7 days. */
@@ -82,14 +88,37 @@ export async function createStorage(config: StorageConfig = {}): Promise<Storage
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
+  const options = { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) }; // checked before the file is opened
+  if (config.lock === false) return new SqliteStorage(openSqlite(databasePath, { logger }), options);
   // The gate journals the usage the database refuses (FALLBACK_DIR, by default next to the database file).
   const journalDir = config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? join(dirname(databasePath), 'fallback');
-  const options = {
-    keyCacheTtlMs: keyCacheTtl(config),
-    prune: backgroundPruning(config, logger),
-    ...(config.fallback === false ? {} : { journal: { dir: journalDir, logger } }),
-  }; // checked before the file is opened
-  return new SqliteStorage(openSqlite(databasePath, logger), options);
+  const journal = config.fallback === false ? undefined : { dir: journalDir, logger };
+  return openLockedSqlite(resolve(databasePath), { ...options, ...(journal ? { journal } : {}) }, logger);
+}
+
+/**
+ * How long the gate's own statements wait for a write lock another connection (a CLI command)
+ * holds: better-sqlite3 waits synchronously, blocking the event loop, so only briefly.
+ */
+export const GATE_BUSY_TIMEOUT_MS = 20;
+
+/**
+ * The gate's SQLite store: reservations live in the process, so two gates on one file would each
+ * admit the whole limit. The lock comes first, so a refused second gate touches nothing.
+ */
+function openLockedSqlite(file: string, options: SqliteStorageOptions, logger: Logger): Storage {
+  checkSqliteDirectory(dirname(file));
+  const lock = lockFile(`${file}.lock`, {
+    what: `the SQLite database ${file}`,
+    advice: 'one gate process serves each SQLite file (run several instances on PostgreSQL; the tokengate key commands may run alongside)',
+    logger,
+  });
+  try {
+    return new SqliteStorage(openSqlite(file, { logger, busyTimeoutMs: GATE_BUSY_TIMEOUT_MS }), { ...options, lock });
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
 }
 
 /**
@@ -109,7 +138,7 @@ export async function openAdminStore(config: StorageConfig = {}): Promise<AdminS
     return new PostgresAdmin(connectPostgres(databaseUrl, { ...pool, poolSize: 1, statementTimeoutMs }).sql);
   }
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  return new SqliteAdmin(openSqlite(databasePath));
+  return new SqliteAdmin(openSqlite(databasePath, { logger: config.logger }));
 }
 
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
@@ -119,7 +148,9 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
     keyCacheTtlMs: keyCacheTtl(config),
     prune: backgroundPruning(config, logger),
   };
-  const migrate = () => migratePostgres(url, pool.connectTimeoutSeconds, logger);
+  const migrate = async (): Promise<void> => {
+    await migratePostgres(url, pool.connectTimeoutSeconds, logger);
+  };
   let down: unknown;
   try {
     await migrate();
@@ -192,9 +223,25 @@ function poolSettings(url: string, config: StorageConfig): PoolSettings {
   };
 }
 
-async function migrateOrExplain(url: string, connectTimeoutSeconds: number): Promise<void> {
+/** Applies pending migrations to the configured database (`tokengate db migrate`): which store, and what was done. */
+export async function migrateDatabase(config: StorageConfig = {}): Promise<MigrationResult & { store: string }> {
+  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+    throw new ConfigError('STORAGE=file has no database to migrate: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
+  }
+  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  if (databaseUrl) {
+    const result = await migrateOrExplain(databaseUrl, poolSettings(databaseUrl, config).connectTimeoutSeconds, config.logger);
+    return { store: `postgres ${describeUrl(databaseUrl)}`, ...result };
+  }
+  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
+  const { sqlite, migrated } = openSqlite(databasePath, { logger: config.logger });
+  sqlite.close();
+  return { store: `sqlite ${databasePath}`, ...migrated };
+}
+
+async function migrateOrExplain(url: string, connectTimeoutSeconds: number, logger?: Logger): Promise<MigrationResult> {
   try {
-    await migratePostgres(url, connectTimeoutSeconds);
+    return await migratePostgres(url, connectTimeoutSeconds, logger);
   } catch (error) {
     throw migrationError(url, error);
   }

@@ -15,6 +15,7 @@ import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../ke
 import { KeyCache } from './key-cache.js';
 import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
 import { Spill, type ApplyOutcome } from './spill.js';
+import type { HeldLock } from './lock-file.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
@@ -57,6 +58,8 @@ function wholeDatabase(error: unknown): boolean {
 export interface SqliteStorageOptions {
   keyCacheTtlMs?: number;
   prune?: PruneOptions;
+  /** The gate's hold on the file, released by close(). */
+  lock?: HeldLock;
   /**
    * The directory whose journal takes the usage the database refuses (replayed into it each second).
    * Without one (the CLI's stores), a refused record fails its settle().
@@ -88,12 +91,15 @@ export class SqliteStorage implements Storage {
   readonly pruner: Pruner | undefined;
   /** Holds the usage the database refuses, when the store was opened with `journal`. */
   private readonly spill: Spill | undefined;
+  private readonly lock: HeldLock | undefined;
 
+  /** `lock`: the gate's hold on the file, released by close(). */
   constructor(
     private readonly opened: OpenedSqlite,
     options: SqliteStorageOptions = {},
   ) {
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
+    this.lock = options.lock;
     const { db, sqlite } = opened;
     this.statements = {
       keyByHash: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, p('hash'))).prepare(),
@@ -346,11 +352,15 @@ export class SqliteStorage implements Storage {
     return this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).run().changes > 0;
   }
 
-  /** Commits what is queued, then closes the database. */
+  /** Commits what is queued, then closes the database and lets another gate have it. */
   async close(): Promise<void> {
-    await this.pruner?.stop();
-    this.flush();
-    await this.spill?.close();
-    if (this.opened.sqlite.open) this.opened.sqlite.close();
+    try {
+      await this.pruner?.stop();
+      this.flush();
+      await this.spill?.close();
+      if (this.opened.sqlite.open) this.opened.sqlite.close();
+    } finally {
+      this.lock?.release();
+    }
   }
 }

@@ -1,8 +1,8 @@
 // PostgreSQL across instances: shared budgets, crashed reservations, indexes, migrations, retries.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import postgres from 'postgres';
@@ -192,22 +192,34 @@ describe('PostgreSQL storage', () => {
 
 describe('migrations', () => {
   const migrate = (databaseUrl: string) =>
-    new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
       const child = spawn(process.execPath, ['dist/src/cli/main.js', 'db', 'migrate'], { cwd: ROOT, env: { ...process.env, DATABASE_URL: databaseUrl } });
+      let stdout = '';
       let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
       child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      child.on('exit', (code) => resolve({ code, stderr }));
+      child.on('exit', (code) => resolve({ code, stdout, stderr }));
     });
 
-  it('run from two processes at once, and then again, leave one correct schema', async () => {
+  it('run from two processes at once, and then again, leave one correct schema; each says what it did to which database', async () => {
     const url = await freshDatabase();
+    const migrations = JSON.parse(readFileSync(join(ROOT, 'drizzle/postgres/meta/_journal.json'), 'utf8')) as { entries: { tag: string }[] };
+    const latest = migrations.entries.at(-1)!.tag;
+    const store = `postgres ${new URL(url).hostname}:${new URL(url).port}${new URL(url).pathname}`;
     const results = await Promise.all([migrate(url), migrate(url), migrate(url)]);
-    expect(results).toEqual([0, 0, 0].map((code) => ({ code, stderr: '' })));
-    expect(await migrate(url)).toEqual({ code: 0, stderr: '' });
+    expect(results.map(({ code, stderr }) => ({ code, stderr }))).toEqual([0, 0, 0].map((code) => ({ code, stderr: '' })));
+    // The advisory lock lets one of them do the work; the others find nothing left to apply.
+    const lines = results.map(({ stdout }) => stdout).sort();
+    expect(lines).toEqual([
+      `${store}: applied ${migrations.entries.length} migrations; schema ${latest}\n`,
+      `${store}: up to date, no migrations applied; schema ${latest}\n`,
+      `${store}: up to date, no migrations applied; schema ${latest}\n`,
+    ]);
+    expect(await migrate(url)).toEqual({ code: 0, stdout: `${store}: up to date, no migrations applied; schema ${latest}\n`, stderr: '' });
     const sql = postgres(url, { max: 1 });
     try {
       const applied = await sql`select count(*)::int as n from drizzle.__drizzle_migrations`;
-      expect(applied[0]?.n).toBe(readdirSync(join(ROOT, 'drizzle', 'postgres')).filter((name) => name.endsWith('.sql')).length);
+      expect(applied[0]?.n).toBe(migrations.entries.length);
       const tables = await sql`select table_name from information_schema.tables where table_schema = 'public' order by 1`;
       expect(tables.map((t) => t.table_name)).toEqual(['api_keys', 'health_probes', 'reservations', 'usage_buckets', 'usage_records']);
     } finally {

@@ -68,7 +68,7 @@ describe('SQLite durability', () => {
     expect(result.status).toBe(1);
     const lines = result.stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(new RegExp(`^cannot start: SQLite data directory ${readOnly} is not writable \\((EACCES|EROFS)\\)`));
+    expect(lines[0]).toMatch(new RegExp(`^cannot start: SQLite data directory ${readOnly} is not writable \\((EACCES\\)|EROFS, a read-only file system\\))`));
     expect(existsSync(join(readOnly, 'tokengate.db'))).toBe(false);
   });
 });
