@@ -15,11 +15,13 @@ type SentResponse = ServerResponse & { _header?: unknown; chunkedEncoding?: bool
  */
 export class Delivery {
   private readonly start: number;
+  // Kept, because the socket lets go of its handle before it reports a reset.
+  private readonly handle: { writeQueueSize?: number } | null | undefined;
   private wireBody = 0;
   private reached = 0;
   private watching = false;
   private readonly sample = (): void => {
-    const handle = this.socket?._handle;
+    const handle = this.handle;
     const dispatched = this.socket?._bytesDispatched;
     if (!handle || typeof dispatched !== 'number') return;
     this.reached = Math.max(this.reached, dispatched - (handle.writeQueueSize ?? 0));
@@ -31,6 +33,7 @@ export class Delivery {
   ) {
     // What earlier responses on this connection wrote.
     this.start = socket?.bytesWritten ?? 0;
+    this.handle = socket?._handle;
   }
 
   /** Called after each body chunk of `bytes` bytes went to res.write (or before res.end). */
