@@ -16,7 +16,7 @@ function read(body, wholeBytes) {
   return reading.tokens;
 }
 
-/** Median time of one call over `rounds` rounds of `n` calls, in microseconds. @param {() => unknown} work */
+/** Median time of one call over `rounds` rounds of `n` calls, in microseconds. @param {() => unknown} work @param {number} n */
 function time(work, n, rounds = 7) {
   for (let i = 0; i < n; i++) work();
   const samples = [];
