@@ -4,9 +4,10 @@ import type { Request, Response } from 'express';
 import { UsageTap } from '../src/usage/tap.js';
 import { usageFromHeader } from '../src/usage/header.js';
 import { chargeFor, type Charge } from '../src/usage/charge.js';
-import type { UsageReading } from '../src/usage/tokens.js';
+import type { UnreadableReason, UsageReading } from '../src/usage/tokens.js';
 import type { Reservation, UsageRecord } from '../src/storage/types.js';
-import { MAX_JSON_RESPONSE_BYTES, type GateConfig } from './options.js';
+import type { GateConfig } from './options.js';
+import { Delivery } from './delivery.js';
 import { storageCall } from './storage-call.js';
 
 type Chunk = string | Buffer | Uint8Array;
@@ -86,18 +87,21 @@ export function meterResponse(
   track: (settling: Promise<void>) => void,
 ): void {
   let tap: UsageTap | undefined;
+  const delivery = new Delivery(res, res.socket);
   tapWrites(res, {
     observe(chunk, encoding) {
       if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
       tap ??= openTap(res, config);
-      tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined);
+      delivery.wrote(tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
     },
   });
   let done = false;
   const settle = (aborted: boolean): void => {
     if (done) return;
     done = true;
-    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, tap, aborted), config, reservation));
+    const cut = { aborted, answered: res.headersSent, deliveredShare: aborted ? delivery.share() : 1 };
+    delivery.stop();
+    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, tap, cut), config, reservation));
   };
   // On 'finish', so that settled() covers a response from its end on; on 'close' for one cut short.
   res.once('finish', () => settle(false));
@@ -110,8 +114,20 @@ function openTap(res: Response, config: GateConfig): UsageTap {
   return new UsageTap({
     contentType: parse ? headerText(res.getHeader('content-type')) : undefined,
     contentEncoding: headerText(res.getHeader('content-encoding')),
-    maxJsonBytes: MAX_JSON_RESPONSE_BYTES,
   });
+}
+
+/** How the response ended: cut short or not, begun or not, and how much of its body the client got. */
+interface Ending {
+  aborted: boolean;
+  answered: boolean;
+  deliveredShare: number;
+}
+
+interface Reckoning {
+  record: UsageRecord;
+  source: Charge['source'];
+  unreadable: UnreadableReason | undefined;
 }
 
 /** What the response used, read once it has ended; the record to store and where its count came from. */
@@ -122,9 +138,9 @@ async function readCharge(
   reservation: Reservation,
   requestBytes: number,
   tap: UsageTap | undefined,
-  aborted: boolean,
-): Promise<{ record: UsageRecord; source: Charge['source'] }> {
-  const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0 };
+  ending: Ending,
+): Promise<Reckoning> {
+  const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0, generatedText: undefined };
   const readings: (UsageReading | undefined)[] = [
     customReading(req, res, config),
     usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),
@@ -132,11 +148,12 @@ async function readCharge(
   ];
   const charge = chargeFor({
     status: res.statusCode,
-    aborted,
+    ...ending,
     chargeFailedResponses: config.chargeFailedResponses,
     readings,
     requestBytes,
     responseBytes: seen.bytes,
+    generatedText: seen.generatedText,
   });
   if (charge.problem !== undefined || seen.malformedEvents > 0) {
     config.logger.warn(
@@ -144,7 +161,7 @@ async function readCharge(
       'upstream usage could not be read exactly',
     );
   }
-  return { record: { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() }, source: charge.source };
+  return { record: { id: reservation.id, keyId: reservation.keyId, tokens: charge.tokens, at: config.now() }, source: charge.source, unreadable: charge.unreadable };
 }
 
 /**
@@ -153,9 +170,10 @@ async function readCharge(
  * until its batch commits, long enough on PostgreSQL to reach the old generation and triple the time
  * spent collecting garbage.
  */
-async function recordUsage(charging: Promise<{ record: UsageRecord; source: Charge['source'] }>, config: GateConfig, reservation: Reservation): Promise<void> {
+async function recordUsage(charging: Promise<Reckoning>, config: GateConfig, reservation: Reservation): Promise<void> {
   try {
-    const { record, source } = await charging;
+    const { record, source, unreadable } = await charging;
+    if (unreadable !== undefined) config.metrics?.usageUnreadable.inc({ reason: unreadable });
     await storageCall(config, 'settle', () => config.storage.settle(reservation, record));
     if (source !== 'none') config.metrics?.countTokens(source, record.tokens, reservation.keyId);
   } catch (error) {

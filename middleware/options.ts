@@ -53,9 +53,6 @@ export interface TokenGateOptions {
 type Unset = 'getKey' | 'skip' | 'getUsage' | 'metrics';
 export type GateConfig = Required<Omit<TokenGateOptions, Unset>> & Pick<TokenGateOptions, Unset>;
 
-/** A copy of JSON response bodies is kept up to this size to read their usage. */
-export const MAX_JSON_RESPONSE_BYTES = 8 * 1024 * 1024;
-
 export function resolveOptions(options: TokenGateOptions): GateConfig {
   if (!options?.storage) throw new TypeError('tokenGate: the `storage` option is required (await createStorage())');
   const windowMs = options.windowMs ?? DEFAULT_WINDOW_MS;

@@ -1,6 +1,7 @@
 // Prometheus metrics (prom-client): the names and labels of the contract, and the calls that move them.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Storage } from '../storage/types.js';
+import { UNREADABLE_REASONS, type UnreadableReason } from '../usage/tokens.js';
 
 /** How a gated request ended (413, skipped requests and clients gone mid-body are not counted). */
 export type RequestOutcome = 'admitted' | 'unauthenticated' | 'expired' | 'rate_limited' | 'unavailable';
@@ -33,6 +34,7 @@ export class TokenGateMetrics {
   readonly reservedTokens: Gauge;
   readonly recordingFailures: Counter<'stage'>;
   readonly journalQuarantined: Gauge;
+  readonly usageUnreadable: Counter<'reason'>;
   readonly keyRequests: Counter<'key_id' | 'outcome'> | undefined;
   readonly keyTokens: Counter<'key_id'> | undefined;
   /** Stores whose health() the fallback and journal gauges read at scrape time. */
@@ -103,6 +105,7 @@ export class TokenGateMetrics {
       },
     });
     this.reservedTokens = new Gauge({ name: 'tokengate_reserved_tokens', help: 'Tokens reserved by the requests this process has in flight.', registers });
+    this.usageUnreadable = new Counter({ name: 'tokengate_usage_unreadable_total', help: 'Charged responses whose usage could not be read, so an estimate was charged, by reason.', labelNames: ['reason'], registers });
     if (options.perKeyLabels) {
       this.keyRequests = new Counter({ name: 'tokengate_key_requests_total', help: 'Requests per key id, by outcome.', labelNames: ['key_id', 'outcome'], registers });
       this.keyTokens = new Counter({ name: 'tokengate_key_tokens_total', help: 'Tokens charged per key id.', labelNames: ['key_id'], registers });
@@ -116,6 +119,7 @@ export class TokenGateMetrics {
     for (const source of ['reported', 'estimated'] as const) this.tokens.inc({ source }, 0);
     for (const stage of ['database', 'journal'] as const) this.recordingFailures.inc({ stage }, 0);
     this.reservedTokens.set(0);
+    for (const reason of UNREADABLE_REASONS satisfies readonly UnreadableReason[]) this.usageUnreadable.inc({ reason }, 0);
   }
 
   /** Makes the fallback and journal gauges report this store's state. */

@@ -75,3 +75,21 @@ function queryName(pair: string): string {
     return name;
   }
 }
+
+/** The content codings the gate's usage tap decodes: the only ones offered to the upstream. */
+const DECODED_CODINGS = new Set(['identity', 'gzip', 'x-gzip', 'deflate', 'br']);
+
+/**
+ * The client's Accept-Encoding with every coding the tap cannot decode left out (zstd, compress,
+ * `*`, anything unknown), each kept entry with its own q-value. `identity` when nothing is left,
+ * or when the client sent none (which would allow any coding).
+ */
+export function decodableAcceptEncoding(value: string | string[] | undefined): string {
+  const text = Array.isArray(value) ? value.join(',') : (value ?? '');
+  const kept = text
+    .split(',')
+    .map((entry) => entry.trim())
+    .filter((entry) => DECODED_CODINGS.has((entry.split(';', 1)[0] ?? '').trim().toLowerCase()));
+  // Entries refused with q=0 do not make a body acceptable.
+  return kept.some((entry) => !/;\s*q\s*=\s*0(\.0{0,3})?\s*$/i.test(entry)) ? kept.join(', ') : 'identity';
+}

@@ -5,7 +5,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { hasBody } from '../../middleware/body.js';
 import { errorBody, type ErrorFields } from '../../middleware/reject.js';
 import type { Logger } from '../ops/logger.js';
-import { endToEnd, upstreamRequestHeaders, withoutQueryKey, type HeaderMap } from './headers.js';
+import { decodableAcceptEncoding, endToEnd, upstreamRequestHeaders, withoutQueryKey, type HeaderMap } from './headers.js';
 import { rewriteBody, rewriteMayApply } from './rewrite.js';
 
 export interface ProxyOptions {
@@ -52,6 +52,8 @@ async function forward(req: Request, res: Response, route: Route): Promise<void>
   });
   const url = route.allowQueryKey ? withoutQueryKey(req.originalUrl) : req.originalUrl;
   const headers = upstreamRequestHeaders(req.headers, route.upstreamApiKey);
+  // The gate reads usage from the body: the upstream may only compress it in a way the gate decodes.
+  headers['accept-encoding'] = decodableAcceptEncoding(req.headers['accept-encoding']);
   const body = await requestBody(req, headers, url, route);
   if (abort.signal.aborted) return;
   const upstream = await route.agent.request({

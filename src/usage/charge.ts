@@ -1,16 +1,23 @@
 // What a finished (or aborted) response is charged, and whether that figure was reported or estimated.
-import { estimateFromBytes } from './estimate.js';
-import type { UsageReading } from './tokens.js';
+import { bytesToTokens, estimateFromBytes } from './estimate.js';
+import type { UnreadableReason, UsageReading } from './tokens.js';
 
 export interface ChargeInput {
   status: number;
-  /** The client went away before the response ended. */
+  /** The client or the upstream went away before the response ended. */
   aborted: boolean;
+  /** The response had begun (its headers were sent): the upstream answered, so it had the request body. */
+  answered: boolean;
   chargeFailedResponses: boolean;
-  /** Usage readings in order of precedence (user function, header, body); the first count wins. */
+  /** Usage readings in order of precedence (user function, header, body); the first whole count wins. */
   readings: readonly (UsageReading | undefined)[];
   requestBytes: number;
+  /** Decoded body bytes the response wrote. */
   responseBytes: number;
+  /** Of the body, the share that reached the client's socket (1 when the response finished). */
+  deliveredShare: number;
+  /** Characters of generated text in the body, when the body is an event stream the reader knows. */
+  generatedText: number | undefined;
 }
 
 export interface Charge {
@@ -18,25 +25,51 @@ export interface Charge {
   source: 'reported' | 'estimated' | 'none';
   /** Why reported usage could not be used, when a reading was malformed. */
   problem?: string;
+  /** Why the charge is an estimate although the body was to be read, for the unreadable metric. */
+  unreadable?: UnreadableReason;
 }
 
 /**
- * Only 2xx responses are charged (unless told otherwise): the reported usage when there is one,
- * else an estimate from the bytes, never zero once bytes flowed.
+ * Only 2xx responses are charged (unless told otherwise). A whole reported count is charged as is.
+ * A response cut short (aborted, or a stream that stopped before its final usage event) is charged
+ * the larger of the usage reported so far and the prompt estimate plus the output the client
+ * received: its generated text / 4, or its delivered bytes / 4 when the body is not understood.
+ * A finished response without usage is charged (request + response bytes) / 4. Never zero once
+ * the upstream answered.
  */
 export function chargeFor(input: ChargeInput): Charge {
   const success = input.status >= 200 && input.status < 300;
   if (!success && !input.chargeFailedResponses) return { tokens: 0, source: 'none' };
   let problem: string | undefined;
+  let reason: UnreadableReason | undefined;
+  let partial: number | undefined;
   for (const reading of input.readings) {
     if (reading === undefined) continue;
-    if ('tokens' in reading) return { tokens: reading.tokens, source: 'reported' };
-    problem ??= reading.problem;
+    if (!('tokens' in reading)) {
+      problem ??= reading.problem;
+      reason ??= reading.reason ?? 'malformed';
+    } else if (reading.partial) partial ??= reading.tokens;
+    else return { tokens: reading.tokens, source: 'reported' };
   }
-  const charge: Charge =
-    input.aborted && input.responseBytes === 0
-      ? { tokens: 0, source: 'none' }
-      : { tokens: estimateFromBytes(input.requestBytes, input.responseBytes), source: 'estimated' };
+  const cut = input.aborted || partial !== undefined;
+  let charge: Charge;
+  if (!cut) {
+    charge = { tokens: estimateFromBytes(input.requestBytes, input.responseBytes), source: 'estimated', unreadable: reason ?? 'no_usage' };
+  } else if (!input.answered && partial === undefined && input.responseBytes === 0) {
+    // Nothing came back: the request may never have reached the upstream.
+    charge = { tokens: 0, source: 'none' };
+  } else {
+    const estimate = bytesToTokens(input.requestBytes) + outputTokens(input);
+    charge = partial !== undefined && partial >= estimate ? { tokens: partial, source: 'reported' } : { tokens: Math.max(1, estimate), source: 'estimated' };
+    if (reason !== undefined) charge.unreadable = reason;
+  }
   if (problem !== undefined) charge.problem = problem;
   return charge;
+}
+
+/** Tokens of output the client received: its generated text / 4, or its delivered bytes / 4. */
+function outputTokens(input: ChargeInput): number {
+  const share = Math.min(1, Math.max(0, input.deliveredShare));
+  const received = input.generatedText ?? input.responseBytes;
+  return bytesToTokens(received * share);
 }

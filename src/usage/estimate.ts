@@ -16,7 +16,8 @@ export function estimateFromBytes(requestBytes: number, responseBytes: number): 
   return Math.max(1, bytesToTokens(Math.max(0, requestBytes) + Math.max(0, responseBytes)));
 }
 
-function bytesToTokens(bytes: number): number {
+/** ceil(bytes / 4), 0 for nothing (or anything not a positive number). */
+export function bytesToTokens(bytes: number): number {
   return Number.isFinite(bytes) && bytes > 0 ? Math.ceil(bytes / BYTES_PER_TOKEN) : 0;
 }
 

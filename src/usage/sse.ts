@@ -13,6 +13,9 @@ export class SseUsageReader {
   private readonly decoder = new StringDecoder('utf8');
   private readonly parser: EventSourceParser;
   private usage: Json | undefined;
+  private complete = false;
+  private recognized = false;
+  private text = 0;
   private malformed = 0;
   private overflowed = false;
 
@@ -35,13 +38,26 @@ export class SseUsageReader {
     this.feed(this.decoder.write(chunk));
   }
 
-  /** Final reading after the stream ended (or was cut): tokens if usage was seen, a problem if usage was malformed or an event's data was not valid JSON, undefined if no usage seen at all. */
+  /**
+   * Characters of generated text (message text, tool call arguments, reasoning) in the events seen so
+   * far; undefined while no event of a known API has been seen, since the text of others is unknown.
+   */
+  get generatedText(): number | undefined {
+    return this.recognized ? this.text : undefined;
+  }
+
+  /**
+   * Final reading after the stream ended (or was cut): tokens if usage was seen (partial when the
+   * stream stopped before its final usage event), a problem if usage was malformed or an event's
+   * data was not valid JSON, undefined if no usage seen at all.
+   */
   result(): UsageReading | undefined {
     // A stream may end without the blank line that dispatches its last event.
     this.feed(`${this.decoder.end()}\n\n`);
     const reading = tokensFromUsage(this.usage);
-    if (reading !== undefined || this.malformed === 0) return reading;
-    return { problem: `${this.malformed} SSE event${this.malformed === 1 ? '' : 's'} with invalid JSON` };
+    if (reading !== undefined) return 'tokens' in reading && !this.complete ? { ...reading, partial: true } : reading;
+    if (this.malformed === 0) return undefined;
+    return { problem: `${this.malformed} SSE event${this.malformed === 1 ? '' : 's'} with invalid JSON`, reason: 'malformed' };
   }
 
   private feed(text: string): void {
@@ -63,8 +79,63 @@ export class SseUsageReader {
       this.malformed += 1;
       return;
     }
-    if (isJson(event)) this.usage = usageAfter(event, this.usage);
+    if (!isJson(event)) return;
+    this.usage = usageAfter(event, this.usage);
+    this.complete ||= isFinal(event);
+    const text = generatedText(event);
+    if (text === undefined) return;
+    this.recognized = true;
+    this.text += text;
   }
+}
+
+/**
+ * Whether `event` carries the stream's final usage: Anthropic's message_stop (after the last
+ * message_delta), the Responses API's terminal events, an OpenAI chat chunk with usage (sent last).
+ * Anthropic's message_start carries usage too, but only the input and one output token.
+ */
+function isFinal(event: Json): boolean {
+  switch (event.type) {
+    case 'message_stop':
+    case 'response.completed':
+    case 'response.incomplete':
+    case 'response.failed':
+      return true;
+    case 'message_start':
+    case 'message_delta':
+      return false;
+    default:
+      // Some servers also put running usage on every chunk; the last one has no choices left.
+      return typeof event.type !== 'string' && isJson(event.usage) && (!Array.isArray(event.choices) || event.choices.length === 0);
+  }
+}
+
+/** Characters of generated text `event` carries, or undefined when it is of no API this knows. */
+function generatedText(event: Json): number | undefined {
+  const type = event.type;
+  if (typeof type === 'string') {
+    // Anthropic: text_delta, input_json_delta (tool input), thinking_delta.
+    if (type === 'content_block_delta' && isJson(event.delta)) return length(event.delta.text) + length(event.delta.partial_json) + length(event.delta.thinking);
+    // Responses API: response.output_text.delta, response.function_call_arguments.delta, reasoning deltas.
+    if (type.startsWith('response.') && type.endsWith('.delta')) return length(event.delta);
+    return type.startsWith('message_') || type.startsWith('content_block_') || type.startsWith('response.') || type === 'ping' ? 0 : undefined;
+  }
+  // OpenAI chat (delta) and legacy completions (text) chunks.
+  if (!Array.isArray(event.choices)) return undefined;
+  let chars = 0;
+  for (const choice of event.choices as unknown[]) {
+    if (!isJson(choice)) continue;
+    chars += length(choice.text);
+    const delta = choice.delta;
+    if (!isJson(delta)) continue;
+    chars += length(delta.content) + length(delta.refusal) + length(delta.reasoning_content) + length(delta.reasoning);
+    if (Array.isArray(delta.tool_calls)) for (const call of delta.tool_calls as unknown[]) chars += length(isJson(call) && isJson(call.function) ? call.function.arguments : undefined);
+  }
+  return chars;
+}
+
+function length(value: unknown): number {
+  return typeof value === 'string' ? value.length : 0;
 }
 
 /** The usage as it stands after `event`: OpenAI events carry it whole, Anthropic deltas update some fields. */

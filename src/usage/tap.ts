@@ -9,12 +9,15 @@ import type { UsageReading } from './tokens.js';
 export interface TapOptions {
   contentType: string | undefined;
   contentEncoding: string | undefined;
-  maxJsonBytes: number;
 }
 
 export interface TapResult {
   /** Decoded body bytes seen (after decompression when it succeeded; raw bytes otherwise). */
   bytes: number;
+  /** Body bytes as written, before decoding. */
+  rawBytes: number;
+  /** Characters of generated text in an event stream of a known API; undefined for any other body. */
+  generatedText: number | undefined;
   /** Usage found in the body, or a problem; undefined when the body has none (or is neither JSON nor SSE). */
   reading: UsageReading | undefined;
   /** SSE events that were not valid JSON (for one warning log line). */
@@ -37,7 +40,7 @@ export class UsageTap {
   private outcome: Promise<TapResult> | undefined;
 
   constructor(options: TapOptions) {
-    const reader = readerFor(options.contentType, options.maxJsonBytes);
+    const reader = readerFor(options.contentType);
     const encoding = (options.contentEncoding ?? '').trim().toLowerCase();
     if (encoding === '' || encoding === 'identity') {
       this.reader = reader;
@@ -59,12 +62,13 @@ export class UsageTap {
     });
   }
 
-  /** Called synchronously with every chunk the response writes (string chunks come with their encoding, default utf8); must never throw and must be cheap. */
-  push(chunk: Buffer | string | Uint8Array, encoding?: BufferEncoding): void {
+  /** Called synchronously with every chunk the response writes (string chunks come with their encoding, default utf8); must never throw and must be cheap. Returns the chunk's size in bytes. */
+  push(chunk: Buffer | string | Uint8Array, encoding?: BufferEncoding): number {
     const bytes = toBuffer(chunk, encoding);
     this.rawBytes += bytes.length;
     if (!this.decoder) this.reader?.push(bytes);
     else if (!this.decoder.destroyed) this.decoder.write(bytes);
+    return bytes.length;
   }
 
   /** Call once when the response ended or was cut; resolves when any decompressor has drained. Never rejects. */
@@ -87,25 +91,27 @@ export class UsageTap {
     const decoded = this.decoder !== undefined && this.decodeError === undefined;
     return {
       bytes: decoded ? this.decodedBytes : Math.max(this.decodedBytes, this.rawBytes),
+      rawBytes: this.rawBytes,
       reading: this.reading(),
+      generatedText: this.reader instanceof SseUsageReader ? this.reader.generatedText : undefined,
       malformedEvents: this.reader instanceof SseUsageReader ? this.reader.malformedEvents : 0,
     };
   }
 
   private reading(): UsageReading | undefined {
-    if (this.unsupported !== undefined) return { problem: `unsupported content-encoding ${this.unsupported}` };
+    if (this.unsupported !== undefined) return { problem: `unsupported content-encoding ${this.unsupported}`, reason: 'encoding' };
     const reading = this.reader?.result();
     // Usage decoded before the failure is still exact; anything else is blamed on the failure.
     if (this.decodeError === undefined || (reading !== undefined && 'tokens' in reading)) return reading;
-    return this.reader ? { problem: `compressed body could not be decoded: ${this.decodeError}` } : undefined;
+    return this.reader ? { problem: `compressed body could not be decoded: ${this.decodeError}`, reason: 'encoding' } : undefined;
   }
 }
 
-function readerFor(contentType: string | undefined, maxJsonBytes: number): Reader | undefined {
+function readerFor(contentType: string | undefined): Reader | undefined {
   const [mediaType = ''] = (contentType ?? '').split(';');
   const type = mediaType.trim().toLowerCase();
   if (type === 'text/event-stream') return new SseUsageReader();
-  if (type === 'application/json' || type.endsWith('+json')) return new JsonUsageReader(maxJsonBytes);
+  if (type === 'application/json' || type.endsWith('+json')) return new JsonUsageReader();
   return undefined;
 }
 

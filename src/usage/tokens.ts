@@ -1,6 +1,18 @@
 // Token counts read from a parsed `usage` object, OpenAI or Anthropic style, checked before they are charged.
 
-export type UsageReading = { tokens: number } | { problem: string };
+/**
+ * Why a response's usage could not be read, as `tokengate_usage_unreadable_total{reason}` counts it:
+ * a content-encoding the tap cannot decode (or a body that fails to decode), a body or usage value
+ * that is not what it should be, a JSON value too long to hold, or a finished body with no usage.
+ */
+export const UNREADABLE_REASONS = ['encoding', 'malformed', 'oversized', 'no_usage'] as const;
+export type UnreadableReason = (typeof UNREADABLE_REASONS)[number];
+
+/**
+ * A token count, or why there is none (`reason` defaults to malformed). `partial`: a stream cut
+ * before its final usage event, so the count is the usage reported so far, not the whole.
+ */
+export type UsageReading = { tokens: number; partial?: true } | { problem: string; reason?: UnreadableReason };
 
 type Fields = Record<string, unknown>;
 

@@ -97,6 +97,7 @@ describe('createMetrics', () => {
       'tokengate_storage_operation_duration_seconds',
       'tokengate_storage_up',
       'tokengate_tokens_total',
+      'tokengate_usage_unreadable_total',
     ]);
   });
 });

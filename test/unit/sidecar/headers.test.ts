@@ -1,6 +1,6 @@
 // Header and query handling of the proxy: hop-by-hop removal, key removal and replacement.
 import { describe, expect, it } from 'vitest';
-import { endToEnd, keyStyle, upstreamRequestHeaders, withoutQueryKey } from '../../../src/sidecar/headers.js';
+import { decodableAcceptEncoding, endToEnd, keyStyle, upstreamRequestHeaders, withoutQueryKey } from '../../../src/sidecar/headers.js';
 
 describe('endToEnd', () => {
   it('drops hop-by-hop headers and those Connection names, case-insensitively', () => {
@@ -35,5 +35,21 @@ describe('withoutQueryKey', () => {
     ['/v1/x?bad=%E0%A4%A', '/v1/x?bad=%E0%A4%A'],
   ])('%s becomes %s', (url, expected) => {
     expect(withoutQueryKey(url)).toBe(expected);
+  });
+});
+
+describe('decodableAcceptEncoding', () => {
+  it('offers only the codings the tap decodes, with their q-values', () => {
+    expect(decodableAcceptEncoding('gzip, deflate, br, zstd')).toBe('gzip, deflate, br');
+    expect(decodableAcceptEncoding('zstd;q=1.0, br;q=0.9, gzip;q=0.5, *;q=0.1')).toBe('br;q=0.9, gzip;q=0.5');
+    expect(decodableAcceptEncoding(['GZIP', 'compress, identity;q=0.2'])).toBe('GZIP, identity;q=0.2');
+  });
+
+  it('asks for identity when nothing decodable is left, or nothing was sent', () => {
+    expect(decodableAcceptEncoding('zstd')).toBe('identity');
+    expect(decodableAcceptEncoding('*')).toBe('identity');
+    expect(decodableAcceptEncoding('gzip;q=0, zstd')).toBe('identity');
+    expect(decodableAcceptEncoding(undefined)).toBe('identity');
+    expect(decodableAcceptEncoding('')).toBe('identity');
   });
 });

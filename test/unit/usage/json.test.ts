@@ -2,14 +2,19 @@
 import { describe, expect, it } from 'vitest';
 import { JsonUsageReader } from '../../../src/usage/json.js';
 
-function read(body: string | Buffer, maxBytes = 8 * 1024 * 1024, chunkSize = 7): ReturnType<JsonUsageReader['result']> {
-  const reader = new JsonUsageReader(maxBytes);
+function readWith(body: string | Buffer, wholeBytes?: number, chunkSize = 7): ReturnType<JsonUsageReader['result']> {
+  const reader = new JsonUsageReader(wholeBytes);
   const bytes = Buffer.from(body);
   for (let at = 0; at < bytes.length; at += chunkSize) reader.push(bytes.subarray(at, at + chunkSize));
   return reader.result();
 }
 
-describe('JsonUsageReader', () => {
+// Each case is read whole (JSON.parse) and streamed (a body past 0 bytes goes to the streaming parser).
+describe.each([
+  ['parsed whole', undefined],
+  ['streamed', 0],
+])('JsonUsageReader, %s', (_mode, wholeBytes) => {
+  const read = (body: string | Buffer, _unused?: number, chunkSize = 7) => readWith(body, wholeBytes, chunkSize);
   it('reads OpenAI total_tokens', () => {
     const body = JSON.stringify({ id: 'c1', usage: { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 } });
     expect(read(body)).toEqual({ tokens: 18 });
@@ -29,26 +34,25 @@ describe('JsonUsageReader', () => {
   });
 
   it('is not fooled by a caller reusing its buffer after the push', () => {
-    const reader = new JsonUsageReader(1024);
+    const reader = new JsonUsageReader(wholeBytes);
     const chunk = Buffer.from('{"usage":{"total_tokens":3}}');
     reader.push(chunk);
     chunk.fill(0x20);
     expect(reader.result()).toEqual({ tokens: 3 });
   });
 
-  it('reports a truncated body', () => {
-    expect(read('{"usage":{"prompt_tokens":11,"complet')).toEqual({ problem: 'response body is not valid JSON' });
+  it('reports a truncated body, or garbage, as malformed', () => {
+    expect(read('{"usage":{"prompt_tokens":11,"complet')).toEqual({ problem: 'response body is not valid JSON', reason: 'malformed' });
+    expect(read('<html>502 Bad Gateway</html>')).toEqual({ problem: 'response body is not valid JSON', reason: 'malformed' });
+    expect(read('{"usage":{"total_tokens":12')).toEqual({ problem: 'response body is not valid JSON', reason: 'malformed' });
   });
 
-  it('reports a body over the size limit', () => {
-    expect(read('{"usage":{"total_tokens":3},"pad":"xxxxxxxxxxxxxxxx"}', 20)).toEqual({
-      problem: 'response body over 20 bytes, usage not read',
-    });
+  it('keeps usage read before the body broke off', () => {
+    expect(read('{"usage":{"total_tokens":3},"choices":[{"mess')).toEqual({ tokens: 3 });
   });
 
-  it('reads a body exactly at the size limit', () => {
-    const body = '{"usage":{"total_tokens":3}}';
-    expect(read(body, Buffer.byteLength(body))).toEqual({ tokens: 3 });
+  it('reads usage at the end of a body with nested usage objects before it', () => {
+    expect(read('{"data":[{"usage":{"total_tokens":1}}],"meta":{"usage":{"total_tokens":2}},"usage":{"total_tokens":3}}')).toEqual({ tokens: 3 });
   });
 
   it('reports malformed usage values written in the JSON text', () => {
@@ -66,6 +70,21 @@ describe('JsonUsageReader', () => {
   });
 
   it('is undefined for an empty body', () => {
-    expect(new JsonUsageReader(100).result()).toBeUndefined();
+    expect(new JsonUsageReader(wholeBytes).result()).toBeUndefined();
+  });
+});
+
+describe('JsonUsageReader, bounds', () => {
+  it('switches to the streaming parser past the size parsed whole, at any chunk boundary', () => {
+    const body = Buffer.from(`{"data":"${'é'.repeat(100)}","usage":{"total_tokens":9}}`);
+    for (const chunkSize of [1, 2, 3, 50, body.length]) expect(readWith(body, 10, chunkSize)).toEqual({ tokens: 9 });
+  });
+
+  it('gives up a single value longer than it may hold, as oversized', () => {
+    const reader = new JsonUsageReader(0, 1000);
+    reader.push(Buffer.from('{"data":"'));
+    for (let i = 0; i < 20; i++) reader.push(Buffer.alloc(100, 'a'));
+    reader.push(Buffer.from('","usage":{"total_tokens":3}}'));
+    expect(reader.result()).toEqual({ problem: 'a JSON value over 1000 bytes, usage not read', reason: 'oversized' });
   });
 });

@@ -82,9 +82,30 @@ describe('SseUsageReader', () => {
     const stream = [
       'data: {"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}',
       'data: {"type":"message_delta","usage":{"input_tokens":12,"cache_read_input_tokens":4,"output_tokens":20}}',
+      'data: {"type":"message_stop"}',
       '',
     ].join('\n\n');
     expect(read([stream]).result()).toEqual({ tokens: 36 });
+  });
+
+  it('marks usage partial while the stream has not reached its final usage event', () => {
+    const start = 'data: {"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}\n\n';
+    const delta = 'data: {"type":"message_delta","usage":{"output_tokens":20}}\n\n';
+    expect(read([start]).result()).toEqual({ tokens: 11, partial: true });
+    expect(read([start, delta]).result()).toEqual({ tokens: 30, partial: true });
+    expect(read([start, delta, 'data: {"type":"message_stop"}\n\n']).result()).toEqual({ tokens: 30 });
+    // Running usage on every chunk of an OpenAI-style stream is not final until a chunk with no choices left.
+    const running = 'data: {"choices":[{"delta":{"content":"a"}}],"usage":{"total_tokens":4}}\n\n';
+    expect(read([running]).result()).toEqual({ tokens: 4, partial: true });
+    expect(read([running, 'data: {"choices":[],"usage":{"total_tokens":5}}\n\n']).result()).toEqual({ tokens: 5 });
+  });
+
+  it('counts the generated text of OpenAI chat, Anthropic and Responses API events', () => {
+    const text = (events: unknown[]) => read(events.map((event) => `data: ${JSON.stringify(event)}\n\n`)).generatedText;
+    expect(text([{ choices: [{ delta: { content: 'Grüße', tool_calls: [{ function: { arguments: '{"x":1}' } }] } }] }, { choices: [{ text: 'abc' }] }])).toBe(5 + 7 + 3);
+    expect(text([{ type: 'message_start', message: {} }, { type: 'content_block_delta', delta: { type: 'thinking_delta', thinking: 'hmm' } }])).toBe(3);
+    expect(text([{ type: 'response.created' }, { type: 'response.output_text.delta', delta: 'hello' }, { type: 'response.function_call_arguments.delta', delta: '{}' }])).toBe(7);
+    expect(text([{ kind: 'other' }])).toBeUndefined();
   });
 
   it('reports a delta field with an invalid value', () => {
@@ -132,13 +153,13 @@ describe('SseUsageReader', () => {
 
   it('reports a stream of only garbage events', () => {
     const reader = read(['data: {not json\n\ndata: nope\n\n']);
-    expect(reader.result()).toEqual({ problem: '2 SSE events with invalid JSON' });
+    expect(reader.result()).toEqual({ problem: '2 SSE events with invalid JSON', reason: 'malformed' });
     expect(reader.malformedEvents).toBe(2);
   });
 
   it('reports a stream cut inside its only usage event', () => {
     const cut = openAiStream.slice(0, openAiStream.indexOf('"total_tokens"'));
-    expect(read([cut]).result()).toEqual({ problem: '1 SSE event with invalid JSON' });
+    expect(read([cut]).result()).toEqual({ problem: '1 SSE event with invalid JSON', reason: 'malformed' });
   });
 
   it('is undefined for a stream without usage', () => {

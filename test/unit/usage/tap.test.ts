@@ -18,7 +18,7 @@ const sseBody = Buffer.from(
 );
 
 function tap(options: Partial<TapOptions>, body: Buffer, chunkSize = 16): Promise<TapResult> {
-  const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined, maxJsonBytes: 1 << 20, ...options });
+  const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined, ...options });
   for (let at = 0; at < body.length; at += chunkSize) usageTap.push(body.subarray(at, at + chunkSize));
   return usageTap.finish();
 }
@@ -31,12 +31,12 @@ function corrupt(compressed: Buffer): Buffer {
 
 describe('UsageTap', () => {
   it('reads plain JSON and counts its bytes', async () => {
-    expect(await tap({}, jsonBody)).toEqual({ bytes: jsonBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
+    expect(await tap({}, jsonBody)).toMatchObject({ bytes: jsonBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
   });
 
   it('reads plain SSE', async () => {
     const result = await tap({ contentType: `${SSE_TYPE}; charset=utf-8` }, sseBody, 5);
-    expect(result).toEqual({ bytes: sseBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
+    expect(result).toMatchObject({ bytes: sseBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
   });
 
   it('matches content types without regard to case, and any +json type', async () => {
@@ -47,7 +47,7 @@ describe('UsageTap', () => {
 
   it('only counts bytes of a body that is neither JSON nor SSE', async () => {
     for (const contentType of ['text/plain', 'application/octet-stream', undefined]) {
-      expect(await tap({ contentType }, jsonBody)).toEqual({ bytes: jsonBody.length, reading: undefined, malformedEvents: 0 });
+      expect(await tap({ contentType }, jsonBody)).toMatchObject({ bytes: jsonBody.length, reading: undefined, malformedEvents: 0 });
     }
   });
 
@@ -58,23 +58,23 @@ describe('UsageTap', () => {
 
   it('reports the malformed SSE events it saw beside exact usage', async () => {
     const body = Buffer.concat([Buffer.from('data: {not json\n\n'), sseBody]);
-    expect(await tap({ contentType: SSE_TYPE }, body)).toEqual({ bytes: body.length, reading: { tokens: 18 }, malformedEvents: 1 });
+    expect(await tap({ contentType: SSE_TYPE }, body)).toMatchObject({ bytes: body.length, reading: { tokens: 18 }, malformedEvents: 1 });
   });
 
   it('decodes gzip JSON fed in small chunks, counting decoded bytes', async () => {
     const compressed = gzipSync(jsonBody);
     expect(compressed.length).toBeLessThan(jsonBody.length);
     const result = await tap({ contentEncoding: 'gzip' }, compressed, 3);
-    expect(result).toEqual({ bytes: jsonBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
+    expect(result).toMatchObject({ bytes: jsonBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
   });
 
   it('decodes gzip SSE fed in small chunks', async () => {
     const result = await tap({ contentType: SSE_TYPE, contentEncoding: ' X-GZIP ' }, gzipSync(sseBody), 2);
-    expect(result).toEqual({ bytes: sseBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
+    expect(result).toMatchObject({ bytes: sseBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
   });
 
   it('decodes brotli JSON and SSE', async () => {
-    expect(await tap({ contentEncoding: 'br' }, brotliCompressSync(jsonBody), 5)).toEqual({
+    expect(await tap({ contentEncoding: 'br' }, brotliCompressSync(jsonBody), 5)).toMatchObject({
       bytes: jsonBody.length,
       reading: { tokens: 18 },
       malformedEvents: 0,
@@ -122,13 +122,13 @@ describe('UsageTap', () => {
     }
     // Only the gzip trailer is missing: the body itself decoded whole.
     const noTrailer = await tap({ contentType: SSE_TYPE, contentEncoding: 'gzip' }, compressed.subarray(0, compressed.length - 8));
-    expect(noTrailer).toEqual({ bytes: sseBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
+    expect(noTrailer).toMatchObject({ bytes: sseBody.length, reading: { tokens: 18 }, malformedEvents: 0 });
   });
 
   it('reports truncated gzip JSON as invalid JSON', async () => {
     const compressed = gzipSync(jsonBody);
     const result = await tap({ contentEncoding: 'gzip' }, compressed.subarray(0, Math.floor(compressed.length / 2)), 4);
-    expect(result.reading).toEqual({ problem: 'response body is not valid JSON' });
+    expect(result.reading).toEqual({ problem: 'response body is not valid JSON', reason: 'malformed' });
   });
 
   it('resolves with what was decoded from truncated brotli', async () => {
@@ -138,13 +138,13 @@ describe('UsageTap', () => {
   });
 
   it('resolves for an empty compressed body', async () => {
-    expect(await tap({ contentEncoding: 'gzip' }, Buffer.alloc(0))).toEqual({ bytes: 0, reading: undefined, malformedEvents: 0 });
-    expect(await tap({ contentEncoding: 'br' }, Buffer.alloc(0))).toEqual({ bytes: 0, reading: undefined, malformedEvents: 0 });
+    expect(await tap({ contentEncoding: 'gzip' }, Buffer.alloc(0))).toMatchObject({ bytes: 0, reading: undefined, malformedEvents: 0 });
+    expect(await tap({ contentEncoding: 'br' }, Buffer.alloc(0))).toMatchObject({ bytes: 0, reading: undefined, malformedEvents: 0 });
   });
 
   it('reports an unknown content-encoding and counts raw bytes', async () => {
     const result = await tap({ contentEncoding: 'zstd' }, jsonBody);
-    expect(result).toEqual({ bytes: jsonBody.length, reading: { problem: 'unsupported content-encoding zstd' }, malformedEvents: 0 });
+    expect(result).toMatchObject({ bytes: jsonBody.length, reading: { problem: 'unsupported content-encoding zstd' }, malformedEvents: 0 });
   });
 
   it('ignores an unknown content-encoding on a body it would not read', async () => {
@@ -152,36 +152,54 @@ describe('UsageTap', () => {
   });
 
   it('reads string chunks in utf8 and base64, counting their bytes', async () => {
-    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined, maxJsonBytes: 1024 });
+    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined });
     usageTap.push('{"note":"é😀",');
     usageTap.push(Buffer.from('"usage":{"total_').toString('base64'), 'base64');
     usageTap.push('tokens":18}}', 'utf8');
     usageTap.push(new Uint8Array(Buffer.from(' ')));
     const expectedBytes = Buffer.byteLength('{"note":"é😀","usage":{"total_tokens":18}} ');
-    expect(await usageTap.finish()).toEqual({ bytes: expectedBytes, reading: { tokens: 18 }, malformedEvents: 0 });
+    expect(await usageTap.finish()).toMatchObject({ bytes: expectedBytes, reading: { tokens: 18 }, malformedEvents: 0 });
   });
 
   it('reads a Uint8Array that views part of a larger buffer', async () => {
     const backing = Buffer.from('xxxx{"usage":{"total_tokens":5}}yyyy');
     const view = new Uint8Array(backing.buffer, backing.byteOffset + 4, backing.length - 8);
-    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined, maxJsonBytes: 1024 });
+    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined });
     usageTap.push(view);
-    expect(await usageTap.finish()).toEqual({ bytes: backing.length - 8, reading: { tokens: 5 }, malformedEvents: 0 });
+    expect(await usageTap.finish()).toMatchObject({ bytes: backing.length - 8, reading: { tokens: 5 }, malformedEvents: 0 });
   });
 
   it('does not throw on a string chunk with an unknown encoding', async () => {
-    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined, maxJsonBytes: 1024 });
+    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: undefined });
     expect(() => usageTap.push('{"usage":{"total_tokens":4}}', 'nonsense' as BufferEncoding)).not.toThrow();
     expect((await usageTap.finish()).reading).toEqual({ tokens: 4 });
   });
 
-  it('reports a JSON body over the size limit', async () => {
-    const result = await tap({ maxJsonBytes: 100 }, jsonBody);
-    expect(result).toEqual({ bytes: jsonBody.length, reading: { problem: 'response body over 100 bytes, usage not read' }, malformedEvents: 0 });
+  it('reads a JSON body past the size parsed whole, in small chunks', async () => {
+    const body = Buffer.from(JSON.stringify({ data: Array.from({ length: 4000 }, (_, index) => ({ index, text: 'é😀 x' })), usage: { total_tokens: 21 } }));
+    expect(body.length).toBeGreaterThan(64 * 1024);
+    expect(await tap({}, body, 1000)).toMatchObject({ bytes: body.length, rawBytes: body.length, reading: { tokens: 21 } });
+  });
+
+  it('tells an unknown content-encoding apart as an encoding problem', async () => {
+    expect((await tap({ contentEncoding: 'zstd' }, jsonBody)).reading).toEqual({ problem: 'unsupported content-encoding zstd', reason: 'encoding' });
+    expect((await tap({ contentEncoding: 'gzip' }, corrupt(gzipSync(jsonBody)))).reading).toMatchObject({ reason: 'encoding' });
+  });
+
+  it('counts the generated text of an event stream it knows, and none of another body', async () => {
+    const events = [
+      { type: 'message_start', message: { usage: { input_tokens: 5, output_tokens: 1 } } },
+      { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 'Hello' } },
+      { type: 'content_block_delta', index: 0, delta: { type: 'input_json_delta', partial_json: '{"a":' } },
+    ];
+    const body = Buffer.from(events.map((event) => `event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`).join(''));
+    expect(await tap({ contentType: SSE_TYPE }, body)).toMatchObject({ generatedText: 10, reading: { tokens: 6, partial: true } });
+    expect((await tap({ contentType: SSE_TYPE }, Buffer.from('data: {"a":1}\n\n'))).generatedText).toBeUndefined();
+    expect((await tap({}, jsonBody)).generatedText).toBeUndefined();
   });
 
   it('returns the same result when finish is called again, and does not throw on a late chunk', async () => {
-    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: 'gzip', maxJsonBytes: 1 << 20 });
+    const usageTap = new UsageTap({ contentType: JSON_TYPE, contentEncoding: 'gzip' });
     usageTap.push(gzipSync(jsonBody));
     const first = await usageTap.finish();
     expect(() => usageTap.push(Buffer.from('more'))).not.toThrow();
