@@ -59,6 +59,8 @@ export class FallbackStorage implements Storage {
   /** Records neither the database nor the journal took: in memory only, retried each second. */
   private unwritten: { reservation: Reservation; record: UsageRecord }[] = [];
   private retryTimer: NodeJS.Timeout | undefined;
+  /** Retries run one after another (close() waits for the last): two at once could each take the other's record. */
+  private retrying: Promise<void> = Promise.resolve();
   /** Records the database refused (then journaled) since start. */
   private databaseFailures = 0;
   private readonly timeoutMs: number;
@@ -185,8 +187,12 @@ export class FallbackStorage implements Storage {
   private scheduleRetry(delayMs: number): void {
     if (this.retryTimer || this.closed) return;
     this.retryTimer = setTimeout(() => {
-      this.retryTimer = undefined;
-      void this.retryRecording();
+      this.retrying = this.retrying.then(async () => {
+        await this.retryRecording();
+        // Cleared only now: a failure during the run is picked up here, not by a second run beside it.
+        this.retryTimer = undefined;
+        if (this.unwritten.length > 0 || (this.mode === 'primary' && this.file.journalHoldsRecords)) this.scheduleRetry(1000);
+      });
     }, delayMs).unref();
   }
 
@@ -210,7 +216,6 @@ export class FallbackStorage implements Storage {
         this.options.logger.warn({ err: error, journalPendingRecords: this.file.journalLength }, 'replaying journaled usage failed; trying again in a second');
       }
     }
-    if (this.unwritten.length > 0 || (this.mode === 'primary' && this.file.journalHoldsRecords)) this.scheduleRetry(1000);
   }
 
   /**
@@ -295,9 +300,10 @@ export class FallbackStorage implements Storage {
     clearInterval(this.refresher);
     clearTimeout(this.retryTimer);
     this.probe?.abort();
-    // A replay or refresh still writing to the file store finishes before it closes.
+    // A replay, refresh or retry still writing to the file store finishes before it closes.
     await this.recovering;
     await this.refreshing;
+    await this.retrying;
     for (const { reservation, record } of this.unwritten.splice(0)) {
       await this.file.settle(reservation, record).catch((error: unknown) => this.options.logger.error({ err: error, recordId: record.id, tokens: record.tokens }, 'closing with usage neither the database nor the journal took: it is lost'));
     }

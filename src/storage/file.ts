@@ -90,7 +90,8 @@ export class FileStorage implements Storage {
     this.journal = Journal.open(dir, folded, logger);
     for (const generation of Journal.generations(dir)) {
       if (generation <= folded) {
-        void this.journal.done(generation); // already in the snapshot: a crash came between writing it and deleting this
+        // Already in the snapshot: a crash came between writing it and deleting this.
+        this.journal.discardFolded(generation).catch((error: unknown) => logger.error({ err: error, generation }, 'removing a journal file the snapshot already holds failed; tried again at the next start'));
         continue;
       }
       for (const record of this.journal.load(generation)) this.apply(record);
@@ -178,9 +179,12 @@ export class FileStorage implements Storage {
   private holdUnwritten(): void {
     this.unwritten++;
     this.retrying ??= setInterval(() => {
+      // Only what the snapshot holds is written: a record refused while it is written waits for the next one.
+      const held = this.unwritten;
       this.persist().then(
         () => {
-          this.unwritten = 0;
+          this.unwritten -= held;
+          if (this.unwritten > 0) return;
           clearInterval(this.retrying);
           this.retrying = undefined;
         },
@@ -271,9 +275,12 @@ export class FileStorage implements Storage {
   async close(): Promise<void> {
     clearInterval(this.compactor);
     clearInterval(this.retrying);
-    if (this.options.role === 'standalone') await this.persist();
-    await this.journal.close();
-    this.releaseLock();
+    try {
+      if (this.options.role === 'standalone') await this.persist();
+      await this.journal.close();
+    } finally {
+      this.releaseLock();
+    }
   }
 
   private standaloneOnly(): void {

@@ -66,6 +66,9 @@ function parseLine(line: string): UsageRecord | string {
     typeof id === 'string' && id !== '' && typeof keyId === 'string' && Number.isSafeInteger(tokens) && (tokens as number) >= 0 && Number.isSafeInteger(at);
   if (!valid) return 'not a usage record';
   const record = { id, keyId, tokens: tokens as number, at: at as number };
+  // A line written before lines carried checksums (exactly the four fields) is taken as it is, so that
+  // an upgrade during an outage loses nothing; any other line must check out.
+  if (sum === undefined && Object.keys(value as object).length === 4) return record;
   if (sum !== checksum(record)) return sum === undefined ? 'no checksum' : 'checksum mismatch';
   return record;
 }
@@ -266,14 +269,25 @@ export class Journal {
   async done(generation: number): Promise<void> {
     await this.handles.get(generation)?.file.close();
     this.handles.delete(generation);
-    this.onDisk.delete(generation);
     const path = join(this.dir, fileName(generation));
     try {
-      if (this.suspect.delete(generation)) this.quarantine(generation, path);
+      if (this.suspect.has(generation)) this.quarantine(generation, path);
       else unlinkSync(path);
     } catch (error) {
+      // Still on disk (and still suspect): counted as pending, tried again at the next replay or start.
       if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
     }
+    this.suspect.delete(generation);
+    this.onDisk.delete(generation);
+  }
+
+  /**
+   * Removes a generation a snapshot already holds (a crash came between writing the snapshot and
+   * deleting the file), setting it aside instead when it has lines that cannot be trusted.
+   */
+  discardFolded(generation: number): Promise<void> {
+    this.read(generation);
+    return this.done(generation);
   }
 
   async close(): Promise<void> {

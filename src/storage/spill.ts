@@ -193,7 +193,10 @@ export class Spill {
     if (this.unwritten.length > 0) {
       this.options.logger.error({ records: this.unwritten.length, tokens: this.unwritten.reduce((sum, r) => sum + r.tokens, 0) }, 'closing with usage neither the database nor the journal took: it is lost');
     }
-    await this.journal.close();
-    this.lock.release();
+    try {
+      await this.journal.close();
+    } finally {
+      this.lock.release();
+    }
   }
 }

@@ -222,7 +222,7 @@ describe('SQLite with a corrupt usage_records page', () => {
 });
 
 describe('a journal that cannot be trusted', () => {
-  it('sets aside a file with an altered line, one with a truncated line and one with an unknown key; replays only the good records; deletes nothing', async () => {
+  it('sets aside a file with an altered line, one with a truncated line and one with an unknown key; replays only the good records (and lines from before checksums); deletes nothing', async () => {
     const dir = tempDir();
     const databasePath = join(dir, 'tokengate.db');
     const journalDir = join(dir, 'fallback');
@@ -245,6 +245,9 @@ describe('a journal that cannot be trusted', () => {
     writeFileSync(files.altered, line('a1', 10) + line('a2', 20).replace('"tokens":20', '"tokens":2'));
     writeFileSync(files.truncated, line('t1', 30) + line('t2', 40).slice(0, 25));
     writeFileSync(files.unknown, line('u1', 50) + line('u2', 60, 'no-such-key'));
+    // Written by a version before checksums: taken as it is, so that an upgrade loses nothing.
+    const legacy = join(journalDir, 'journal-00000005.ndjson');
+    writeFileSync(legacy, `${JSON.stringify({ id: 'l1', keyId, tokens: 7, at })}\n`);
     const contents = Object.fromEntries(Object.entries(files).map(([name, path]) => [name, readFileSync(path, 'utf8')]));
 
     const metrics = createMetrics({ defaultMetrics: false });
@@ -255,8 +258,9 @@ describe('a journal that cannot be trusted', () => {
     await expect.poll(() => storage.health().journalPendingRecords, { timeout: 5000 }).toBe(0);
 
     // The good records of every file are in; the altered and the truncated line are not.
-    expect(totalsInFile(databasePath, keyId)).toEqual({ tokens: 100 + 200 + 10 + 30 + 50, requests: 5 });
+    expect(totalsInFile(databasePath, keyId)).toEqual({ tokens: 100 + 200 + 10 + 30 + 50 + 7, requests: 6 });
     expect(existsSync(files.good)).toBe(false); // replayed whole: deleted
+    expect(existsSync(legacy)).toBe(false);
     const aside = storage.health().quarantinedFiles;
     expect(aside).toHaveLength(3);
     const byGeneration = (generation: string) => aside.find((path) => path.includes(`journal-${generation}.quarantined-`));
@@ -271,7 +275,7 @@ describe('a journal that cannot be trusted', () => {
     const again = await createStorage({ databasePath, logger: quietLogger() });
     cleanups.push(() => again.close());
     expect(again.health().quarantinedFiles).toEqual(aside);
-    expect(totalsInFile(databasePath, keyId)).toEqual({ tokens: 390, requests: 5 });
+    expect(totalsInFile(databasePath, keyId)).toEqual({ tokens: 397, requests: 6 });
   });
 });
 
