@@ -200,8 +200,18 @@ export class Journal {
         this.settleAppends(generation, entries.length);
         for (const entry of entries) entry.done();
       } catch (error) {
-        // Cut off what part of the group did reach the file, so the next group starts on a clean line.
-        await handle?.file.truncate(handle.size).catch(() => undefined);
+        // Cut off what part of the group did reach the file, so the next group starts on a clean line;
+        // when that fails too, the next group goes to a new file (this one ends torn, and is set aside).
+        const clean = await handle?.file.truncate(handle.size).then(
+          () => true,
+          () => false,
+        );
+        if (handle && !clean) {
+          await handle.file.close().catch(() => undefined);
+          this.handles.delete(generation);
+          this.suspect.add(generation);
+          if (generation === this.current) this.current++;
+        }
         this.settleAppends(generation, entries.length);
         for (const entry of entries) entry.fail(error as Error);
       }

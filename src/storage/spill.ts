@@ -82,6 +82,11 @@ export class Spill {
     return { ...this.failures };
   }
 
+  /** Whether a record is held here already (journaled or in memory), not yet in the database. */
+  holds(record: UsageRecord): boolean {
+    return this.waiting.get(record.keyId)?.has(record.id) ?? false;
+  }
+
   /** The records of `keyId` the database does not hold yet. */
   records(keyId: string): Iterable<UsageRecord> {
     return this.waiting.get(keyId)?.values() ?? [];

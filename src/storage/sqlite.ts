@@ -289,9 +289,10 @@ export class SqliteStorage implements Storage {
     const { spill } = this;
     if (!spill) return this.finish(queued, false, error ?? new StorageError('the SQLite database refuses writes', false));
     const { record } = queued;
+    const counted = spill.holds(record); // settled again: counted once already
     const journaled = spill.take(record, error);
     // Counted from now on, like a committed record: the journal (or memory) holds it for the database.
-    this.finish({ ...queued, done: () => undefined }, true);
+    this.finish({ ...queued, done: () => undefined }, !counted);
     journaled.then(
       () => queued.done(),
       (failed: unknown) =>
