@@ -172,7 +172,11 @@ async function readCharge(
  */
 async function recordUsage(charging: Promise<Reckoning>, config: GateConfig, reservation: Reservation): Promise<void> {
   try {
-    const { record, source, unreadable } = await charging;
+    const { record, source, unreadable } = await charging.catch((error: unknown): Reckoning => {
+      // The response was served: when its usage cannot even be worked out, it is charged what was reserved for it.
+      config.logger.error({ err: error, keyId: reservation.keyId, requestId: reservation.id, charged: reservation.tokens }, 'reading usage failed: charging the reserved estimate');
+      return { record: { id: reservation.id, keyId: reservation.keyId, tokens: reservation.tokens, at: Date.now() }, source: 'estimated', unreadable: 'malformed' };
+    });
     if (unreadable !== undefined) config.metrics?.usageUnreadable.inc({ reason: unreadable });
     await storageCall(config, 'settle', () => config.storage.settle(reservation, record));
     if (source !== 'none') config.metrics?.countTokens(source, record.tokens, reservation.keyId);

@@ -147,3 +147,21 @@ describe('exact charging', () => {
     expect(record).toMatchObject({ totalRequests: 3, totalLifetimeTokens: 30, lastUsedAt: gate.clock.now() });
   });
 });
+
+describe('when the usage cannot be worked out at all', () => {
+  it('charges the reserved estimate, never nothing', async () => {
+    let calls = 0;
+    const now = () => {
+      // Admission reads the clock once; the record's time is read once the response ended, and fails.
+      if (++calls > 1) throw new Error('clock unavailable');
+      return gate.clock.now();
+    };
+    const { key, id } = await setup(json({ choices: [], usage: { total_tokens: 5 } }), { now });
+    const body = { model: 'm', messages: [], max_tokens: 100 };
+    const response = await post(gate, key, body);
+    expect(response.status).toBe(200);
+    const record = await gate.settled(id, 1);
+    expect(record.totalLifetimeTokens).toBe(Math.ceil(Buffer.byteLength(JSON.stringify(body)) / 4) + 100);
+    expect(gate.logs.some((line) => line.msg === 'reading usage failed: charging the reserved estimate')).toBe(true);
+  });
+});
