@@ -4,8 +4,8 @@
 // answers GET /bench/storage with the store deciding now. `seed` only creates the bench keys and exits
 // (the sidecar's database).
 import express from 'express';
-import { createLogger, createStorage } from 'tokengate';
-import { createProxyApp, proxyTo } from '../examples/express-proxy/app.js';
+import { createLogger, createStorage, proxy } from 'tokengate';
+import { createProxyApp } from '../examples/express-proxy/app.js';
 import { benchKeys } from './keys.js';
 
 const [variant = 'gated'] = process.argv.slice(2);
@@ -19,7 +19,7 @@ let storage;
 let app;
 if (variant === 'bare') {
   app = express();
-  app.use('/v1', proxyTo(upstreamUrl));
+  app.use('/v1', proxy({ target: upstreamUrl, logger }));
 } else {
   storage = await createStorage({ logger });
   for (const key of benchKeys()) {
@@ -29,7 +29,7 @@ if (variant === 'bare') {
     await storage.close();
     process.exit(0);
   }
-  app = createProxyApp({ storage, upstreamUrl, gate: { logger } });
+  app = createProxyApp({ storage, upstreamUrl, gate: { logger } }).app;
   app.get('/bench/storage', (_req, res) => void res.json({ backend: storage?.backend }));
 }
 const server = app.listen(0, '127.0.0.1', () => {

@@ -1,5 +1,5 @@
 // Reads the request body for the estimate, then puts it back so later handlers read it unchanged.
-import type { Request } from 'express';
+import type { Request, Response } from 'express';
 
 export interface RequestBody {
   /** Size of the body in bytes. */
@@ -8,10 +8,53 @@ export interface RequestBody {
   json: unknown;
 }
 
+/** Why a body was not read: each maps to its own answer (413, 408, 503). */
 export class BodyTooLargeError extends Error {
   constructor(readonly limit: number) {
     super(`request body is larger than ${limit} bytes`);
   }
+}
+
+export class BodyTimeoutError extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`request body did not arrive within ${timeoutMs} ms`);
+  }
+}
+
+export class BodyMemoryError extends Error {
+  constructor(readonly limit: number) {
+    super(`request bodies being read already hold ${limit} bytes`);
+  }
+}
+
+/**
+ * The bytes of request bodies one gate is waiting on at once, all requests together: a cap on the
+ * memory that clients sending large or slow bodies can make it hold.
+ */
+export class BodyMemory {
+  private held = 0;
+
+  constructor(readonly limit: number) {}
+
+  /** Takes `bytes` of the budget, or returns false (and takes nothing) when they do not fit. */
+  take(bytes: number): boolean {
+    if (this.held + bytes > this.limit) return false;
+    this.held += bytes;
+    return true;
+  }
+
+  give(bytes: number): void {
+    this.held -= bytes;
+  }
+}
+
+export interface BodyRules {
+  /** Largest body, in bytes. */
+  limit: number;
+  /** Longest time the whole body may take to arrive. */
+  timeoutMs: number;
+  /** The budget the bytes are taken from while a body is being read; given back when the read ends. */
+  memory: BodyMemory;
 }
 
 const EMPTY: RequestBody = Object.freeze({ bytes: 0, json: undefined });
@@ -27,16 +70,34 @@ export function declaredTooLarge(req: Request, limit: number): boolean {
  * otherwise the raw stream is read up to `limit` bytes and unshifted back before it can end, so
  * the stream later handlers see is the original one, byte for byte.
  */
-export async function readRequestBody(req: Request, limit: number): Promise<RequestBody> {
+export async function readRequestBody(req: Request, rules: BodyRules): Promise<RequestBody> {
   if (req.body !== undefined) return parsedBody(req);
   if (!hasBody(req)) return EMPTY;
-  const raw = await readAndRestore(req, limit);
+  const raw = await readAndRestore(req, rules);
   return { bytes: raw.length, json: parseJsonObject(raw) };
 }
 
 /** Whether the request declares a body (a length above zero, or a transfer coding). */
 export function hasBody(req: Request): boolean {
   return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length']) > 0;
+}
+
+/** How long an upload answered before its body arrived may go on before its connection is closed. */
+export const LINGER_MS = 2000;
+
+/**
+ * Closes the connection of a request answered before its body arrived, LINGER_MS after the answer:
+ * closing at once would reset the connection with the answer perhaps still unread by a client busy
+ * uploading. Meanwhile nothing more is read from it.
+ */
+export function closeUnfinishedUpload(req: Request, res: Response): void {
+  if (!hasBody(req) || req.complete) return;
+  res.once('finish', () => {
+    if (req.complete) return;
+    // Node would go on reading (and dropping) the body at whatever rate the client sends it.
+    setImmediate(() => req.socket.pause());
+    setTimeout(() => req.socket.destroy(), LINGER_MS).unref();
+  });
 }
 
 function parsedBody(req: Request): RequestBody {
@@ -48,25 +109,34 @@ function parsedBody(req: Request): RequestBody {
   return { bytes, json: body };
 }
 
-function parseJsonObject(raw: Buffer): unknown {
+/** The body parsed, when it is a JSON object (a UTF-8 byte order mark before it is allowed); else undefined. */
+export function parseJsonObject(raw: Buffer): Record<string, unknown> | undefined {
   // Only a body that opens like a JSON object is parsed: the estimate needs its top-level fields.
-  let i = 0;
+  let i = raw[0] === 0xef && raw[1] === 0xbb && raw[2] === 0xbf ? 3 : 0;
   while (i < raw.length && (raw[i] === 0x20 || raw[i] === 0x0a || raw[i] === 0x0d || raw[i] === 0x09)) i++;
   if (raw[i] !== 0x7b) return undefined;
   try {
-    return JSON.parse(raw.toString('utf8'));
+    return JSON.parse(raw.toString('utf8', i)) as Record<string, unknown>;
   } catch {
     return undefined;
   }
 }
 
-function readAndRestore(req: Request, limit: number): Promise<Buffer> {
+function readAndRestore(req: Request, { limit, timeoutMs, memory }: BodyRules): Promise<Buffer> {
   // Read by an earlier middleware that left no req.body: there is nothing left to see.
   if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
+  // A declared length is taken from the budget at once, so a body that cannot fit is refused before a byte is read.
+  const declared = Number(req.headers['content-length']);
+  let taken = Number.isSafeInteger(declared) && declared > 0 ? declared : 0;
+  if (!memory.take(taken)) return Promise.reject(new BodyMemoryError(memory.limit));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const timer = setTimeout(() => finish(new BodyTimeoutError(timeoutMs)), timeoutMs);
     const finish = (error?: Error): void => {
+      clearTimeout(timer);
+      // Once read, a body goes on to the decision and the upstream at their pace, not the client's.
+      memory.give(taken);
       req.off('readable', onReadable);
       req.off('end', onEnd);
       req.off('error', finish);
@@ -87,6 +157,10 @@ function readAndRestore(req: Request, limit: number): Promise<Buffer> {
         if (chunk === null) break;
         size += chunk.length;
         if (size > limit) return finish(new BodyTooLargeError(limit));
+        if (size > taken) {
+          if (!memory.take(size - taken)) return finish(new BodyMemoryError(memory.limit));
+          taken = size;
+        }
         chunks.push(chunk);
       }
       if (req.complete) finish();

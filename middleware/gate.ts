@@ -5,7 +5,7 @@ import { remainingTokens } from '../src/quota/admission.js';
 import { msUntilLeaves, toSeconds } from '../src/quota/window.js';
 import { windowStart } from '../src/keys/view.js';
 import type { KeyRecord } from '../src/storage/types.js';
-import { BodyTooLargeError, declaredTooLarge, readRequestBody, type RequestBody } from './body.js';
+import { BodyMemory, BodyMemoryError, BodyTimeoutError, BodyTooLargeError, closeUnfinishedUpload, declaredTooLarge, readRequestBody, type BodyRules, type RequestBody } from './body.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
 import { newRecordId } from '../src/usage/record-id.js';
 import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
@@ -36,8 +36,9 @@ export function tokenGate(options: TokenGateOptions): TokenGateMiddleware {
     recording.add(settling);
     void settling.finally(() => recording.delete(settling));
   };
+  const bodyRules: BodyRules = { limit: config.bodyLimit, timeoutMs: config.bodyTimeoutMs, memory: new BodyMemory(config.bodyMemoryLimit) };
   const middleware: RequestHandler = (req, res, next) => {
-    gate(req, res, next, config, track).catch(next);
+    gate(req, res, next, config, bodyRules, track).catch(next);
   };
   return Object.assign(middleware, {
     async settled(): Promise<void> {
@@ -59,10 +60,12 @@ export function lookupKey(req: Request, config: Pick<GateConfig, 'getKey' | 'all
   return config.getKey ? checkKey(config.getKey(req)) : extractKey(req, config.allowQueryKey);
 }
 
-async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig, track: (settling: Promise<void>) => void): Promise<void> {
+async function gate(req: Request, res: Response, next: NextFunction, config: GateConfig, bodyRules: BodyRules, track: (settling: Promise<void>) => void): Promise<void> {
   const { metrics } = config;
   const reject = (rejection: Rejection, outcome?: RequestOutcome, keyId?: string): void => {
     if (outcome) metrics?.countRequest(outcome, keyId);
+    // A client refused before its body arrived cannot hold the connection by sending it slowly.
+    closeUnfinishedUpload(req, res);
     res.status(rejection.status);
     if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
     config.handler(req, res, next, rejection);
@@ -70,18 +73,10 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   if (config.skip?.(req, res)) return next();
   if (declaredTooLarge(req, config.bodyLimit)) return reject(rejections.tooLarge(config.bodyLimit));
 
+  // The key is known before a byte of the body is read: nobody without one can make the gate hold memory.
   const found = lookupKey(req, config);
   if (found.kind === 'missing') return reject(rejections.missingKey(), 'unauthenticated');
   if (found.kind === 'invalid') return reject(rejections.invalidKey(found.reason), 'unauthenticated');
-
-  let body;
-  try {
-    body = await readRequestBody(req, config.bodyLimit);
-  } catch (error) {
-    if (error instanceof BodyTooLargeError) return reject(rejections.tooLarge(config.bodyLimit));
-    return; // the client went away while sending: there is no one to answer
-  }
-
   let key: KeyRecord | undefined;
   try {
     const digest = digestKey(found.key);
@@ -93,6 +88,16 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   if (!key) return reject(rejections.invalidKey(), 'unauthenticated');
   const now = config.now();
   if (key.expiresAt <= now) return reject(rejections.expiredKey(key.expiresAt), 'expired', key.id);
+
+  let body;
+  try {
+    body = await readRequestBody(req, bodyRules);
+  } catch (error) {
+    if (error instanceof BodyTooLargeError) return reject(rejections.tooLarge(config.bodyLimit));
+    if (error instanceof BodyTimeoutError) return reject(rejections.bodyTimeout(error.timeoutMs));
+    if (error instanceof BodyMemoryError) return reject(rejections.busy(), 'unavailable', key.id);
+    return; // the client went away while sending: there is no one to answer
+  }
 
   const { windowMs } = config;
   const estimate = estimateFor(req, body, config);

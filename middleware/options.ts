@@ -23,7 +23,7 @@ export interface TokenGateOptions {
   allowQueryKey?: boolean;
   /** Requests for which this returns true pass ungated and uncounted (health checks, say). */
   skip?: (req: Request, res: Response) => boolean;
-  /** Sends refusals (401, 403, 413, 429, 503). Status, quota headers and Retry-After are set before it runs. */
+  /** Sends refusals (401, 403, 408, 413, 429, 503). Status, quota headers and Retry-After are set before it runs. */
   handler?: RejectionHandler;
   /** Tokens to reserve at admission. Default: ceil(body bytes / 4) + the body's max_tokens / max_completion_tokens. */
   estimate?: (req: Request, body: RequestBody) => number;
@@ -38,6 +38,17 @@ export interface TokenGateOptions {
   chargeFailedResponses?: boolean;
   /** Largest request body accepted, in bytes; a larger one gets 413 before any lookup. Default: 10 MiB. */
   bodyLimit?: number;
+  /**
+   * Longest time a request body may take to arrive once its key is known, in milliseconds; a slower
+   * one gets 408 and its connection is closed. Default: 60 s.
+   */
+  bodyTimeoutMs?: number;
+  /**
+   * Bytes of request bodies being read at once, all requests together (a declared Content-Length
+   * counts in full from the start). A body that does not fit gets 503 with Retry-After: 1 and its
+   * connection is closed. At least `bodyLimit`. Default: 100 MiB, or `bodyLimit` when that is larger.
+   */
+  bodyMemoryLimit?: number;
   /** The clock, in milliseconds since the epoch. Default: Date.now. */
   now?: () => number;
   /** Where warnings (unreadable upstream usage) and errors go; any pino logger. Default: JSON on stdout. */
@@ -50,6 +61,10 @@ export interface TokenGateOptions {
   metrics?: TokenGateMetrics;
 }
 
+export const DEFAULT_BODY_MEMORY_LIMIT = 100 * 1024 * 1024;
+/** setTimeout's largest delay. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 type Unset = 'getKey' | 'skip' | 'getUsage' | 'metrics';
 export type GateConfig = Required<Omit<TokenGateOptions, Unset>> & Pick<TokenGateOptions, Unset>;
 
@@ -59,10 +74,16 @@ export function resolveOptions(options: TokenGateOptions): GateConfig {
   if (!Number.isSafeInteger(windowMs) || windowMs < 60_000) throw new TypeError('tokenGate: `windowMs` must be an integer of at least 60000');
   const bodyLimit = options.bodyLimit ?? 10 * 1024 * 1024;
   if (!Number.isSafeInteger(bodyLimit) || bodyLimit < 0) throw new TypeError('tokenGate: `bodyLimit` must be a non-negative integer');
+  const bodyTimeoutMs = options.bodyTimeoutMs ?? 60_000;
+  if (!Number.isSafeInteger(bodyTimeoutMs) || bodyTimeoutMs < 1 || bodyTimeoutMs > MAX_TIMER_MS) throw new TypeError(`tokenGate: \`bodyTimeoutMs\` must be an integer from 1 to ${MAX_TIMER_MS}`);
+  const bodyMemoryLimit = options.bodyMemoryLimit ?? Math.max(DEFAULT_BODY_MEMORY_LIMIT, bodyLimit);
+  if (!Number.isSafeInteger(bodyMemoryLimit) || bodyMemoryLimit < bodyLimit) throw new TypeError('tokenGate: `bodyMemoryLimit` must be an integer of at least `bodyLimit`');
   return {
     ...options,
     windowMs,
     bodyLimit,
+    bodyTimeoutMs,
+    bodyMemoryLimit,
     allowQueryKey: options.allowQueryKey ?? false,
     handler: options.handler ?? sendRejection,
     estimate: options.estimate ?? ((_req, body) => estimateRequestTokens(body.bytes, body.json)),

@@ -4,7 +4,7 @@ import type { NextFunction, Request, Response } from 'express';
 export type RejectionType = 'authentication_error' | 'permission_error' | 'rate_limit_exceeded' | 'service_unavailable' | 'invalid_request_error';
 
 export interface Rejection {
-  status: 401 | 403 | 413 | 429 | 503;
+  status: 401 | 403 | 408 | 413 | 429 | 503;
   type: RejectionType;
   code: string;
   message: string;
@@ -14,7 +14,10 @@ export interface Rejection {
   retryAfter?: number;
 }
 
-/** Sends a rejection; replace it with the `handler` option. Headers are already set when it runs. */
+/**
+ * Sends a rejection; replace it with the `handler` option. Headers are already set when it runs.
+ * A request whose body is still arriving has its connection closed shortly after the answer.
+ */
 export type RejectionHandler = (req: Request, res: Response, next: NextFunction, rejection: Rejection) => void;
 
 /** Error types beyond the gate's own refusals: the sidecar's proxy and admin API answer with these too. */
@@ -73,6 +76,19 @@ export const rejections = {
     code: 'service_unavailable',
     message: 'The quota store is unavailable; the request could not be decided.',
     retryAfter: 1,
+  }),
+  busy: (): Rejection => ({
+    status: 503,
+    type: 'service_unavailable',
+    code: 'overloaded',
+    message: 'The gate is holding as many request bodies as it may; retry shortly.',
+    retryAfter: 1,
+  }),
+  bodyTimeout: (timeoutMs: number): Rejection => ({
+    status: 408,
+    type: 'invalid_request_error',
+    code: 'request_timeout',
+    message: `The request body did not arrive within ${timeoutMs / 1000}s.`,
   }),
   tooLarge: (limit: number): Rejection => ({
     status: 413,

@@ -10,7 +10,7 @@ const upstreamUrl = `http://127.0.0.1:${upstream.address().port}`;
 const storage = await createStorage();
 const metrics = createMetrics();
 const monitor = monitorStorage(storage, { metrics });
-const app = createProxyApp({ storage, upstreamUrl, gate: { metrics }, monitor });
+const { app, gate, proxy } = createProxyApp({ storage, upstreamUrl, gate: { metrics }, monitor });
 const server = await new Promise((resolve) => {
   const s = app.listen(Number(process.env.PORT ?? 8080), '127.0.0.1', () => resolve(s));
 });
@@ -32,21 +32,23 @@ await new Promise((resolve) => setTimeout(resolve, 50)); // usage is recorded on
 const stats = await (await fetch(`${base}/stats`, { headers: { authorization: `Bearer ${key}` } })).json();
 console.log(`Upstream reported ${answer.usage?.total_tokens} tokens; /stats shows ${stats.current_usage.tokens_used_in_current_window} used in the window.\n`);
 
-if (once) {
+/** Stops taking requests, waits for their usage to be recorded, then closes the store. */
+async function stop() {
   monitor.stop();
-  server.close();
+  await new Promise((resolve) => server.close(resolve));
+  await gate.settled();
+  await proxy.close();
   upstream.close();
   await storage.close();
+}
+
+if (once) {
+  await stop();
 } else {
   console.log('Try it yourself (Ctrl-C to stop):');
   console.log(`  curl -s ${base}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`);
   console.log(`    -d '{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"hi"}]}'`);
   console.log(`  curl -s ${base}/stats -H 'Authorization: Bearer ${key}'`);
   console.log(`  curl -s ${base}/healthz; curl -s ${base}/metrics | grep ^tokengate_`);
-  process.once('SIGINT', () => {
-    monitor.stop();
-    server.close();
-    upstream.close();
-    void storage.close();
-  });
+  process.once('SIGINT', () => void stop());
 }

@@ -13,13 +13,18 @@ const storage = await createStorage().catch((error) => {
 });
 const metrics = createMetrics();
 const monitor = monitorStorage(storage, { metrics });
-const app = createProxyApp({ storage, upstreamUrl, upstreamApiKey: process.env.UPSTREAM_API_KEY, gate: { metrics }, monitor });
+const { app, gate, proxy } = createProxyApp({ storage, upstreamUrl, upstreamApiKey: process.env.UPSTREAM_API_KEY, gate: { metrics }, monitor });
 const server = app.listen(Number(process.env.PORT ?? 8080), () => {
   console.log(`tokengate example proxy on http://localhost:${server.address().port}/v1 -> ${upstreamUrl}`);
 });
 for (const signal of ['SIGINT', 'SIGTERM']) {
   process.once(signal, () => {
     monitor.stop();
-    server.close(() => void storage.close());
+    // In-flight requests finish, their usage is recorded, then the store closes.
+    server.close(async () => {
+      await gate.settled();
+      await proxy.close();
+      await storage.close();
+    });
   });
 }

@@ -1,5 +1,6 @@
 // The sidecar's settings, read from the environment and validated (zod); a bad one names its variable.
 import { z } from 'zod';
+import { DEFAULT_BODY_MEMORY_LIMIT } from '../../middleware/options.js';
 import { ConfigError } from '../errors.js';
 import { backupConfigFromEnv, type BackupConfig } from '../ops/backup-schedule.js';
 
@@ -16,6 +17,10 @@ export interface SidecarConfig {
   upstreamTimeoutMs: number;
   /** Largest request body accepted, in bytes (tokenGate's bodyLimit). */
   bodyLimit: number;
+  /** Longest time a request body may take to arrive (tokenGate's bodyTimeoutMs). */
+  bodyTimeoutMs: number;
+  /** Bytes of request bodies being read at once, all requests together (tokenGate's bodyMemoryLimit). */
+  bodyMemoryLimit: number;
   /** Replace a JSON body's `model` with the key's model, when the key has one. */
   overrideModel: boolean;
   /** Ask OpenAI streaming completions for a final usage chunk (`stream_options.include_usage`). */
@@ -34,18 +39,23 @@ const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'
 /** Blank variables count as unset, as in createStorage(). */
 const unset = (value: unknown): unknown => (typeof value === 'string' && value.trim() === '' ? undefined : value);
 
-function integer(min: number, max: number, fallback: number) {
+function digits(min: number, max: number) {
   const message = `must be an integer from ${min} to ${max}`;
-  return z.preprocess(
-    unset,
-    z
-      .string()
-      .trim()
-      .regex(/^\d+$/, { error: message })
-      .transform(Number)
-      .pipe(z.number().min(min, { error: message }).max(max, { error: message }))
-      .default(fallback),
-  );
+  return z
+    .string()
+    .trim()
+    .regex(/^\d+$/, { error: message })
+    .transform(Number)
+    .pipe(z.number().min(min, { error: message }).max(max, { error: message }));
+}
+
+function integer(min: number, max: number, fallback: number) {
+  return z.preprocess(unset, digits(min, max).default(fallback));
+}
+
+/** An integer variable whose default depends on another: undefined when unset. */
+function optionalInteger(min: number, max: number) {
+  return z.preprocess(unset, digits(min, max).optional());
 }
 
 function flag() {
@@ -86,6 +96,8 @@ const schema = z.object({
   LOG_LEVEL: z.preprocess(unset, z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).optional()),
   UPSTREAM_TIMEOUT_MS: integer(1, 2_147_483_647, 600_000),
   BODY_LIMIT: integer(0, Number.MAX_SAFE_INTEGER, 10 * 1024 * 1024),
+  BODY_TIMEOUT_MS: integer(1, 2_147_483_647, 60_000),
+  BODY_MEMORY_LIMIT: optionalInteger(0, Number.MAX_SAFE_INTEGER),
   OVERRIDE_MODEL: flag(),
   INCLUDE_STREAM_USAGE: flag(),
   ALLOW_QUERY_KEY: flag(),
@@ -101,6 +113,9 @@ export function loadSidecarConfig(env: NodeJS.ProcessEnv = process.env): Sidecar
     throw new ConfigError(`${variable} ${issue?.message ?? 'is invalid'}${shown(variable, env[variable])}`);
   }
   const value = parsed.data;
+  if (value.BODY_MEMORY_LIMIT !== undefined && value.BODY_MEMORY_LIMIT < value.BODY_LIMIT) {
+    throw new ConfigError(`BODY_MEMORY_LIMIT must be at least BODY_LIMIT (${value.BODY_LIMIT}), not ${value.BODY_MEMORY_LIMIT}`);
+  }
   return {
     upstreamUrl: value.UPSTREAM_URL,
     upstreamApiKey: value.UPSTREAM_API_KEY,
@@ -109,6 +124,8 @@ export function loadSidecarConfig(env: NodeJS.ProcessEnv = process.env): Sidecar
     adminToken: value.ADMIN_TOKEN,
     upstreamTimeoutMs: value.UPSTREAM_TIMEOUT_MS,
     bodyLimit: value.BODY_LIMIT,
+    bodyTimeoutMs: value.BODY_TIMEOUT_MS,
+    bodyMemoryLimit: value.BODY_MEMORY_LIMIT ?? Math.max(DEFAULT_BODY_MEMORY_LIMIT, value.BODY_LIMIT),
     overrideModel: value.OVERRIDE_MODEL,
     includeStreamUsage: value.INCLUDE_STREAM_USAGE,
     allowQueryKey: value.ALLOW_QUERY_KEY,

@@ -1,47 +1,86 @@
-// The reverse proxy: streams an admitted request to the upstream and its response back (undici).
+// proxy(): the Express handler that streams an admitted request to the upstream and its response back (undici).
 import { pipeline } from 'node:stream';
 import type { Request, RequestHandler, Response } from 'express';
 import { Agent, type Dispatcher } from 'undici';
-import { hasBody } from '../../middleware/body.js';
+import { closeUnfinishedUpload, hasBody } from '../../middleware/body.js';
 import { errorBody, type ErrorFields } from '../../middleware/reject.js';
-import type { Logger } from '../ops/logger.js';
+import { defaultLogger, type Logger } from '../ops/logger.js';
 import { decodableAcceptEncoding, endToEnd, upstreamRequestHeaders, withoutQueryKey, type HeaderMap } from './headers.js';
-import { rewriteBody, rewriteMayApply } from './rewrite.js';
+import { rewriteBody, rewriteMayApply, type RewriteRules } from './rewrite.js';
+import { forwardingProblem, refuse } from './target.js';
 
 export interface ProxyOptions {
-  upstreamUrl: URL;
-  upstreamApiKey: string | undefined;
-  /** Longest wait for response headers once the request is sent, and longest pause between body chunks. */
-  timeoutMs: number;
-  allowQueryKey: boolean;
-  overrideModel: boolean;
-  includeStreamUsage: boolean;
-  logger: Logger;
+  /** The upstream, such as `https://api.openai.com`; the request's path and query are appended to its path. */
+  target: string | URL;
+  /** Sent upstream in place of the client's key, in the header style the client used. Default: none. */
+  apiKey?: string;
+  /** Longest wait for response headers once the request is sent, and longest pause between body chunks. Default: 10 minutes. */
+  timeoutMs?: number;
+  /** Set a JSON body's `model` to the key's model (`req.tokenGate.key.model`), when the key has one. Default: false. */
+  overrideModel?: boolean;
+  /** Set `stream_options.include_usage` to true on streamed OpenAI completions. Default: false. */
+  includeStreamUsage?: boolean;
+  /** Largest body read to rewrite it, when no gate has refused larger ones. Default: 10 MiB. */
+  bodyLimit?: number;
+  /** Where upstream failures are logged; any pino logger. Default: JSON on stdout. */
+  logger?: Logger;
 }
 
-export interface Proxy {
-  handler: RequestHandler;
-  /** Closes the connections to the upstream (after the server has stopped). */
+/** The handler, and a way to close its connections to the upstream once the server has stopped. */
+export interface ProxyHandler extends RequestHandler {
   close(): Promise<void>;
 }
 
 /** Failures that mean the upstream took too long (504) rather than answered badly or not at all (502). */
 const TIMEOUTS = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT', 'ETIMEDOUT']);
 
-export function createProxy(options: ProxyOptions): Proxy {
-  const agent = new Agent({ headersTimeout: options.timeoutMs, bodyTimeout: options.timeoutMs });
-  const origin = options.upstreamUrl.origin;
-  const basePath = options.upstreamUrl.pathname.replace(/\/+$/, '');
-  const handler: RequestHandler = (req, res) => {
-    forward(req, res, { ...options, agent, origin, basePath }).catch((error: unknown) => fail(res, error, options.logger));
+/**
+ * Forwards method, path, query, body and end-to-end headers to `target`, streaming both ways. The
+ * client's key never goes upstream (headers and `api_key` query parameters); targets that are not
+ * plain paths inside the upstream's path get 400, upgrades 501.
+ */
+export function proxy(options: ProxyOptions): ProxyHandler {
+  const upstreamUrl = new URL(options.target);
+  if (upstreamUrl.protocol !== 'http:' && upstreamUrl.protocol !== 'https:') throw new TypeError('proxy: `target` must be an http:// or https:// URL');
+  const timeoutMs = options.timeoutMs ?? 600_000;
+  const agent = new Agent({ headersTimeout: timeoutMs, bodyTimeout: timeoutMs });
+  const route: Route = {
+    agent,
+    origin: upstreamUrl.origin,
+    basePath: upstreamUrl.pathname.replace(/\/+$/, ''),
+    apiKey: options.apiKey,
+    overrideModel: options.overrideModel ?? false,
+    includeStreamUsage: options.includeStreamUsage ?? false,
+    bodyLimit: options.bodyLimit ?? 10 * 1024 * 1024,
+    logger: options.logger ?? defaultLogger(),
   };
-  return { handler, close: () => agent.close() };
+  const handler: RequestHandler = (req, res) => {
+    const problem = forwardingProblem(req, req.originalUrl);
+    if (problem) return refuse(req, res, problem);
+    forward(req, res, route).catch((error: unknown) => fail(res, error, route.logger));
+  };
+  return Object.assign(handler, { close: () => agent.close() });
 }
 
-interface Route extends ProxyOptions {
+interface Route {
   agent: Dispatcher;
   origin: string;
   basePath: string;
+  apiKey: string | undefined;
+  overrideModel: boolean;
+  includeStreamUsage: boolean;
+  bodyLimit: number;
+  logger: Logger;
+}
+
+/** A request the proxy refuses to forward as it is. */
+class ClientError extends Error {
+  constructor(
+    readonly status: 400 | 413,
+    readonly fields: ErrorFields,
+  ) {
+    super(fields.message);
+  }
 }
 
 async function forward(req: Request, res: Response, route: Route): Promise<void> {
@@ -50,11 +89,11 @@ async function forward(req: Request, res: Response, route: Route): Promise<void>
   res.once('close', () => {
     if (!res.writableFinished) abort.abort();
   });
-  const url = route.allowQueryKey ? withoutQueryKey(req.originalUrl) : req.originalUrl;
-  const headers = upstreamRequestHeaders(req.headers, route.upstreamApiKey);
+  const url = withoutQueryKey(req.originalUrl);
+  const headers = upstreamRequestHeaders(req.headers, route.apiKey);
   // The gate reads usage from the body: the upstream may only compress it in a way the gate decodes.
   headers['accept-encoding'] = decodableAcceptEncoding(req.headers['accept-encoding']);
-  const body = await requestBody(req, headers, url, route);
+  const body = await requestBody(req, headers, url.split('?', 1)[0] ?? '', route);
   if (abort.signal.aborted) return;
   const upstream = await route.agent.request({
     origin: route.origin,
@@ -82,34 +121,45 @@ async function forward(req: Request, res: Response, route: Route): Promise<void>
 
 /**
  * What to send upstream as the body: nothing when the request has none, the request stream itself
- * (it still holds every byte, the gate put back what it read), or a rewritten JSON body.
+ * (it still holds every byte, the gate put back what it read), or the JSON body rewritten. A rule
+ * that applies is never skipped: a body it cannot read (not a JSON object, or compressed) is refused.
  */
 async function requestBody(req: Request, headers: HeaderMap, path: string, route: Route): Promise<Dispatcher.DispatchOptions['body']> {
   if (!hasBody(req)) return undefined;
-  const rules = { model: route.overrideModel ? (req.tokenGate?.key.model ?? undefined) : undefined, includeStreamUsage: route.includeStreamUsage };
-  if (!isPlainJson(headers) || !rewriteMayApply(rules, path.split('?', 1)[0] ?? '')) return req;
-  const raw = await readAll(req);
-  const rewritten = rewriteBody(raw, path.split('?', 1)[0] ?? '', rules);
-  const sent = rewritten ?? raw;
+  const rules: RewriteRules = { model: route.overrideModel ? (req.tokenGate?.key.model ?? undefined) : undefined, includeStreamUsage: route.includeStreamUsage };
+  if (!rewriteMayApply(rules, path)) return req;
+  const coding = String(headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+  if (coding !== 'identity') throw unreadable('The request body must not be compressed: this gateway rewrites it.');
+  const sent = rewriteBody(await readAll(req, route.bodyLimit), path, rules);
+  if (!sent) throw unreadable('The request body must be a JSON object: this gateway rewrites it.');
+  delete headers['content-encoding'];
   headers['content-length'] = String(sent.length);
   return sent;
 }
 
-/** The whole body; the gate has already refused one over the body limit. */
-async function readAll(req: Request): Promise<Buffer> {
+function unreadable(message: string): ClientError {
+  return new ClientError(400, { type: 'invalid_request_error', code: 'invalid_body', message });
+}
+
+/** The whole body, up to `limit` bytes (a gate in front has already refused larger ones). */
+async function readAll(req: Request, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new ClientError(413, { type: 'invalid_request_error', code: 'request_too_large', message: `Request body is larger than ${limit} bytes.` });
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, size);
 }
 
-function isPlainJson(headers: HeaderMap): boolean {
-  const type = String(headers['content-type'] ?? '').toLowerCase();
-  return /\bjson\b/.test(type) && headers['content-encoding'] === undefined;
-}
-
-/** Before any header went out: 502 or 504 with an error body. After: the connection is ended. */
+/** Before any header went out: 400, 413, 502 or 504 with an error body. After: the connection is ended. */
 function fail(res: Response, error: unknown, logger: Logger): void {
   if (res.destroyed || res.writableEnded) return; // the client left; its abort ended the upstream request
+  if (error instanceof ClientError) {
+    closeUnfinishedUpload(res.req, res);
+    return void res.status(error.status).json(errorBody(error.fields));
+  }
   const code = (error as { code?: string }).code;
   const timedOut = code !== undefined && TIMEOUTS.has(code);
   logger.warn({ err: error, code }, timedOut ? 'upstream timed out' : 'upstream request failed');

@@ -15,7 +15,8 @@ import { createStorage, openAdminStore } from '../storage/create.js';
 import type { Storage } from '../storage/types.js';
 import { adminRouter } from './admin.js';
 import type { SidecarConfig } from './config.js';
-import { createProxy, type Proxy } from './proxy.js';
+import { proxy as createProxy, type ProxyHandler } from './proxy.js';
+import { connectRefusal, plainTargetsOnly } from './target.js';
 
 export interface SidecarParts {
   config: SidecarConfig;
@@ -28,32 +29,37 @@ export interface SidecarParts {
 export interface SidecarApp {
   app: Express;
   gate: TokenGateMiddleware;
-  proxy: Proxy;
+  proxy: ProxyHandler;
 }
 
-/** The routes, in order: health, readiness and metrics, /stats, /admin, then everything else gated and proxied. */
+/**
+ * The routes, in order: refusal of targets that cannot be forwarded, health, readiness and metrics,
+ * /stats, /admin, then everything else gated and proxied.
+ */
 export function createSidecarApp(parts: SidecarParts): SidecarApp {
   const { config, storage, logger, metrics, monitor } = parts;
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
+  app.use(plainTargetsOnly);
   app.get('/healthz', healthHandler(monitor));
   app.get('/readyz', readyHandler(monitor));
   app.get('/metrics', metricsHandler(metrics));
   app.get('/stats', statsHandler({ storage, allowQueryKey: config.allowQueryKey, logger }));
   app.all('/stats', onlyGet);
   app.use('/admin', adminRouter({ storage, adminToken: config.adminToken, logger }));
-  const gate = tokenGate({ storage, logger, metrics, bodyLimit: config.bodyLimit, allowQueryKey: config.allowQueryKey });
+  const { bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey } = config;
+  const gate = tokenGate({ storage, logger, metrics, bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey });
   const proxy = createProxy({
-    upstreamUrl: config.upstreamUrl,
-    upstreamApiKey: config.upstreamApiKey,
+    target: config.upstreamUrl,
+    apiKey: config.upstreamApiKey,
     timeoutMs: config.upstreamTimeoutMs,
-    allowQueryKey: config.allowQueryKey,
     overrideModel: config.overrideModel,
     includeStreamUsage: config.includeStreamUsage,
+    bodyLimit,
     logger,
   });
-  app.use(gate, proxy.handler);
+  app.use(gate, proxy);
   return { app, gate, proxy };
 }
 
@@ -114,6 +120,8 @@ export async function runSidecar(config: SidecarConfig): Promise<RunningSidecar>
 function listen(app: Express, config: SidecarConfig): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = createServer(app);
+    // Node gives CONNECT to this event, never to the app; without a listener it drops the connection unanswered.
+    server.on('connect', (_req, socket) => socket.end(connectRefusal()));
     server.once('error', reject);
     server.listen(config.port, config.host, () => {
       server.off('error', reject);

@@ -28,7 +28,7 @@ describe('the database goes away under load', () => {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ usage: { total_tokens: 10 + (n % 13) } }));
     });
-    const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: quietLogger() } });
+    const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: quietLogger() } });
     server = await new Promise((resolve) => {
       const s = app.listen(0, '127.0.0.1', () => resolve(s));
     });

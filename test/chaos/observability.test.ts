@@ -48,7 +48,7 @@ describe('observing a database outage', () => {
     metrics = createMetrics({ perKeyLabels: true });
     monitor = monitorStorage(storage, { metrics, logger });
     upstream = await startUpstream(json({ usage: { total_tokens: 9 } }));
-    const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { metrics, logger, allowQueryKey: true }, monitor });
+    const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { metrics, logger, allowQueryKey: true }, monitor });
     server = await new Promise((resolve) => {
       const s = app.listen(0, '127.0.0.1', () => resolve(s));
     });

@@ -58,7 +58,7 @@ async function rig(storage: Storage): Promise<Rig> {
     res.end(JSON.stringify({ id: `r${n}`, usage: { total_tokens: 10 + (n % 7) } }));
   });
   cleanups.push(() => upstream.close());
-  const app = createProxyApp({ storage, upstreamUrl: upstream.url, monitor, gate: { logger: quietLogger() } });
+  const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, monitor, gate: { logger: quietLogger() } });
   const server: Server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
   });

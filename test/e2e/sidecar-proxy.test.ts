@@ -212,13 +212,14 @@ describe('body rewrites', () => {
     expect(Number(seen.headers['content-length'])).toBe(seen.body.length);
   });
 
-  it('INCLUDE_STREAM_USAGE asks streaming chat completions for usage, unless the client chose', async () => {
+  it('INCLUDE_STREAM_USAGE asks streaming chat completions for usage, whatever the client chose', async () => {
     answering(sse(['[DONE]']));
     const { key } = await sidecar.createKey();
     await (await chat(key, { model: 'm', stream: true, messages: [] })).text();
     expect(JSON.parse(upstream.last!.body.toString('utf8'))).toEqual({ model: 'm', stream: true, messages: [], stream_options: { include_usage: true } });
-    const chosen = { model: 'm', stream: true, stream_options: { include_usage: false }, messages: [] };
-    await (await chat(key, chosen)).text();
-    expect(JSON.parse(upstream.last!.body.toString('utf8'))).toEqual(chosen);
+    for (const chosen of [false, null]) {
+      await (await chat(key, { model: 'm', stream: true, stream_options: { include_usage: chosen }, messages: [] })).text();
+      expect(JSON.parse(upstream.last!.body.toString('utf8'))).toEqual({ model: 'm', stream: true, stream_options: { include_usage: true }, messages: [] });
+    }
   });
 });

@@ -59,7 +59,7 @@ export async function startGate(upstream: Upstream, gate: Partial<TokenGateOptio
     },
   });
   const logger = createLogger(sink);
-  const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { now: clock.now, logger, ...gate } });
+  const { app, proxy } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { now: clock.now, logger, ...gate } });
   const server: Server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
   });
@@ -81,6 +81,7 @@ export async function startGate(upstream: Upstream, gate: Partial<TokenGateOptio
     async close() {
       server.closeAllConnections();
       await new Promise((resolve) => server.close(resolve));
+      await proxy.close();
       await storage.close();
     },
   };

@@ -5,7 +5,7 @@ import express, { type RequestHandler } from 'express';
 import { tokenGate, type TokenGateMiddleware } from '../../middleware/gate.js';
 import { metricsHandler } from '../../middleware/ops.js';
 import { createMetrics } from '../../src/ops/metrics.js';
-import { createProxy } from '../../src/sidecar/proxy.js';
+import { proxy as createProxy } from '../../src/sidecar/proxy.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { quietLogger, tempDbPath } from './gate.js';
@@ -28,10 +28,10 @@ export async function startProxyGate(upstreamUrl: string, handler?: RequestHandl
   const storage = await createStorage({ databasePath: tempDbPath(), logger: quietLogger() });
   const metrics = createMetrics({ defaultMetrics: false });
   const gate = tokenGate({ storage, metrics, logger: quietLogger() });
-  const proxy = createProxy({ upstreamUrl: new URL(upstreamUrl), upstreamApiKey: undefined, timeoutMs: 30_000, allowQueryKey: false, overrideModel: false, includeStreamUsage: false, logger: quietLogger() });
+  const proxy = createProxy({ target: upstreamUrl, timeoutMs: 30_000, logger: quietLogger() });
   const app = express();
   app.get('/metrics', metricsHandler(metrics));
-  app.use('/v1', gate, handler ?? proxy.handler);
+  app.use('/v1', gate, handler ?? proxy);
   const server = await new Promise<http.Server>((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
   });

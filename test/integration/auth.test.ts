@@ -2,6 +2,7 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGate, type Gate } from '../helpers/gate.js';
+import { rawRequest } from '../helpers/raw-http.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const okBody = { id: 'x', usage: { prompt_tokens: 3, completion_tokens: 2, total_tokens: 5 } };
@@ -118,6 +119,24 @@ describe('authentication', () => {
     expect(JSON.stringify(upstream.last?.headers)).not.toContain(key);
     await call({}, `?api_key=${encodeURIComponent(key)}&stream=1`);
     expect(upstream.last?.url).toBe('/v1/chat/completions?stream=1');
+  });
+
+  it('does not forward a query key however its name is encoded', async () => {
+    for (const name of ['api%5Fkey', 'api%5fkey', '%61pi_key']) {
+      const response = await call({}, `?x=%2Fa&${name}=${encodeURIComponent(key)}`);
+      expect(response.status).toBe(200);
+      expect(upstream.last?.url).toBe('/v1/chat/completions?x=%2Fa');
+    }
+  });
+
+  it('does not forward the headers the Connection header names, nor hop-by-hop ones', async () => {
+    const hits = upstream.hits;
+    const answer = await rawRequest(gate.url, `POST /v1/chat/completions HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer ${key}\r\nConnection: keep-alive, X-Internal-Secret\r\nX-Internal-Secret: s3cret\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\n{}`);
+    expect(answer.status).toBe(200);
+    expect(upstream.hits).toBe(hits + 1);
+    expect(upstream.last?.headers['x-internal-secret']).toBeUndefined();
+    expect(upstream.last?.headers['keep-alive']).toBeUndefined();
+    expect(upstream.last?.headers['x-kept']).toBe('yes');
   });
 });
 

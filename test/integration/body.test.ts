@@ -1,5 +1,6 @@
 // The gate reads the body for its estimate and leaves it intact for whatever runs after it.
 import http from 'node:http';
+import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -7,6 +8,7 @@ import { tokenGate } from '../../middleware/gate.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { post, startGate, tempDbPath, type Gate } from '../helpers/gate.js';
+import { rawRequest } from '../helpers/raw-http.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -149,5 +151,70 @@ describe('with body parsers', () => {
     const text = JSON.stringify(body);
     const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: text });
     expect(await response.json()).toEqual({ echoed: body, reserved: Math.ceil(text.length / 4) + 100 });
+  });
+});
+
+describe('uploads from clients that cannot or will not finish', () => {
+  let upstream: Upstream;
+  let gate: Gate;
+  afterEach(async () => {
+    await gate?.close();
+    await upstream?.close();
+  });
+
+  const upload = (key: string, length: number | 'chunked'): string =>
+    `POST /v1/chat/completions HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer ${key}\r\nContent-Type: application/json\r\n${length === 'chunked' ? 'Transfer-Encoding: chunked' : `Content-Length: ${length}`}\r\n\r\n`;
+  const chunk = (bytes: number): Buffer => Buffer.concat([Buffer.from(`${bytes.toString(16)}\r\n`), Buffer.alloc(bytes, 0x20), Buffer.from('\r\n')]);
+
+  it('answers an unknown or expired key before reading its body, and closes the connection while the body is still coming', async () => {
+    upstream = await startUpstream(json({ usage: { total_tokens: 1 } }));
+    gate = await startGate(upstream);
+    const expired = await gate.createKey(1000, 1);
+    gate.clock.advance(10);
+    for (const [key, status] of [['tg-unknown-key', 401], [expired.key, 403]] as const) {
+      const answer = await rawRequest(gate.url, upload(key, 9 * 1024 * 1024), { body: Buffer.alloc(1000, 0x20), trickle: Buffer.alloc(1000, 0x20) });
+      expect(answer.status).toBe(status);
+      await answer.closed;
+    }
+    expect(upstream.hits).toBe(0);
+  });
+
+  it('gives a body slower than bodyTimeoutMs 408, closes its connection and reserves nothing', async () => {
+    upstream = await startUpstream(json({ usage: { total_tokens: 1 } }));
+    gate = await startGate(upstream, { bodyTimeoutMs: 300 });
+    const { key, record } = await gate.createKey(1000);
+    const answer = await rawRequest(gate.url, upload(key, 5000), { body: Buffer.from('{"model":'), trickle: Buffer.from(' ') });
+    expect(answer.status).toBe(408);
+    expect(answer.answeredAfterMs).toBeGreaterThanOrEqual(290);
+    expect(JSON.parse(answer.body)).toMatchObject({ error: { type: 'invalid_request_error', code: 'request_timeout' } });
+    await answer.closed;
+    expect(upstream.hits).toBe(0);
+    expect(await gate.storage.windowUsage(record.id, gate.clock.now(), 5 * 3600_000)).toMatchObject({ used: 0, reserved: 0 });
+  });
+
+  it('holds at most bodyMemoryLimit bytes of bodies at once, declared or chunked, and gives them back', async () => {
+    upstream = await startUpstream(json({ usage: { total_tokens: 1 } }));
+    gate = await startGate(upstream, { bodyLimit: 60_000, bodyMemoryLimit: 100_000, bodyTimeoutMs: 5000 });
+    const { key } = await gate.createKey(1_000_000_000);
+    // One upload declares 60 000 bytes and stalls: 40 000 are left for everyone else.
+    const stalled = net.connect(Number(new URL(gate.url).port), '127.0.0.1');
+    stalled.on('error', () => undefined);
+    stalled.write(upload(key, 60_000) + ' '.repeat(100));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const declared = await rawRequest(gate.url, upload(key, 50_000), { trickle: Buffer.alloc(100, 0x20) });
+    expect(declared.status).toBe(503);
+    expect(declared.head).toMatch(/\r\nretry-after: 1/i);
+    expect(JSON.parse(declared.body)).toMatchObject({ error: { type: 'service_unavailable', code: 'overloaded' } });
+    const chunked = await rawRequest(gate.url, upload(key, 'chunked'), { body: Buffer.concat([chunk(30_000), chunk(30_000)]), trickle: chunk(100) });
+    expect(chunked.status).toBe(503);
+    await Promise.all([declared.closed, chunked.closed]);
+    // Bodies that fit pass, one after another, each giving its bytes back when done.
+    for (let i = 0; i < 5; i++) expect((await post(gate, key, { model: 'm', pad: ' '.repeat(30_000) })).status).toBe(200);
+    // The stalled upload ends with the budget it held returned: two bodies of 45 000 bytes at once fit again.
+    stalled.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const both = await Promise.all([0, 1].map(() => post(gate, key, { model: 'm', pad: ' '.repeat(45_000) })));
+    expect(both.map((response) => response.status)).toEqual([200, 200]);
+    expect(upstream.hits).toBe(7);
   });
 });

@@ -453,7 +453,7 @@ describe('file store: the old JSON key file behind the example proxy', () => {
     expect(existsSync(join(dir, SNAPSHOT))).toBe(true);
 
     upstream = await startUpstream(json({ usage: { total_tokens: 42 } }));
-    const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: logs.logger } });
+    const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: logs.logger } });
     server = await new Promise<Server>((resolve) => {
       const s = app.listen(0, '127.0.0.1', () => resolve(s));
     });

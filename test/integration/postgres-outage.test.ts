@@ -25,7 +25,7 @@ describe('PostgreSQL going away and coming back', () => {
     pg = await startPostgres();
     storage = await createStorage({ fallbackDir: tempDir(), logger: quietLogger(), databaseUrl: pg.url, connectTimeoutSeconds: 2 });
     upstream = await startUpstream(json({ usage: { total_tokens: 7 } }));
-    const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: createLogger(new PassThrough()) } });
+    const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: createLogger(new PassThrough()) } });
     server = await new Promise((resolve) => {
       const s = app.listen(0, '127.0.0.1', () => resolve(s));
     });

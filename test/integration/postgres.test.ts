@@ -24,7 +24,7 @@ const WINDOW = 5 * HOUR;
 const ROOT = join(import.meta.dirname, '../..');
 
 async function serve(storage: Storage, upstream: Upstream): Promise<{ url: string; close(): Promise<void> }> {
-  const app = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: createLogger(new PassThrough()) } });
+  const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: createLogger(new PassThrough()) } });
   const server: http.Server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
   });

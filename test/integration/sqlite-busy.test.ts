@@ -39,7 +39,7 @@ afterEach(async () => {
 
 async function serve(storage: Storage, upstream: Upstream): Promise<string> {
   const monitor = monitorStorage(storage);
-  const app = createProxyApp({ storage, upstreamUrl: upstream.url, monitor, gate: { logger: quietLogger() } });
+  const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, monitor, gate: { logger: quietLogger() } });
   const server: Server = await new Promise((resolve) => {
     const s = app.listen(0, '127.0.0.1', () => resolve(s));
   });

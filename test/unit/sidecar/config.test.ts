@@ -15,12 +15,18 @@ describe('loadSidecarConfig', () => {
       adminToken: undefined,
       upstreamTimeoutMs: 600_000,
       bodyLimit: 10 * 1024 * 1024,
+      bodyTimeoutMs: 60_000,
+      bodyMemoryLimit: 100 * 1024 * 1024,
       overrideModel: false,
       includeStreamUsage: false,
       allowQueryKey: false,
       shutdownTimeoutMs: 30_000,
     });
     expect(config.upstreamUrl.href).toBe('https://api.example.com/v1');
+  });
+
+  it('keeps BODY_MEMORY_LIMIT at least BODY_LIMIT by default', () => {
+    expect(loadSidecarConfig({ ...base, BODY_LIMIT: String(200 * 1024 * 1024) }).bodyMemoryLimit).toBe(200 * 1024 * 1024);
   });
 
   it('reads every variable, blank ones counting as unset', () => {
@@ -32,13 +38,15 @@ describe('loadSidecarConfig', () => {
       ADMIN_TOKEN: 'a'.repeat(16),
       UPSTREAM_TIMEOUT_MS: '1500',
       BODY_LIMIT: '2048',
+      BODY_TIMEOUT_MS: '5000',
+      BODY_MEMORY_LIMIT: '4096',
       OVERRIDE_MODEL: 'TRUE',
       INCLUDE_STREAM_USAGE: 'true',
       ALLOW_QUERY_KEY: 'false',
       SHUTDOWN_TIMEOUT_MS: ' ',
       LOG_LEVEL: 'debug',
     });
-    expect(config).toMatchObject({ upstreamApiKey: 'sk-x', port: 0, host: '127.0.0.1', upstreamTimeoutMs: 1500, bodyLimit: 2048, overrideModel: true, includeStreamUsage: true, shutdownTimeoutMs: 30_000 });
+    expect(config).toMatchObject({ upstreamApiKey: 'sk-x', port: 0, host: '127.0.0.1', upstreamTimeoutMs: 1500, bodyLimit: 2048, bodyTimeoutMs: 5000, bodyMemoryLimit: 4096, overrideModel: true, includeStreamUsage: true, shutdownTimeoutMs: 30_000 });
   });
 
   it.each([
@@ -49,6 +57,8 @@ describe('loadSidecarConfig', () => {
     [{ ...base, PORT: '8080.5' }, /^PORT /],
     [{ ...base, BODY_LIMIT: '1e6' }, /^BODY_LIMIT /],
     [{ ...base, UPSTREAM_TIMEOUT_MS: '0' }, /^UPSTREAM_TIMEOUT_MS /],
+    [{ ...base, BODY_TIMEOUT_MS: '0' }, /^BODY_TIMEOUT_MS /],
+    [{ ...base, BODY_MEMORY_LIMIT: '1024' }, /^BODY_MEMORY_LIMIT must be at least BODY_LIMIT \(10485760\), not 1024$/],
     [{ ...base, OVERRIDE_MODEL: '1' }, /^OVERRIDE_MODEL must be true or false/],
     [{ ...base, ADMIN_TOKEN: 'short' }, /^ADMIN_TOKEN must be at least 16 characters$/],
     [{ ...base, ADMIN_TOKEN: 'has a space in the middle' }, /^ADMIN_TOKEN must be printable ASCII/],

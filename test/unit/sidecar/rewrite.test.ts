@@ -7,22 +7,32 @@ const parsed = (buffer: Buffer | undefined): unknown => (buffer === undefined ? 
 const off = { model: undefined, includeStreamUsage: false };
 
 describe('rewriteBody', () => {
-  it('replaces the model, and leaves a body already using it untouched', () => {
+  it('replaces the model, and re-serializes even a body already using it', () => {
     expect(parsed(rewriteBody(body({ model: 'a', x: 'é' }), '/v1/chat/completions', { ...off, model: 'b' }))).toEqual({ model: 'b', x: 'é' });
-    expect(rewriteBody(body({ model: 'b' }), '/v1/chat/completions', { ...off, model: 'b' })).toBeUndefined();
+    // Parsers differ on duplicate members: the upstream must read exactly the object checked here.
+    expect(rewriteBody(Buffer.from('{"model":"b","model":"dear"}'), '/v1/chat/completions', { ...off, model: 'b' })?.toString()).toBe('{"model":"b"}');
+    expect(rewriteBody(Buffer.from('{"model":"dear","model":"b"}'), '/v1/chat/completions', { ...off, model: 'b' })?.toString()).toBe('{"model":"b"}');
   });
 
-  it('adds stream_options.include_usage only to streaming completions that do not choose', () => {
+  it('reads a body after a UTF-8 byte order mark', () => {
+    const withBom = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body({ model: 'dear' })]);
+    expect(parsed(rewriteBody(withBom, '/v1/chat/completions', { ...off, model: 'b' }))).toEqual({ model: 'b' });
+  });
+
+  it('sets stream_options.include_usage to true on streaming completions, whatever the client sent', () => {
     const on = { ...off, includeStreamUsage: true };
     expect(parsed(rewriteBody(body({ stream: true }), '/v1/chat/completions', on))).toEqual({ stream: true, stream_options: { include_usage: true } });
     expect(parsed(rewriteBody(body({ stream: true, stream_options: { other: 1 } }), '/v1/completions', on))).toEqual({ stream: true, stream_options: { other: 1, include_usage: true } });
-    expect(rewriteBody(body({ stream: true, stream_options: { include_usage: false } }), '/v1/chat/completions', on)).toBeUndefined();
-    expect(rewriteBody(body({ stream: false }), '/v1/chat/completions', on)).toBeUndefined();
-    expect(rewriteBody(body({ stream: true }), '/v1/messages', on)).toBeUndefined();
+    for (const chosen of [false, null, 0, 'no']) {
+      expect(parsed(rewriteBody(body({ stream: true, stream_options: { include_usage: chosen } }), '/v1/chat/completions', on))).toEqual({ stream: true, stream_options: { include_usage: true } });
+    }
+    expect(parsed(rewriteBody(body({ stream: true, stream_options: null }), '/v1/chat/completions', on))).toEqual({ stream: true, stream_options: { include_usage: true } });
+    const unchanged = body({ stream: false });
+    expect(rewriteBody(unchanged, '/v1/chat/completions', on)).toBe(unchanged);
   });
 
-  it('leaves bodies that are not JSON objects alone', () => {
-    for (const raw of ['[1]', 'not json', '"s"', 'null', '']) expect(rewriteBody(Buffer.from(raw), '/v1/chat/completions', { model: 'b', includeStreamUsage: true })).toBeUndefined();
+  it('returns undefined for bodies that are not JSON objects, which the proxy then refuses', () => {
+    for (const raw of ['[1]', 'not json', '"s"', 'null', '', '{"model":']) expect(rewriteBody(Buffer.from(raw), '/v1/chat/completions', { model: 'b', includeStreamUsage: true })).toBeUndefined();
   });
 });
 
