@@ -85,18 +85,23 @@ export function hasBody(req: Request): boolean {
 /** How long an upload answered before its body arrived may go on before its connection is closed. */
 export const LINGER_MS = 2000;
 
+/** A declared body up to this size is left to finish after a refusal, so a keep-alive client can reuse its connection. */
+const SMALL_BODY_BYTES = 64 * 1024;
+
 /**
- * Closes the connection of a request answered before its body arrived, LINGER_MS after the answer:
- * closing at once would reset the connection with the answer perhaps still unread by a client busy
- * uploading. Meanwhile nothing more is read from it.
+ * Closes the connection of a request answered before its body arrived, LINGER_MS after the answer
+ * unless the body has arrived by then (Node reads and drops it). Closing at once would reset the
+ * connection with the answer perhaps still unread by a client busy uploading. A large declared
+ * body is not even read meanwhile: its client cannot be done with the connection anyway.
  */
 export function closeUnfinishedUpload(req: Request, res: Response): void {
   if (!hasBody(req) || req.complete) return;
   res.once('finish', () => {
     if (req.complete) return;
-    // Node would go on reading (and dropping) the body at whatever rate the client sends it.
-    setImmediate(() => req.socket.pause());
-    setTimeout(() => req.socket.destroy(), LINGER_MS).unref();
+    if (Number(req.headers['content-length']) > SMALL_BODY_BYTES) setImmediate(() => req.socket.pause());
+    setTimeout(() => {
+      if (!req.complete) req.socket.destroy();
+    }, LINGER_MS).unref();
   });
 }
 

@@ -12,7 +12,7 @@ import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
 import { setQuotaHeaders } from './headers.js';
 import { installMeter, meterResponse } from './meter.js';
 import { resolveOptions, type GateConfig, type TokenGateOptions } from './options.js';
-import { rejections, type Rejection } from './reject.js';
+import { rejections, setRetryHeaders, type Rejection } from './reject.js';
 import type { RequestOutcome } from '../src/ops/metrics.js';
 import { storageCall } from './storage-call.js';
 import './request.js';
@@ -67,7 +67,7 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
     // A client refused before its body arrived cannot hold the connection by sending it slowly.
     closeUnfinishedUpload(req, res);
     res.status(rejection.status);
-    if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
+    setRetryHeaders(res, rejection);
     config.handler(req, res, next, rejection);
   };
   if (config.skip?.(req, res)) return next();

@@ -1,4 +1,5 @@
 // Rejections: the status, OpenAI-style error body and Retry-After of every refused request.
+import type { IncomingMessage } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
 
 export type RejectionType = 'authentication_error' | 'permission_error' | 'rate_limit_exceeded' | 'service_unavailable' | 'invalid_request_error';
@@ -39,8 +40,40 @@ export function errorBody(error: ErrorFields): ErrorBody {
   return { error: { message: error.message, type: error.type, code: error.code, ...error.details } };
 }
 
-export const sendRejection: RejectionHandler = (_req, res, _next, rejection) => {
-  res.status(rejection.status).json(errorBody(rejection));
+/** Anthropic's error body: what its SDK and its clients expect from a request that names an `anthropic-version`. */
+export interface AnthropicErrorBody {
+  type: 'error';
+  error: { type: string; message: string } & Record<string, unknown>;
+}
+
+/** Anthropic's name for each error (https://docs.anthropic.com/en/api/errors). */
+function anthropicType({ type, code }: ErrorFields): string {
+  if (type === 'rate_limit_exceeded') return 'rate_limit_error';
+  if (code === 'overloaded') return 'overloaded_error';
+  if (code === 'request_too_large') return 'request_too_large';
+  if (type === 'service_unavailable' || type === 'upstream_error') return 'api_error';
+  if (type === 'conflict_error') return 'invalid_request_error';
+  return type;
+}
+
+/** The error body in the dialect of the request: Anthropic's when it carries `anthropic-version`, else OpenAI's. */
+export function errorBodyFor(req: IncomingMessage, error: ErrorFields): ErrorBody | AnthropicErrorBody {
+  if (req.headers['anthropic-version'] === undefined) return errorBody(error);
+  return { type: 'error', error: { type: anthropicType(error), message: error.message, ...error.details } };
+}
+
+/** A quota refusal whose wait is longer than this tells clients not to retry (the official SDKs would sleep for hours). */
+const LONGEST_RETRY_SECONDS = 60;
+
+/** `Retry-After`, and `x-should-retry: false` (which the OpenAI and Anthropic SDKs obey) when the wait is too long to be worth it. */
+export function setRetryHeaders(res: Response, rejection: Rejection): void {
+  if (rejection.retryAfter === undefined) return;
+  res.setHeader('Retry-After', String(rejection.retryAfter));
+  if (rejection.status === 429 && rejection.retryAfter > LONGEST_RETRY_SECONDS) res.setHeader('x-should-retry', 'false');
+}
+
+export const sendRejection: RejectionHandler = (req, res, _next, rejection) => {
+  res.status(rejection.status).json(errorBodyFor(req, rejection));
 };
 
 export const rejections = {

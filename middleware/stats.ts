@@ -6,7 +6,7 @@ import { defaultLogger } from '../src/ops/logger.js';
 import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
 import { lookupKey } from './gate.js';
 import type { TokenGateOptions } from './options.js';
-import { errorBody, rejections, type Rejection } from './reject.js';
+import { errorBodyFor, rejections, type Rejection } from './reject.js';
 
 export type StatsOptions = Pick<TokenGateOptions, 'storage' | 'windowMs' | 'getKey' | 'allowQueryKey' | 'now' | 'logger'>;
 
@@ -17,7 +17,7 @@ export function statsHandler(options: StatsOptions): RequestHandler {
   return async (req, res) => {
     const send = (rejection: Rejection): void => {
       if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
-      res.status(rejection.status).json(errorBody(rejection));
+      res.status(rejection.status).json(errorBodyFor(req, rejection));
     };
     const found = lookupKey(req, { getKey, allowQueryKey });
     if (found.kind === 'missing') return send(rejections.missingKey());

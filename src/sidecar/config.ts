@@ -9,6 +9,8 @@ export interface SidecarConfig {
   upstreamUrl: URL;
   /** Sent upstream in place of the client's key, in the header style the client used. */
   upstreamApiKey: string | undefined;
+  /** The header UPSTREAM_API_KEY always goes in, whatever the client used. */
+  upstreamAuthHeader: 'authorization' | 'x-api-key' | undefined;
   port: number;
   host: string;
   /** Bearer token of the admin API; the admin API answers 404 when it is unset. */
@@ -83,6 +85,15 @@ const upstreamUrl = z.preprocess(
 const schema = z.object({
   UPSTREAM_URL: upstreamUrl,
   UPSTREAM_API_KEY: z.preprocess(unset, z.string().optional()),
+  UPSTREAM_AUTH_HEADER: z.preprocess(
+    unset,
+    z
+      .string()
+      .trim()
+      .toLowerCase()
+      .pipe(z.enum(['authorization', 'x-api-key'], { error: 'must be authorization or x-api-key' }))
+      .optional(),
+  ),
   PORT: integer(0, 65_535, 8080),
   HOST: z.preprocess(unset, z.string().trim().default('0.0.0.0')),
   ADMIN_TOKEN: z.preprocess(
@@ -119,6 +130,7 @@ export function loadSidecarConfig(env: NodeJS.ProcessEnv = process.env): Sidecar
   return {
     upstreamUrl: value.UPSTREAM_URL,
     upstreamApiKey: value.UPSTREAM_API_KEY,
+    upstreamAuthHeader: value.UPSTREAM_AUTH_HEADER,
     port: value.PORT,
     host: value.HOST,
     adminToken: value.ADMIN_TOKEN,

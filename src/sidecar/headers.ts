@@ -42,12 +42,15 @@ export function keyStyle(headers: IncomingHttpHeaders): KeyStyle {
   return headers['x-api-key'] === undefined ? 'authorization' : 'x-api-key';
 }
 
-/** The headers to send upstream: end-to-end only, without the client's key, with the upstream key when there is one. */
-export function upstreamRequestHeaders(headers: IncomingHttpHeaders, upstreamApiKey: string | undefined): HeaderMap {
+/**
+ * The headers to send upstream: end-to-end only, without the client's key, with the upstream key
+ * when there is one, in `style` when given, else in the client's.
+ */
+export function upstreamRequestHeaders(headers: IncomingHttpHeaders, upstreamApiKey: string | undefined, style?: KeyStyle): HeaderMap {
   const out = endToEnd(headers);
   for (const name of [...REQUEST_ONLY_HERE, ...KEY_HEADERS]) delete out[name];
   if (upstreamApiKey !== undefined) {
-    if (keyStyle(headers) === 'x-api-key') out['x-api-key'] = upstreamApiKey;
+    if ((style ?? keyStyle(headers)) === 'x-api-key') out['x-api-key'] = upstreamApiKey;
     else out.authorization = `Bearer ${upstreamApiKey}`;
   }
   return out;

@@ -3,9 +3,9 @@ import { pipeline } from 'node:stream';
 import type { Request, RequestHandler, Response } from 'express';
 import { Agent, type Dispatcher } from 'undici';
 import { closeUnfinishedUpload, hasBody } from '../../middleware/body.js';
-import { errorBody, type ErrorFields } from '../../middleware/reject.js';
+import { errorBodyFor, type ErrorFields } from '../../middleware/reject.js';
 import { defaultLogger, type Logger } from '../ops/logger.js';
-import { decodableAcceptEncoding, endToEnd, upstreamRequestHeaders, withoutQueryKey, type HeaderMap } from './headers.js';
+import { decodableAcceptEncoding, endToEnd, upstreamRequestHeaders, withoutQueryKey, type HeaderMap, type KeyStyle } from './headers.js';
 import { rewriteBody, rewriteMayApply, type RewriteRules } from './rewrite.js';
 import { forwardingProblem, refuse } from './target.js';
 
@@ -14,6 +14,8 @@ export interface ProxyOptions {
   target: string | URL;
   /** Sent upstream in place of the client's key, in the header style the client used. Default: none. */
   apiKey?: string;
+  /** Always send `apiKey` in this header instead (an Anthropic upstream wants `x-api-key` whatever the client sent). */
+  authHeader?: KeyStyle;
   /** Longest wait for response headers once the request is sent, and longest pause between body chunks. Default: 10 minutes. */
   timeoutMs?: number;
   /** Set a JSON body's `model` to the key's model (`req.tokenGate.key.model`), when the key has one. Default: false. */
@@ -49,6 +51,7 @@ export function proxy(options: ProxyOptions): ProxyHandler {
     origin: upstreamUrl.origin,
     basePath: upstreamUrl.pathname.replace(/\/+$/, ''),
     apiKey: options.apiKey,
+    authHeader: options.authHeader,
     overrideModel: options.overrideModel ?? false,
     includeStreamUsage: options.includeStreamUsage ?? false,
     bodyLimit: options.bodyLimit ?? 10 * 1024 * 1024,
@@ -67,6 +70,7 @@ interface Route {
   origin: string;
   basePath: string;
   apiKey: string | undefined;
+  authHeader: KeyStyle | undefined;
   overrideModel: boolean;
   includeStreamUsage: boolean;
   bodyLimit: number;
@@ -90,7 +94,7 @@ async function forward(req: Request, res: Response, route: Route): Promise<void>
     if (!res.writableFinished) abort.abort();
   });
   const url = withoutQueryKey(req.originalUrl);
-  const headers = upstreamRequestHeaders(req.headers, route.apiKey);
+  const headers = upstreamRequestHeaders(req.headers, route.apiKey, route.authHeader);
   // The gate reads usage from the body: the upstream may only compress it in a way the gate decodes.
   headers['accept-encoding'] = decodableAcceptEncoding(req.headers['accept-encoding']);
   const body = await requestBody(req, headers, url.split('?', 1)[0] ?? '', route);
@@ -158,7 +162,7 @@ function fail(res: Response, error: unknown, logger: Logger): void {
   if (res.destroyed || res.writableEnded) return; // the client left; its abort ended the upstream request
   if (error instanceof ClientError) {
     closeUnfinishedUpload(res.req, res);
-    return void res.status(error.status).json(errorBody(error.fields));
+    return void res.status(error.status).json(errorBodyFor(res.req, error.fields));
   }
   const code = (error as { code?: string }).code;
   const timedOut = code !== undefined && TIMEOUTS.has(code);
@@ -167,5 +171,5 @@ function fail(res: Response, error: unknown, logger: Logger): void {
   const answer: ErrorFields & { status: number } = timedOut
     ? { status: 504, type: 'upstream_error', code: 'upstream_timeout', message: 'The upstream did not answer in time.' }
     : { status: 502, type: 'upstream_error', code: 'bad_gateway', message: `The upstream request failed${code ? ` (${code})` : ''}.` };
-  res.status(answer.status).json(errorBody(answer));
+  res.status(answer.status).json(errorBodyFor(res.req, answer));
 }

@@ -53,6 +53,7 @@ export function createSidecarApp(parts: SidecarParts): SidecarApp {
   const proxy = createProxy({
     target: config.upstreamUrl,
     apiKey: config.upstreamApiKey,
+    authHeader: config.upstreamAuthHeader,
     timeoutMs: config.upstreamTimeoutMs,
     overrideModel: config.overrideModel,
     includeStreamUsage: config.includeStreamUsage,

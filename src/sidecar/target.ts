@@ -2,7 +2,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { closeUnfinishedUpload } from '../../middleware/body.js';
-import { errorBody, type ErrorFields } from '../../middleware/reject.js';
+import { errorBody, errorBodyFor, type ErrorFields } from '../../middleware/reject.js';
 
 export interface Refusal extends ErrorFields {
   status: 400 | 501;
@@ -40,7 +40,7 @@ function badTarget(message: string): Refusal {
 /** Sends a refusal; the request's body, if any, is not read, and its connection is closed if it keeps coming. */
 export function refuse(req: Request, res: Response, refusal: Refusal): void {
   closeUnfinishedUpload(req, res);
-  res.status(refusal.status).json(errorBody(refusal));
+  res.status(refusal.status).json(errorBodyFor(req, refusal));
 }
 
 /** Refuses what cannot be forwarded before anything else runs (the gate included). */

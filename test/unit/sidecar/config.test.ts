@@ -33,6 +33,7 @@ describe('loadSidecarConfig', () => {
     const config = loadSidecarConfig({
       ...base,
       UPSTREAM_API_KEY: 'sk-x',
+      UPSTREAM_AUTH_HEADER: 'X-API-Key',
       PORT: '0',
       HOST: '127.0.0.1',
       ADMIN_TOKEN: 'a'.repeat(16),
@@ -46,7 +47,7 @@ describe('loadSidecarConfig', () => {
       SHUTDOWN_TIMEOUT_MS: ' ',
       LOG_LEVEL: 'debug',
     });
-    expect(config).toMatchObject({ upstreamApiKey: 'sk-x', port: 0, host: '127.0.0.1', upstreamTimeoutMs: 1500, bodyLimit: 2048, bodyTimeoutMs: 5000, bodyMemoryLimit: 4096, overrideModel: true, includeStreamUsage: true, shutdownTimeoutMs: 30_000 });
+    expect(config).toMatchObject({ upstreamApiKey: 'sk-x', upstreamAuthHeader: 'x-api-key', port: 0, host: '127.0.0.1', upstreamTimeoutMs: 1500, bodyLimit: 2048, bodyTimeoutMs: 5000, bodyMemoryLimit: 4096, overrideModel: true, includeStreamUsage: true, shutdownTimeoutMs: 30_000 });
   });
 
   it.each([
@@ -58,6 +59,7 @@ describe('loadSidecarConfig', () => {
     [{ ...base, BODY_LIMIT: '1e6' }, /^BODY_LIMIT /],
     [{ ...base, UPSTREAM_TIMEOUT_MS: '0' }, /^UPSTREAM_TIMEOUT_MS /],
     [{ ...base, BODY_TIMEOUT_MS: '0' }, /^BODY_TIMEOUT_MS /],
+    [{ ...base, UPSTREAM_AUTH_HEADER: 'cookie' }, /^UPSTREAM_AUTH_HEADER must be authorization or x-api-key/],
     [{ ...base, BODY_MEMORY_LIMIT: '1024' }, /^BODY_MEMORY_LIMIT must be at least BODY_LIMIT \(10485760\), not 1024$/],
     [{ ...base, OVERRIDE_MODEL: '1' }, /^OVERRIDE_MODEL must be true or false/],
     [{ ...base, ADMIN_TOKEN: 'short' }, /^ADMIN_TOKEN must be at least 16 characters$/],

@@ -18,6 +18,11 @@ describe('upstreamRequestHeaders', () => {
     expect(upstreamRequestHeaders({ 'x-api-key': 'tg-client' }, 'sk-up')).toEqual({ 'x-api-key': 'sk-up' });
   });
 
+  it('sends the upstream key in the fixed style when one is configured, whatever the client used', () => {
+    expect(upstreamRequestHeaders({ authorization: 'Bearer tg-client' }, 'sk-up', 'x-api-key')).toEqual({ 'x-api-key': 'sk-up' });
+    expect(upstreamRequestHeaders({ 'x-api-key': 'tg-client' }, 'sk-up', 'authorization')).toEqual({ authorization: 'Bearer sk-up' });
+  });
+
   it('takes the key style from where the gate found the key', () => {
     expect(keyStyle({ authorization: 'bearer  k' })).toBe('authorization');
     expect(keyStyle({ authorization: 'Bearer ', 'x-api-key': 'k' })).toBe('x-api-key');
