@@ -1,5 +1,6 @@
 // The package as users get it: plain node imports the built entry point, and the demo runs.
 import { spawnSync } from 'node:child_process';
+import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -41,8 +42,28 @@ describe('the package', () => {
     });
     expect(result.status).toBe(0);
     expect(result.stdout).toMatch(/POST \/v1\/chat\/completions -> 200/);
-    const reported = /Upstream reported (\d+) tokens; \/stats shows (\d+) used/.exec(result.stdout);
+    const reported = /Upstream reported (\d+) tokens; \/stats shows (\d+) more used/.exec(result.stdout);
     expect(reported?.[1]).toBeDefined();
     expect(reported?.[2]).toBe(reported?.[1]);
+  });
+
+  it('runs the demo again on another port when 8080 is taken, with the same demo key', async () => {
+    const databasePath = tempDbPath();
+    const taken = net.createServer();
+    // Whoever holds 8080 (this test, or anything else on the machine), the demo must not need it.
+    await new Promise<void>((resolve) => taken.once('error', () => resolve()).listen(8080, '127.0.0.1', resolve));
+    try {
+      const runs = [0, 1].map(() => spawnSync(process.execPath, ['examples/express-proxy/demo.js', '--once'], { cwd: ROOT, env: { ...process.env, DATABASE_PATH: databasePath, PORT: '' }, encoding: 'utf8', timeout: 20_000 }));
+      for (const run of runs) {
+        expect(run.status, run.stderr).toBe(0);
+        expect(Number(/Example proxy on http:\/\/127\.0\.0\.1:(\d+)/.exec(run.stdout)?.[1])).not.toBe(8080);
+      }
+      const ids = runs.map((run) => /demo key (key_\w+)/.exec(run.stdout)?.[1]);
+      expect(ids[0]).toBeDefined();
+      expect(ids[1]).toBe(ids[0]);
+      expect(runs[1]?.stdout).toMatch(/^Using demo key/m);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+    }
   });
 });
