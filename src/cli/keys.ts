@@ -1,7 +1,7 @@
 // `tokengate keys …`: create, list, show, update and delete API keys in the configured store.
 import { Command } from 'commander';
 import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
-import { parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView, type KeyView } from '../keys/view.js';
 import type { KeyRecord } from '../storage/types.js';
 import { UsageError, note, printJson, printLine, printable, withStorage } from './shared.js';
@@ -36,7 +36,7 @@ export function keysCommand(): Command {
     .description('create a key; prints the plaintext key alone on stdout, once')
     .requiredOption('--name <name>', 'who or what the key is for')
     .requiredOption('--limit <tokens>', 'tokens allowed per rolling 5-hour window (a positive integer)')
-    .requiredOption('--expires <date>', 'expiry, an ISO 8601 date or date-time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)')
+    .requiredOption('--expires <date>', 'expiry in the future, an ISO 8601 date (midnight UTC) or date-time with a time zone (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)')
     .option('--model <model>', 'model label recorded with the key')
     .option('--key <key>', 'use this plaintext key (e.g. one being migrated) instead of a random one')
     .option('--json', 'print the key record with the plaintext key as one JSON object')
@@ -49,6 +49,7 @@ export function keysCommand(): Command {
       };
       if (options.key !== undefined) input.key = options.key;
       asOptions(() => validateNewKey(input));
+      checkFutureExpiry(input.expiresAt, Date.now(), '--expires');
       const { record, key } = await withStorage((storage) => storage.createKey(input)).catch((error: unknown) => {
         throw error instanceof ConflictError && input.key !== undefined ? new ValidationError('--key', 'a key with this value already exists') : error;
       });

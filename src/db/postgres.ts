@@ -2,6 +2,7 @@
 import postgres from 'postgres';
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
 import { migrate } from 'drizzle-orm/postgres-js/migrator';
+import { randomizeDerivedIdsPostgres } from './random-ids.js';
 import * as schema from './schema/postgres.js';
 import { migrationsFolder, schemaTag } from './migrations.js';
 import type { Logger } from '../ops/logger.js';
@@ -72,6 +73,7 @@ export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAU
     const before = await appliedMigrations(sql);
     await migrate(drizzle(sql), { migrationsFolder: migrationsFolder('postgres') });
     const after = await appliedMigrations(sql);
+    await randomizeDerivedIdsPostgres(sql, logger);
     await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`;
     const applied = after - before;
     if (applied > 0) logger?.info({ backend: 'postgres', applied }, 'database migrations applied');

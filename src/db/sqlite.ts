@@ -7,6 +7,7 @@ import { migrate } from 'drizzle-orm/better-sqlite3/migrator';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import { PRIVATE_FILE_MODE } from '../ops/private-files.js';
+import { randomizeDerivedIdsSqlite } from './random-ids.js';
 import * as schema from './schema/sqlite.js';
 import { migrationsFolder, schemaTag } from './migrations.js';
 import type { MigrationResult } from './postgres.js';
@@ -69,6 +70,7 @@ export function openSqlite(path: string, options: SqliteOptions = {}): OpenedSql
     const after = appliedMigrations(sqlite);
     const applied = after - before;
     if (applied > 0) options.logger?.info({ backend: 'sqlite', path: file, applied }, 'database migrations applied');
+    randomizeDerivedIdsSqlite(sqlite, options.logger);
     sqlite.pragma(`busy_timeout = ${options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS}`);
     return { sqlite, db, path: file, migrated: { applied, schema: schemaTag('sqlite', after) } };
   } catch (error) {

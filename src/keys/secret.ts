@@ -1,18 +1,17 @@
 // API key secrets: generation, the digest stored at rest, the display prefix and key-string checks.
 import crypto, { randomBytes } from 'node:crypto';
 
-/** Longest key accepted, in UTF-8 bytes; longer ones are rejected without a lookup. */
+/** Longest key accepted, in bytes (keys are ASCII); longer ones are rejected without a lookup. */
 export const MAX_KEY_BYTES = 512;
 
-// Control characters (C0, DEL, C1) and any whitespace make a key malformed.
-// eslint-disable-next-line no-control-regex -- matching control characters is the point
-const MALFORMED = /[\u0000-\u0020\u007f-\u009f\s]/u;
+/** What HTTP can carry in a header: visible ASCII, `!` to `~`. */
+const VISIBLE_ASCII = /^[\x21-\x7e]+$/;
 
 /** Why a key string cannot be a key, or undefined when it can. */
 export function keyProblem(key: string): string | undefined {
   if (key.length === 0) return 'the key is empty';
-  if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) return `the key is longer than ${MAX_KEY_BYTES} bytes`;
-  if (MALFORMED.test(key)) return 'the key contains whitespace or control characters';
+  if (key.length > MAX_KEY_BYTES) return `the key is longer than ${MAX_KEY_BYTES} bytes`;
+  if (!VISIBLE_ASCII.test(key)) return 'the key may only contain visible ASCII characters (! to ~), no spaces or control characters';
   return undefined;
 }
 

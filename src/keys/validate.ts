@@ -1,4 +1,5 @@
 // Validation of key records on create and update, shared by every way in (library, CLI, admin API).
+import { z } from 'zod';
 import { ValidationError } from '../errors.js';
 import { keyProblem } from './secret.js';
 
@@ -49,17 +50,23 @@ export function validatePatch(patch: KeyPatch): KeyPatch {
   return patch;
 }
 
-/** Parses an ISO 8601 date-time into epoch milliseconds, naming `field` when it is not one. */
+/**
+ * ISO 8601 as this project takes it everywhere (CLI, admin API, import): a calendar date
+ * (midnight UTC) or a date-time with `Z` or an offset, to the minute or finer. A date-time without a
+ * zone would be read in the server's local time, and a day that does not exist would roll over.
+ */
+const isoDate = z.union([z.iso.date(), z.iso.datetime({ offset: true }), z.iso.datetime({ offset: true, precision: -1 })]);
+
+/** Parses a date per `isoDate` into epoch milliseconds, naming `field` when it is not one. */
 export function parseDate(value: string, field: string): number {
-  const day = /^(\d{4})-(\d{2})-(\d{2})/.exec(value);
-  const ms = day && isCalendarDay(Number(day[1]), Number(day[2]), Number(day[3])) ? Date.parse(value) : Number.NaN;
-  if (!Number.isFinite(ms)) throw new ValidationError(field, `"${value}" is not an ISO 8601 date`);
+  const ms = isoDate.safeParse(value).success ? Date.parse(value) : Number.NaN;
+  if (!Number.isFinite(ms)) throw new ValidationError(field, `"${value}" is not an ISO 8601 date (2027-01-01) or date-time with a time zone (2027-01-01T12:00:00Z, …+02:00)`);
   return ms;
 }
 
-/** Date.parse rolls 2027-02-30 over into March; a date that does not exist is refused instead. */
-function isCalendarDay(year: number, month: number, day: number): boolean {
-  return month >= 1 && month <= 12 && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
+/** A new key must not be born expired: `keys create` and `POST /admin/keys` refuse it (an update may revoke one this way). */
+export function checkFutureExpiry(expiresAt: number, now: number, field: string): void {
+  if (expiresAt <= now) throw new ValidationError(field, `${new Date(expiresAt).toISOString()} is not in the future`);
 }
 
 function checkName(name: unknown): void {

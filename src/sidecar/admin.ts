@@ -3,7 +3,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response, type Router } from 'express';
 import { errorBody, type ErrorFields } from '../../middleware/reject.js';
 import { ConflictError, NotFoundError, StorageError, ValidationError } from '../errors.js';
-import { parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView } from '../keys/view.js';
 import type { Logger } from '../ops/logger.js';
 import type { Storage } from '../storage/types.js';
@@ -45,7 +45,9 @@ export function adminRouter(options: AdminOptions): Router {
   router
     .route('/keys')
     .post(handle(async (req, res) => {
-      const { record, key } = await storage.createKey(newKeyFrom(req.body)).catch((error: unknown) => {
+      const input = newKeyFrom(req.body);
+      checkFutureExpiry(input.expiresAt, Date.now(), 'expiry_date');
+      const { record, key } = await storage.createKey(input).catch((error: unknown) => {
         throw error instanceof ConflictError ? new ValidationError('key', 'a key with this value already exists') : error;
       });
       res.status(201).location(`${req.baseUrl}/keys/${record.id}`).json({ ...keyView(record), key });
@@ -161,6 +163,10 @@ function adminErrors(logger: Logger): ErrorRequestHandler {
     if (parserType === 'entity.too.large') return send(res, 413, { type: 'invalid_request_error', code: 'request_too_large', message: `The admin request body is larger than ${ADMIN_BODY_LIMIT} bytes.` });
     if (parserType === 'encoding.unsupported' || parserType === 'charset.unsupported') {
       return send(res, 415, { type: 'invalid_request_error', code: 'unsupported_encoding', message: (error as Error).message });
+    }
+    // A body its Content-Encoding does not describe (corrupt gzip) fails in zlib, below the parser.
+    if (/^Z_/.test(String((error as { code?: unknown }).code))) {
+      return send(res, 400, { type: 'invalid_request_error', code: 'invalid_body', message: 'The request body could not be decoded as its Content-Encoding says.', details: { param: 'body' } });
     }
     if (error instanceof ValidationError) {
       return send(res, 400, { type: 'invalid_request_error', code: 'invalid_value', message: error.message, details: { param: error.field } });

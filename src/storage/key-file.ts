@@ -1,7 +1,8 @@
 // The JSON key file of the earlier file-based gateway: parsed, validated in full, turned into snapshot keys.
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
-import { digestKey, keyPrefix, keyProblem } from '../keys/secret.js';
+import { digestKey, generateKeyId, keyPrefix, keyProblem } from '../keys/secret.js';
+import { parseDate } from '../keys/validate.js';
 import { MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import type { SnapshotKey } from './snapshot.js';
@@ -44,10 +45,15 @@ export class KeyFileError extends ConfigError {
   }
 }
 
-/** Milliseconds from an ISO date string or epoch milliseconds; NaN when it is neither. */
+/** Milliseconds from epoch milliseconds or an ISO date as everywhere else (`parseDate`); NaN when it is neither. */
 function time(value: unknown): number {
   if (typeof value === 'number') return Number.isSafeInteger(value) ? value : Number.NaN;
-  return typeof value === 'string' && /^\d{4}-\d{2}-\d{2}/.test(value) ? Date.parse(value) : Number.NaN;
+  if (typeof value !== 'string') return Number.NaN;
+  try {
+    return parseDate(value, 'date');
+  } catch {
+    return Number.NaN;
+  }
 }
 
 const count = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0;
@@ -164,7 +170,9 @@ function snapshotKey(raw: Entry, now: number, buckets: [number, number][]): Snap
   const key = raw.key as string;
   const keyHash = digestKey(key);
   return {
-    id: `key_${keyHash.slice(0, 16)}`,
+    // Random, as for every key: an id is shown in lists, logs and metric labels, and one derived
+    // from the digest would let a short key be found offline.
+    id: generateKeyId(),
     keyHash,
     keyPrefix: keyPrefix(key),
     name: raw.name as string,

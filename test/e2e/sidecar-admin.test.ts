@@ -1,6 +1,6 @@
 // The sidecar's admin API and /stats over HTTP: CRUD, token checks, invalid input, never proxied.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startSidecar, type Sidecar } from '../helpers/sidecar.js';
+import { ADMIN_TOKEN, startSidecar, type Sidecar } from '../helpers/sidecar.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 interface ErrorAnswer {
@@ -104,6 +104,29 @@ describe('admin API', () => {
     expect(duplicate.status).toBe(400);
     expect(((await duplicate.json()) as ErrorAnswer).error.param).toBe('key');
     expect((await sidecar.admin('GET', '/admin/keys')).status).toBe(200);
+  });
+
+  it('refuses keys HTTP cannot carry, dates without a time zone, and an expiry in the past on create, naming the field', async () => {
+    for (const [fields, param] of [
+      [{ key: 'pk_ünïcode' }, 'key'],
+      [{ key: 'has space' }, 'key'],
+      [{ expiry_date: '2099-01-01T00:00' }, 'expiry_date'],
+      [{ expiry_date: '2099-01-01 12:00 PST' }, 'expiry_date'],
+      [{ expiry_date: '2020-01-01T00:00:00Z' }, 'expiry_date'],
+    ] as const) {
+      const refused = await sidecar.admin('POST', '/admin/keys', { ...valid, ...fields });
+      expect([JSON.stringify(fields), refused.status]).toEqual([JSON.stringify(fields), 400]);
+      expect(((await refused.json()) as ErrorAnswer).error.param).toBe(param);
+    }
+    // An update may set a past expiry: that revokes the key.
+    const { id } = (await (await sidecar.admin('POST', '/admin/keys', valid)).json()) as { id: string };
+    expect((await sidecar.admin('PATCH', `/admin/keys/${id}`, { expiry_date: '2020-01-01T00:00:00+02:00' })).status).toBe(200);
+  });
+
+  it('answers 400 to a body that does not decode as its Content-Encoding says', async () => {
+    const response = await fetch(`${sidecar.url}/admin/keys`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json', 'content-encoding': 'gzip' }, body: 'definitely not gzip' });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as ErrorAnswer).error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_body' });
   });
 
   it('answers 404 for unknown ids and routes, 400 for an empty patch, 405 for other methods', async () => {

@@ -37,7 +37,8 @@ describe('keys created through the admin API', () => {
     const hits = upstream.hits;
     expect((await chat('tg-not-a-key-that-exists')).status).toBe(401);
     expect((await chat(undefined)).status).toBe(401);
-    const expired = await sidecar.createKey({ expiry_date: '2020-01-01T00:00:00Z' });
+    const expired = await sidecar.createKey();
+    expect((await sidecar.admin('PATCH', `/admin/keys/${expired.id}`, { expiry_date: '2020-01-01T00:00:00Z' })).status).toBe(200);
     const refused = await chat(expired.key);
     expect(refused.status).toBe(403);
     expect(((await refused.json()) as { error: { type: string } }).error.type).toBe('permission_error');

@@ -251,6 +251,14 @@ describe('tokengate errors', () => {
     expectFailure(cli(dbPath, ['keys', 'update', id]), /at least one of --name, --limit, --expires, --model/);
   });
 
+  it('refuses a key HTTP cannot carry, a date without a time zone and an expiry in the past, naming the option', () => {
+    const { dbPath } = freshDb();
+    expectFailure(cli(dbPath, createArgs(['--key', 'pk_ünïcode'])), /--key: .*visible ASCII/);
+    for (const expires of ['2099-01-01T00:00', '2099-01-01 12:00 PST', '2020-01-01']) {
+      expectFailure(cli(dbPath, ['keys', 'create', '--name', 'a', '--limit', '5', '--expires', expires]), /--expires: /);
+    }
+  });
+
   it('reports usage errors from commander', () => {
     const { dbPath } = freshDb();
     const missing = cli(dbPath, ['keys', 'create', '--name', 'a', '--limit', '5']);

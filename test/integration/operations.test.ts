@@ -2,8 +2,10 @@
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createStorage, openAdminStore, type StorageConfig } from '../../src/storage/create.js';
+import { createStorage, type StorageConfig } from '../../src/storage/create.js';
 import { digestKey } from '../../src/keys/secret.js';
 import type { BackupManifest } from '../../src/ops/backup.js';
 import type { Storage } from '../../src/storage/types.js';
@@ -253,6 +255,21 @@ describe.each([
   });
 });
 
+/** Makes the target's database refuse to insert a key with this name, as a failing disk or constraint would. */
+async function refuseKeyNamed(target: Target, name: string): Promise<void> {
+  await withStore(target, () => Promise.resolve()); // the schema exists
+  if (target.config.databasePath) {
+    const db = new Database(target.config.databasePath);
+    db.exec(`create trigger refuse before insert on api_keys when new.name = '${name}' begin select raise(abort, 'api_keys insert refused'); end`);
+    db.close();
+    return;
+  }
+  const sql = postgres(target.config.databaseUrl!, { max: 1, onnotice: () => undefined });
+  await sql.unsafe(`create function refuse() returns trigger language plpgsql as $$ begin raise exception 'api_keys insert refused'; end $$;
+    create trigger refuse before insert on api_keys for each row when (new.name = '${name}') execute function refuse()`);
+  await sql.end();
+}
+
 describe.each([
   ['sqlite', async () => sqliteTarget()],
   ['postgres', postgresTarget],
@@ -260,14 +277,9 @@ describe.each([
   it('a write failing halfway leaves nothing of the import behind', async () => {
     const target = await makeTarget();
     const generated = generate(Date.now(), 600);
-    // A stored key holding the id key 500 will get, under another digest: its insert fails after 500 went in.
-    const clash = { id: `key_${digestKey(generated[500]!.plaintext).slice(0, 16)}`, key_hash: 'f'.repeat(64), key_prefix: 'x', name: 'clash', model: null, token_limit_per_5h: 1, expiry_date: 0, created_at: 0, last_used: null, total_lifetime_tokens: 0, total_requests: 0 };
-    const admin = await openAdminStore(target.config);
-    await admin.replaceAll((async function* () {
-      yield { table: 'api_keys' as const, row: clash };
-    })());
-    await admin.close();
-
+    // The database itself refuses key 500 (a trigger), after 500 keys went in.
+    await refuseKeyNamed(target, 'user 500');
+    await withStore(target, (storage) => storage.createKey({ name: 'clash', tokenLimit: 1, expiresAt: Date.now() + DAY }));
     const result = run(target, ['import', writeKeyFile(generated.map((g) => g.entry))]);
     expectFailure(result, /^tokengate: import rolled back, nothing was written: .*api_keys/);
     const state = await storeState(target);
@@ -301,7 +313,7 @@ describe('tokengate import: malformed input', () => {
       'keys[2].key: duplicate of keys[0]',
       'keys[3].key: missing',
       'keys[4].key: the key is longer than 512 bytes',
-      'keys[5].key: the key contains whitespace or control characters',
+      'keys[5].key: the key may only contain visible ASCII characters (! to ~), no spaces or control characters',
       'keys[6].name: missing',
       'keys[7].token_limit_per_5h',
       'keys[8].expiry_date: not a date',
