@@ -184,6 +184,8 @@ describe.each([
         const seen = state.get(record!.id)!;
         expect(seen, `key ${i}`).toEqual({ lifetime: g.lifetime, lastUsed: Date.parse(g.entry.last_used as string), window: g.windowUsage, limit: g.limit, name: `user ${i}` });
         expect(record!.keyPrefix.length).toBeLessThanOrEqual(8);
+        // A random id: nothing of it can be found in the key's digest.
+        expect(digestKey(g.plaintext), `key ${i}`).not.toContain(record!.id.slice(4));
       }
     });
     if (target.name === 'sqlite') {
