@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { loadSidecarConfig } from '../sidecar/config.js';
 import { runSidecar } from '../sidecar/server.js';
+import { variablesHelp } from './variables.js';
 
 /** How long the process may linger after a clean stop before it exits anyway (a stray timer or socket). */
 const EXIT_GRACE_MS = 2000;
@@ -10,8 +11,9 @@ export function serveCommand(): Command {
   return new Command('serve')
     .description(
       'run the sidecar: gate every request with the key it carries and proxy it to UPSTREAM_URL; ' +
-        '/stats, /admin/keys (with ADMIN_TOKEN); configured by the environment (see README)',
+        '/stats, /admin/keys (with ADMIN_TOKEN); configured by the environment',
     )
+    .addHelpText('after', `\n${variablesHelp()}`)
     .action(async () => {
       const config = loadSidecarConfig(process.env);
       const sidecar = await runSidecar(config);

@@ -115,6 +115,9 @@ const schema = z.object({
   SHUTDOWN_TIMEOUT_MS: integer(0, 2_147_483_647, 30_000),
 });
 
+/** The variables the sidecar's own settings come from. */
+export const SIDECAR_VARIABLES: readonly string[] = Object.keys(schema.shape);
+
 /** The sidecar's settings from `env`; throws a ConfigError whose message starts with the bad variable. */
 export function loadSidecarConfig(env: NodeJS.ProcessEnv = process.env): SidecarConfig {
   const parsed = schema.safeParse(env);
