@@ -451,6 +451,8 @@ describe('file store: the old JSON key file behind the example proxy', () => {
     const storage = await createStorage({ storage: 'file', fallbackDir: dir, keyFile, logger: logs.logger });
     opened.add(storage);
     expect(existsSync(join(dir, SNAPSHOT))).toBe(true);
+    const firstId = (await storage.findKeyByDigest(digestKey('pk_user_123')))!.id;
+    expect(digestKey('pk_user_123')).not.toContain(firstId.slice(4));
 
     upstream = await startUpstream(json({ usage: { total_tokens: 42 } }));
     const { app } = createProxyApp({ storage, upstreamUrl: upstream.url, gate: { logger: logs.logger } });
@@ -525,7 +527,8 @@ describe('file store: the old JSON key file behind the example proxy', () => {
     // A restart with the same KEY_FILE does not import it again over the live store.
     const restarted = await createStorage({ storage: 'file', fallbackDir: dir, keyFile, logger: quietLogger() });
     opened.add(restarted);
-    expect(await restarted.findKeyByDigest(digestKey('pk_user_123'))).toMatchObject({ totalLifetimeTokens: 123_456 + 84, totalRequests: 2 });
+    // Ids are random, and a restart keeps them: the snapshot holds them.
+    expect(await restarted.findKeyByDigest(digestKey('pk_user_123'))).toMatchObject({ id: firstId, totalLifetimeTokens: 123_456 + 84, totalRequests: 2 });
   });
 
   it('refuses a key file with bad entries in one error naming each, and writes nothing', async () => {
