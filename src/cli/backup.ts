@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { sameColumns } from '../db/migrations.js';
 import { backupDirFromEnv } from '../ops/backup-schedule.js';
 import { BackupError, restoreBackup, verifyBackup, writeBackup, type BackupManifest } from '../ops/backup.js';
-import { UsageError, note, printJson, printLine, withAdminStore } from './shared.js';
+import { UsageError, note, printJson, printLine, storeName, withAdminStore } from './shared.js';
 
 interface BackupOptions {
   out?: string;
@@ -26,10 +26,10 @@ export function backupCommand(): Command {
     .option('--json', 'print {"path", "manifest"} as JSON')
     .action(async (options: BackupOptions) => {
       const { path, manifest } = await withAdminStore((store) => writeBackup(store, options.out ?? backupDirFromEnv()));
-      if (options.json) printJson({ path, manifest });
+      if (options.json) printJson({ path, manifest, store: storeName() });
       else {
         printLine(path);
-        note(describe(manifest));
+        note(`${storeName()}: ${describe(manifest)}`);
       }
     });
 }
@@ -56,9 +56,9 @@ export function restoreCommand(): Command {
         const restored = await restoreBackup(store, file);
         return { restored: file, manifest: restored, backup_before_restore: before.path };
       });
-      if (options.json) printJson(result);
+      if (options.json) printJson({ ...result, store: storeName() });
       else {
-        printLine(`restored ${file}: ${describe(result.manifest)}`);
+        printLine(`restored ${file} into ${storeName()}: ${describe(result.manifest)}`);
         printLine(`the contents before the restore are in ${result.backup_before_restore}`);
       }
     });

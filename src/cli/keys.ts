@@ -4,7 +4,7 @@ import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView, type KeyView } from '../keys/view.js';
 import type { KeyRecord } from '../storage/types.js';
-import { UsageError, note, printJson, printLine, printable, withStorage } from './shared.js';
+import { UsageError, note, printJson, printLine, printable, storeName, withStorage } from './shared.js';
 
 interface CreateOptions {
   name: string;
@@ -54,10 +54,10 @@ export function keysCommand(): Command {
         throw error instanceof ConflictError && input.key !== undefined ? new ValidationError('--key', 'a key with this value already exists') : error;
       });
       const view = keyView(record);
-      if (options.json) printJson({ ...view, key });
+      if (options.json) printJson({ ...view, key, store: storeName() });
       else printLine(key);
       note(
-        `Created ${view.id} "${printable(view.name)}" (${view.key}): ${view.token_limit_per_5h} tokens per 5h, ` +
+        `Created ${view.id} "${printable(view.name)}" (${view.key}) in ${storeName()}: ${view.token_limit_per_5h} tokens per 5h, ` +
           `expires ${view.expiry_date}${view.model === null ? '' : `, model ${printable(view.model)}`}; ` +
           'store it now, it is not shown again',
       );
@@ -70,8 +70,11 @@ export function keysCommand(): Command {
     .action(async (options: JsonOption) => {
       const records = await withStorage((storage) => storage.listKeys());
       const views = records.map(keyView);
-      if (options.json) printJson({ keys: views });
-      else printTable(views, Date.now());
+      if (options.json) printJson({ keys: views, store: storeName() });
+      else {
+        printTable(views, Date.now());
+        note(`store: ${storeName()}`);
+      }
     });
 
   keys
@@ -113,7 +116,7 @@ export function keysCommand(): Command {
     .action(async (id: string) => {
       const deleted = await withStorage((storage) => storage.deleteKey(id));
       if (!deleted) throw new NotFoundError(`no key with id ${id}`);
-      printLine(`deleted ${id}`);
+      printLine(`deleted ${id} from ${storeName()}`);
     });
 
   return keys;
@@ -151,9 +154,10 @@ function asOptions(validate: () => unknown): void {
 function printKey(record: KeyRecord, json: boolean | undefined): void {
   const view = keyView(record);
   if (json) {
-    printJson(view);
+    printJson({ ...view, store: storeName() });
     return;
   }
+  note(`store: ${storeName()}`);
   const entries = Object.entries(view);
   const width = Math.max(...entries.map(([label]) => label.length)) + 1;
   for (const [label, value] of entries) printLine(`${`${label}:`.padEnd(width)} ${display(value)}`);

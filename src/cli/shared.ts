@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { pino } from 'pino';
 import { TokenGateError } from '../errors.js';
 import { createLogger, type Logger } from '../ops/logger.js';
-import { createStorage, openAdminStore } from '../storage/create.js';
+import { configuredStore, createStorage, openAdminStore } from '../storage/create.js';
 import type { AdminStore } from '../storage/admin.js';
 import type { Storage } from '../storage/types.js';
 
@@ -38,6 +38,14 @@ export async function withAdminStore<T>(use: (store: AdminStore) => Promise<T>):
   } finally {
     await store.close();
   }
+}
+
+/**
+ * The store a command uses, as its output names it (`sqlite /abs/path.db`, `postgres host:port/db`):
+ * run from another directory, a command would otherwise quietly use another database.
+ */
+export function storeName(): string {
+  return configuredStore();
 }
 
 export function printJson(value: unknown): void {

@@ -10,7 +10,7 @@ import type { ImportOutcome } from '../storage/admin.js';
 import { loadKeyFile, type ParsedKeyFile } from '../storage/key-file.js';
 import type { SnapshotKey } from '../storage/snapshot.js';
 import { maskKey } from '../keys/secret.js';
-import { note, printJson, printLine, withAdminStore } from './shared.js';
+import { note, printJson, printLine, storeName, withAdminStore } from './shared.js';
 
 /** Files with at least this many keys get a progress bar on a terminal. */
 const PROGRESS_FROM = 1000;
@@ -44,7 +44,7 @@ export function importCommand(): Command {
         return { outcome, backup: path };
       });
       const summary = importSummary(parsed, report.outcome, Boolean(options.dryRun), report.backup);
-      if (options.json) printJson(summary);
+      if (options.json) printJson({ ...summary, store: storeName() });
       else printImport(summary);
     });
 }
@@ -75,7 +75,7 @@ function importSummary(parsed: ParsedKeyFile, outcome: ImportOutcome, dryRun: bo
 
 function printImport(summary: ImportSummary): void {
   const verb = summary.dry_run ? 'would import' : 'imported';
-  printLine(`${verb} ${summary.new} new key(s) of ${summary.keys}: ${summary.unchanged} unchanged, ${summary.conflicts.length} conflict(s)`);
+  printLine(`${verb} ${summary.new} new key(s) of ${summary.keys} into ${storeName()}: ${summary.unchanged} unchanged, ${summary.conflicts.length} conflict(s)`);
   printLine(`usage: ${summary.usage_windows_in_window} window(s) inside the 5-hour window, ${summary.usage_windows_outside_window} outside it (kept in lifetime totals only)`);
   for (const conflict of summary.conflicts) printLine(`conflict: ${conflict.id} is stored with another ${conflict.fields.join(', ')}; left as stored`);
   if (summary.backup) printLine(`backup of the store before the import: ${summary.backup}`);
@@ -111,10 +111,11 @@ export function exportCommand(): Command {
       const text = `${JSON.stringify({ exported_at: new Date(now).toISOString(), keys: keys.map(exportEntry) }, null, 2)}\n`;
       if (options.out === undefined) {
         process.stdout.write(text);
+        note(`exported ${keys.length} key(s) from ${storeName()}`);
         return;
       }
       writePrivateFile(options.out, text); // key digests and usage: the owner's alone
-      note(`exported ${keys.length} key(s) to ${options.out}`);
+      note(`exported ${keys.length} key(s) from ${storeName()} to ${options.out}`);
     });
 }
 

@@ -223,6 +223,17 @@ function poolSettings(url: string, config: StorageConfig): PoolSettings {
   };
 }
 
+/**
+ * The store `config` and the environment select, as commands name it: `sqlite /abs/path.db`,
+ * `postgres host:port/database` (never credentials), or `file DIR`.
+ */
+export function configuredStore(config: StorageConfig = {}): string {
+  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) return `file ${resolve(config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? DEFAULT_FALLBACK_DIR)}`;
+  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  if (databaseUrl) return `postgres ${describeUrl(databaseUrl)}`;
+  return `sqlite ${resolve(config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH)}`;
+}
+
 /** Applies pending migrations to the configured database (`tokengate db migrate`): which store, and what was done. */
 export async function migrateDatabase(config: StorageConfig = {}): Promise<MigrationResult & { store: string }> {
   if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {

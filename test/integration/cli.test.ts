@@ -102,7 +102,8 @@ describe('tokengate keys create', () => {
     expect(list.status).toBe(0);
     expect(list.stdout).not.toContain('pk_user_123');
     const parsed = JSON.parse(list.stdout) as { keys: KeyView[] };
-    expect(Object.keys(parsed)).toEqual(['keys']);
+    expect(Object.keys(parsed)).toEqual(['keys', 'store']);
+    expect((parsed as unknown as { store: string }).store).toBe(`sqlite ${dbPath}`);
     expect(parsed.keys).toHaveLength(1);
     const [view] = parsed.keys;
     expect(view).toEqual({
@@ -144,7 +145,7 @@ describe('tokengate keys create', () => {
     const { dbPath } = freshDb();
     const run = cli(dbPath, ['keys', 'list', '--json']);
     expect(run.status).toBe(0);
-    expect(run.stdout).toBe('{"keys":[]}\n');
+    expect(JSON.parse(run.stdout)).toEqual({ keys: [], store: `sqlite ${dbPath}` });
   });
 });
 
@@ -192,9 +193,9 @@ describe('tokengate keys show / update / delete', () => {
 
     const deleted = cli(dbPath, ['keys', 'delete', id]);
     expect(deleted.status).toBe(0);
-    expect(deleted.stdout).toBe(`deleted ${id}\n`);
+    expect(deleted.stdout).toBe(`deleted ${id} from sqlite ${dbPath}\n`);
     expectFailure(cli(dbPath, ['keys', 'show', id]), new RegExp(`no key with id ${id}`));
-    expect(cli(dbPath, ['keys', 'list', '--json']).stdout).toBe('{"keys":[]}\n');
+    expect(JSON.parse(cli(dbPath, ['keys', 'list', '--json']).stdout)).toMatchObject({ keys: [] });
   });
 
   it("clears the model with --model '' and prints the updated key", () => {

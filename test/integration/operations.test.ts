@@ -166,6 +166,7 @@ describe.each([
       usage_windows_in_window: 800 * 2 + 200 * 2,
       usage_windows_outside_window: 800 * 2 + 200,
       backup: null,
+      store: target.name === 'sqlite' ? `sqlite ${target.env.DATABASE_PATH}` : expect.stringMatching(/^postgres 127\.0\.0\.1:\d+\/tokengate_test_\w+$/),
     });
     expect((await storeState(target)).size).toBe(0);
   });
@@ -231,7 +232,7 @@ describe.each([
 
     const human = run(target, ['import', file]);
     expect(human.status).toBe(0);
-    expect(human.stdout).toMatch(/^imported 0 new key\(s\) of 1000: 1000 unchanged, 0 conflict\(s\)$/m);
+    expect(human.stdout).toMatch(/^imported 0 new key\(s\) of 1000 into (sqlite|postgres) \S+: 1000 unchanged, 0 conflict\(s\)$/m);
   });
 
   it('reports a stored key whose fields differ as a conflict and leaves it as stored', async () => {

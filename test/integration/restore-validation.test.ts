@@ -79,11 +79,11 @@ const editRow = (table: string, change: (row: Row) => Row) => (entries: Entry[])
   return entries.map((entry, i) => (i === at ? { table, row: change({ ...entry.row }) } : entry));
 };
 
-/** What `keys list --json` shows, which is what a refused restore must leave as it was. */
+/** The keys `keys list --json` shows, which is what a refused restore must leave as it was. */
 const listed = (dbPath: string): string => {
   const run = cli(dbPath, ['keys', 'list', '--json']);
   expect(run.status).toBe(0);
-  return run.stdout;
+  return JSON.stringify((JSON.parse(run.stdout) as { keys: unknown }).keys);
 };
 
 describe('restore validation', () => {
