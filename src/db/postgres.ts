@@ -61,7 +61,7 @@ async function appliedMigrations(sql: postgres.Sql): Promise<number> {
  * instances starting together migrate one after the other and the later ones find nothing to do.
  * Logs how many it applied, when there were any.
  */
-export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds, logger?: Logger): Promise<MigrationResult> {
+export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds, logger?: Logger, { randomizeIds = false } = {}): Promise<MigrationResult> {
   const sql = postgres(url, {
     max: 1,
     connect_timeout: connectTimeoutSeconds,
@@ -73,7 +73,8 @@ export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAU
     const before = await appliedMigrations(sql);
     await migrate(drizzle(sql), { migrationsFolder: migrationsFolder('postgres') });
     const after = await appliedMigrations(sql);
-    await randomizeDerivedIdsPostgres(sql, logger);
+    // As in SQLite (SqliteOptions.randomizeIds): only a starting gate and `db migrate` rename keys.
+    if (randomizeIds) await randomizeDerivedIdsPostgres(sql, logger);
     await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`;
     const applied = after - before;
     if (applied > 0) logger?.info({ backend: 'postgres', applied }, 'database migrations applied');

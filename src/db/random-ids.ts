@@ -13,25 +13,26 @@ const DERIVED = `select id from api_keys where id = 'key_' || substr(key_hash, 1
 /** Tables whose rows belong to a key, by `key_id`. */
 const OWNED = { sqlite: ['usage_buckets', 'usage_records'], postgres: ['usage_buckets', 'usage_records', 'reservations'] } as const;
 
-/** A statement, and which ids fill its placeholders, in order. */
-interface Move {
-  text: string;
-  ids: ('old' | 'new')[];
+/**
+ * The digest prefix an id of the derived form names, for usage journaled under an old id before the
+ * rename: the key is still found by it. Undefined for any other id.
+ */
+export function derivedDigestPrefix(keyId: string): string | undefined {
+  return /^key_[0-9a-f]{16}$/.test(keyId) ? keyId.slice(4) : undefined;
 }
 
 /**
- * The statements that move one key to a new id, in order. The row is copied under the new id (its
- * digest set aside first, since it is unique), its rows are moved over, and the old row goes: no
- * foreign key ever points nowhere, so nothing needs deferring. `placeholder(n)` is the dialect's n-th parameter.
+ * The statements that move every key listed in `moved(old_id, new_id)` at once: each row is copied
+ * under its new id (its digest set aside first, since it is unique), what it owns is moved over in
+ * one pass per table, and the old rows go; no foreign key ever points nowhere.
  */
-function moveStatements(columns: string[], owned: readonly string[], placeholder: (n: number) => string): Move[] {
+function moveStatements(columns: string[], owned: readonly string[]): string[] {
   const rest = columns.filter((column) => column !== 'id' && column !== 'key_hash').join(', ');
-  const [p1, p2] = [placeholder(1), placeholder(2)];
   return [
-    { text: `update api_keys set key_hash = 'moving:' || key_hash where id = ${p1}`, ids: ['old'] },
-    { text: `insert into api_keys (id, key_hash, ${rest}) select ${p1}, substr(key_hash, 8), ${rest} from api_keys where id = ${p2}`, ids: ['new', 'old'] },
-    ...owned.map((table): Move => ({ text: `update ${table} set key_id = ${p1} where key_id = ${p2}`, ids: ['new', 'old'] })),
-    { text: `delete from api_keys where id = ${p1}`, ids: ['old'] },
+    `update api_keys set key_hash = 'moving:' || key_hash where id in (select old_id from moved)`,
+    `insert into api_keys (id, key_hash, ${rest}) select moved.new_id, substr(api_keys.key_hash, 8), ${rest.replace(/(\w+)/g, 'api_keys.$1')} from api_keys join moved on moved.old_id = api_keys.id`,
+    ...owned.map((table) => `update ${table} set key_id = (select new_id from moved where old_id = ${table}.key_id) where key_id in (select old_id from moved)`),
+    `delete from api_keys where id in (select old_id from moved)`,
   ];
 }
 
@@ -45,12 +46,12 @@ function logRenamed(logger: Logger | undefined, backend: string, renamed: number
 export function randomizeDerivedIdsSqlite(sqlite: Database.Database, logger?: Logger): number {
   const derived = sqlite.prepare(DERIVED).pluck().all() as string[];
   if (derived.length === 0) return 0;
-  const moves = moveStatements(columnNames(sqliteSchema.apiKeys), OWNED.sqlite, () => '?').map((move) => ({ ...move, statement: sqlite.prepare(move.text) }));
   sqlite.transaction(() => {
-    for (const oldId of derived) {
-      const ids = { old: oldId, new: generateKeyId() };
-      for (const move of moves) move.statement.run(...move.ids.map((which) => ids[which]));
-    }
+    sqlite.exec('create temp table moved (old_id text primary key, new_id text not null)');
+    const add = sqlite.prepare('insert into moved (old_id, new_id) values (?, ?)');
+    for (const oldId of derived) add.run(oldId, generateKeyId());
+    for (const text of moveStatements(columnNames(sqliteSchema.apiKeys), OWNED.sqlite)) sqlite.exec(text);
+    sqlite.exec('drop table moved');
   })();
   logRenamed(logger, 'sqlite', derived.length);
   return derived.length;
@@ -59,12 +60,11 @@ export function randomizeDerivedIdsSqlite(sqlite: Database.Database, logger?: Lo
 /** PostgreSQL, in one transaction (run under the migration lock); returns how many keys were renamed. */
 export async function randomizeDerivedIdsPostgres(sql: postgres.Sql, logger?: Logger): Promise<number> {
   const renamed = await sql.begin(async (tx) => {
-    const derived = (await tx.unsafe<{ id: string }[]>(`${DERIVED} for update`)).map((row) => row.id);
-    const moves = moveStatements(columnNames(pgSchema.apiKeys), OWNED.postgres, (n) => `$${n}`);
-    for (const oldId of derived) {
-      const ids = { old: oldId, new: generateKeyId() };
-      for (const move of moves) await tx.unsafe(move.text, move.ids.map((which) => ids[which]));
-    }
+    const derived = (await tx.unsafe<{ id: string }[]>(DERIVED)).map((row) => row.id);
+    if (derived.length === 0) return 0;
+    await tx.unsafe('create temp table moved (old_id text primary key, new_id text not null) on commit drop');
+    await tx`insert into moved ${tx(derived.map((oldId) => ({ old_id: oldId, new_id: generateKeyId() })))}`;
+    for (const text of moveStatements(columnNames(pgSchema.apiKeys), OWNED.postgres)) await tx.unsafe(text);
     return derived.length;
   });
   logRenamed(logger, 'postgres', renamed);

@@ -31,6 +31,11 @@ export interface SqliteOptions {
    * (migrating always allows 5000).
    */
   busyTimeoutMs?: number;
+  /**
+   * Give keys with digest-derived ids random ones (`random-ids.ts`). Only the gate that holds the
+   * database and `db migrate` do: a CLI command or a dry run must not rename keys under a running gate.
+   */
+  randomizeIds?: boolean;
 }
 
 const DEFAULT_BUSY_TIMEOUT_MS = 5000;
@@ -70,7 +75,7 @@ export function openSqlite(path: string, options: SqliteOptions = {}): OpenedSql
     const after = appliedMigrations(sqlite);
     const applied = after - before;
     if (applied > 0) options.logger?.info({ backend: 'sqlite', path: file, applied }, 'database migrations applied');
-    randomizeDerivedIdsSqlite(sqlite, options.logger);
+    if (options.randomizeIds) randomizeDerivedIdsSqlite(sqlite, options.logger);
     sqlite.pragma(`busy_timeout = ${options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS}`);
     return { sqlite, db, path: file, migrated: { applied, schema: schemaTag('sqlite', after) } };
   } catch (error) {

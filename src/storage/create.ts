@@ -114,7 +114,7 @@ function openLockedSqlite(file: string, options: SqliteStorageOptions, logger: L
     logger,
   });
   try {
-    return new SqliteStorage(openSqlite(file, { logger, busyTimeoutMs: GATE_BUSY_TIMEOUT_MS }), { ...options, lock });
+    return new SqliteStorage(openSqlite(file, { logger, busyTimeoutMs: GATE_BUSY_TIMEOUT_MS, randomizeIds: true }), { ...options, lock });
   } catch (error) {
     lock.release();
     throw error;
@@ -153,7 +153,7 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
   };
   let down: unknown;
   try {
-    await migrate();
+    await migratePostgres(url, pool.connectTimeoutSeconds, logger, { randomizeIds: true });
   } catch (error) {
     // Down at start with a snapshot to decide from: serve from the files until it is back.
     if (config.fallback === false || !isTransient(error) || !existsSync(join(fallbackDir, SNAPSHOT_FILE))) throw migrationError(url, error);
@@ -241,18 +241,18 @@ export async function migrateDatabase(config: StorageConfig = {}): Promise<Migra
   }
   const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
   if (databaseUrl) {
-    const result = await migrateOrExplain(databaseUrl, poolSettings(databaseUrl, config).connectTimeoutSeconds, config.logger);
+    const result = await migrateOrExplain(databaseUrl, poolSettings(databaseUrl, config).connectTimeoutSeconds, config.logger, true);
     return { store: `postgres ${describeUrl(databaseUrl)}`, ...result };
   }
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  const { sqlite, migrated } = openSqlite(databasePath, { logger: config.logger });
+  const { sqlite, migrated } = openSqlite(databasePath, { logger: config.logger, randomizeIds: true });
   sqlite.close();
   return { store: `sqlite ${databasePath}`, ...migrated };
 }
 
-async function migrateOrExplain(url: string, connectTimeoutSeconds: number, logger?: Logger): Promise<MigrationResult> {
+async function migrateOrExplain(url: string, connectTimeoutSeconds: number, logger?: Logger, randomizeIds = false): Promise<MigrationResult> {
   try {
-    return await migratePostgres(url, connectTimeoutSeconds, logger);
+    return await migratePostgres(url, connectTimeoutSeconds, logger, { randomizeIds });
   } catch (error) {
     throw migrationError(url, error);
   }

@@ -1,5 +1,6 @@
 // The database store with a file store behind it: decides from files while the database is away,
 // and replays what it journaled into the database, exactly once, when it is back.
+import { derivedDigestPrefix } from '../db/random-ids.js';
 import pRetry from 'p-retry';
 import { StorageError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
@@ -224,17 +225,28 @@ export class FallbackStorage implements Storage {
    * and the replay is run again later.
    */
   private replayInto(): (record: UsageRecord) => Promise<'taken' | 'refused'> {
-    const known = new Map<string, boolean>();
-    return async (record) => {
-      let exists = known.get(record.keyId);
-      if (exists === undefined) {
-        exists = (await withTimeout(this.primary.getKey(record.keyId), this.timeoutMs)) !== undefined;
-        known.set(record.keyId, exists);
+    const current = new Map<string, string | null>();
+    return async (journaled) => {
+      let keyId = current.get(journaled.keyId);
+      if (keyId === undefined) {
+        keyId = await withTimeout(this.currentKeyId(journaled.keyId), this.timeoutMs);
+        current.set(journaled.keyId, keyId);
       }
-      if (!exists) return 'refused';
-      await withTimeout(this.primary.settle({ id: record.id, keyId: record.keyId, tokens: 0, partial: false }, record), this.timeoutMs);
+      if (keyId === null) return 'refused';
+      const record = { ...journaled, keyId };
+      await withTimeout(this.primary.settle({ id: record.id, keyId, tokens: 0, partial: false }, record), this.timeoutMs);
       return 'taken';
     };
+  }
+
+  /**
+   * The id the database knows a journaled key by: its own, or, for an id derived from the key's
+   * digest before such ids were made random, the renamed key's. Null when there is no such key.
+   */
+  private async currentKeyId(keyId: string): Promise<string | null> {
+    if ((await this.primary.getKey(keyId)) !== undefined) return keyId;
+    const prefix = derivedDigestPrefix(keyId);
+    return (prefix === undefined ? undefined : await this.primary.keyIdByDigestPrefix(prefix)) ?? null;
   }
 
   async release(reservation: Reservation): Promise<void> {

@@ -356,6 +356,11 @@ export class PostgresStorage implements Storage {
     return withRetry('listing keys', () => this.opened.db.select(keyColumns).from(apiKeys).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id)));
   }
 
+  /** The id of the key whose digest starts with `prefix` (16 hex digits), for records journaled under an id derived from it. */
+  keyIdByDigestPrefix(prefix: string): Promise<string | undefined> {
+    return withRetry('key lookup', async () => (await this.opened.db.select({ id: apiKeys.id }).from(apiKeys).where(sql`substr(${apiKeys.keyHash}, 1, 16) = ${prefix}`))[0]?.id);
+  }
+
   getKey(id: string): Promise<KeyRecord | undefined> {
     return withRetry('key lookup', async () => (await this.opened.db.select(keyColumns).from(apiKeys).where(eq(apiKeys.id, id)))[0]);
   }

@@ -2,6 +2,7 @@
 import { existsSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
+import { derivedDigestPrefix } from '../db/random-ids.js';
 import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, healthProbes, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
@@ -130,6 +131,12 @@ export class SqliteStorage implements Storage {
         .onConflictDoUpdate({ target: [usageBuckets.keyId, usageBuckets.bucketStart], set: { tokens: sql`${usageBuckets.tokens} + excluded.tokens` } })
         .prepare(),
       hasRecord: db.select({ id: usageRecords.id }).from(usageRecords).where(eq(usageRecords.id, p('id'))).prepare(),
+      keyExists: db.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.id, p('keyId'))).prepare(),
+      keyByDigestPrefix: db
+        .select({ id: apiKeys.id })
+        .from(apiKeys)
+        .where(sql`substr(${apiKeys.keyHash}, 1, 16) = ${p('prefix')}`)
+        .prepare(),
       probe: db
         .insert(healthProbes)
         .values({ id: 'gate', at: p('at') })
@@ -149,13 +156,21 @@ export class SqliteStorage implements Storage {
       options.journal &&
       new Spill({
         ...options.journal,
-        apply: (record) => {
-          const outcome = this.applyRecords([record])[0]!;
-          return outcome;
-        },
+        apply: (record) => this.applyRecords([this.underCurrentId(record)])[0]!,
         holds: (id) => this.statements.hasRecord.get({ id }) !== undefined,
       });
     this.pruner = options.prune && new Pruner(sqliteTarget(opened.sqlite), options.prune).start();
+  }
+
+  /**
+   * A journaled record as the database knows its key now: one journaled under an id derived from
+   * the key's digest, before such ids were made random, goes to the key that digest names.
+   */
+  private underCurrentId(record: UsageRecord): UsageRecord {
+    const prefix = derivedDigestPrefix(record.keyId);
+    if (prefix === undefined || this.statements.keyExists.get({ keyId: record.keyId }) !== undefined) return record;
+    const renamed = this.statements.keyByDigestPrefix.get({ prefix });
+    return renamed ? { ...record, keyId: renamed.id } : record;
   }
 
   /**

@@ -3,7 +3,9 @@ import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
 import { afterEach, describe, expect, it } from 'vitest';
+import { dirname, join } from 'node:path';
 import { digestKey } from '../../src/keys/secret.js';
+import { Journal } from '../../src/storage/journal.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { quietLogger, tempDbPath, tempDir } from '../helpers/gate.js';
@@ -57,6 +59,11 @@ describe('keys with digest-derived ids', () => {
     })();
     raw.close();
 
+    // Key commands (no lock: they run beside a gate) never rename keys under it.
+    const command = await createStorage({ databasePath, lock: false, logger: quietLogger() });
+    expect((await command.findKeyByDigest(digestKey(KEY)))?.id).toBe(derivedId);
+    await command.close();
+
     const logs = captureLogs();
     opened.push(await createStorage({ databasePath, logger: logs.logger }));
     const renamed = await expectRandomIdWithUsage(opened[0]!);
@@ -67,6 +74,31 @@ describe('keys with digest-derived ids', () => {
     opened.push(await createStorage({ databasePath, logger: again.logger }));
     expect((await opened[0]!.findKeyByDigest(digestKey(KEY)))?.id).toBe(renamed);
     expect(again.lines.filter((line) => RENAMED.test(String(line.msg)))).toHaveLength(0);
+  });
+
+  it('SQLite: usage journaled under the old id before the rename is charged to the renamed key', async () => {
+    const databasePath = tempDbPath();
+    const storage = await createStorage({ databasePath, logger: quietLogger() });
+    const id = await keyWithUsage(storage);
+    await storage.close();
+    const raw = new Database(databasePath);
+    raw.pragma('foreign_keys = OFF');
+    raw.prepare('update api_keys set id = ? where id = ?').run(derivedId, id);
+    for (const table of ['usage_buckets', 'usage_records']) raw.prepare(`update ${table} set key_id = ? where key_id = ?`).run(derivedId, id);
+    raw.close();
+    // What an earlier version left in its journal while the database refused writes.
+    const journal = Journal.open(join(dirname(databasePath), 'fallback'), 0, quietLogger());
+    await journal.append({ id: 'journaled-before-upgrade', keyId: derivedId, tokens: 900, at: Date.now() });
+    await journal.close();
+
+    opened.push(await createStorage({ databasePath, logger: quietLogger() }));
+    const storageNow = opened[0]!;
+    for (let i = 0; i < 200 && storageNow.health().recording !== 'ok'; i++) await new Promise((resolve) => setTimeout(resolve, 25));
+    const found = await storageNow.findKeyByDigest(digestKey(KEY));
+    expect(found).toMatchObject({ totalLifetimeTokens: 940, totalRequests: 2 });
+    expect(found!.id).not.toBe(derivedId);
+    expect((await storageNow.windowUsage(found!.id, Date.now(), WINDOW)).used).toBe(940);
+    expect(storageNow.health().quarantinedFiles).toEqual([]);
   });
 
   it('PostgreSQL: renamed once on start, with their usage, totals and a log line', async () => {
