@@ -85,8 +85,8 @@ export function hasBody(req: Request): boolean {
 /** How long an upload answered before its body arrived may go on before its connection is closed. */
 export const LINGER_MS = 2000;
 
-/** A declared body up to this size is left to finish after a refusal, so a keep-alive client can reuse its connection. */
-const SMALL_BODY_BYTES = 64 * 1024;
+/** A declared body up to this size is left to finish after a refusal (Node drops it), so a keep-alive client can reuse its connection. */
+const SMALL_BODY_BYTES = 1024 * 1024;
 
 /**
  * Closes the connection of a request answered before its body arrived, LINGER_MS after the answer
@@ -96,11 +96,13 @@ const SMALL_BODY_BYTES = 64 * 1024;
  */
 export function closeUnfinishedUpload(req: Request, res: Response): void {
   if (!hasBody(req) || req.complete) return;
+  // Held now: a request stream read to its end (or destroyed) lets go of its socket.
+  const socket = req.socket as Request['socket'] | null;
   res.once('finish', () => {
-    if (req.complete) return;
-    if (Number(req.headers['content-length']) > SMALL_BODY_BYTES) setImmediate(() => req.socket.pause());
+    if (req.complete || !socket) return;
+    if (Number(req.headers['content-length']) > SMALL_BODY_BYTES) setImmediate(() => socket.pause());
     setTimeout(() => {
-      if (!req.complete) req.socket.destroy();
+      if (!req.complete) socket.destroy();
     }, LINGER_MS).unref();
   });
 }
@@ -130,7 +132,10 @@ export function parseJsonObject(raw: Buffer): Record<string, unknown> | undefine
 function readAndRestore(req: Request, { limit, timeoutMs, memory }: BodyRules): Promise<Buffer> {
   // Read by an earlier middleware that left no req.body: there is nothing left to see.
   if (req.readableEnded) return Promise.resolve(Buffer.alloc(0));
-  // A declared length is taken from the budget at once, so a body that cannot fit is refused before a byte is read.
+  // Gone while its key was looked up: its 'close' has fired already, nothing more will come.
+  if (req.destroyed) return Promise.reject(new Error('client closed the connection while sending the body'));
+  // A declared length is taken from the budget at once, so a body that cannot fit is refused before
+  // a byte of it is read (reading first would hold the bytes of every upload it then refuses).
   const declared = Number(req.headers['content-length']);
   let taken = Number.isSafeInteger(declared) && declared > 0 ? declared : 0;
   if (!memory.take(taken)) return Promise.reject(new BodyMemoryError(memory.limit));

@@ -153,6 +153,12 @@ function modelField(value: unknown): string | null {
   return value === undefined || value === null || value === '' ? null : (value as string);
 }
 
+/** zlib's failures: gzip and deflate name them Z_*, brotli ERR_*, and both carry a numeric errno. */
+function isDecodingError(error: unknown): boolean {
+  const { code, errno } = error as { code?: unknown; errno?: unknown };
+  return typeof errno === 'number' && /^(Z_|ERR_)/.test(String(code));
+}
+
 /** Every admin failure as a JSON error body; storage outages are 503, anything unexpected 500 (logged). */
 function adminErrors(logger: Logger): ErrorRequestHandler {
   return (error: unknown, _req, res, _next) => {
@@ -164,8 +170,8 @@ function adminErrors(logger: Logger): ErrorRequestHandler {
     if (parserType === 'encoding.unsupported' || parserType === 'charset.unsupported') {
       return send(res, 415, { type: 'invalid_request_error', code: 'unsupported_encoding', message: (error as Error).message });
     }
-    // A body its Content-Encoding does not describe (corrupt gzip) fails in zlib, below the parser.
-    if (/^Z_/.test(String((error as { code?: unknown }).code))) {
+    // A body its Content-Encoding does not describe (corrupt gzip, deflate or br) fails in zlib, below the parser.
+    if (isDecodingError(error)) {
       return send(res, 400, { type: 'invalid_request_error', code: 'invalid_body', message: 'The request body could not be decoded as its Content-Encoding says.', details: { param: 'body' } });
     }
     if (error instanceof ValidationError) {

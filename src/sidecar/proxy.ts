@@ -130,15 +130,33 @@ async function forward(req: Request, res: Response, route: Route): Promise<void>
  */
 async function requestBody(req: Request, headers: HeaderMap, path: string, route: Route): Promise<Dispatcher.DispatchOptions['body']> {
   if (!hasBody(req)) return undefined;
+  const parsed = parsedEarlier(req);
   const rules: RewriteRules = { model: route.overrideModel ? (req.tokenGate?.key.model ?? undefined) : undefined, includeStreamUsage: route.includeStreamUsage };
-  if (!rewriteMayApply(rules, path)) return req;
+  if (!rewriteMayApply(rules, path)) {
+    if (!parsed) return req;
+    delete headers['content-encoding'];
+    headers['content-length'] = String(parsed.length);
+    return parsed;
+  }
   const coding = String(headers['content-encoding'] ?? 'identity').trim().toLowerCase();
-  if (coding !== 'identity') throw unreadable('The request body must not be compressed: this gateway rewrites it.');
-  const sent = rewriteBody(await readAll(req, route.bodyLimit), path, rules);
+  if (coding !== 'identity' && !parsed) throw unreadable('The request body must not be compressed: this gateway rewrites it.');
+  const sent = rewriteBody(parsed ?? (await readAll(req, route.bodyLimit)), path, rules);
   if (!sent) throw unreadable('The request body must be a JSON object: this gateway rewrites it.');
   delete headers['content-encoding'];
   headers['content-length'] = String(sent.length);
   return sent;
+}
+
+/**
+ * The body a parser mounted before the proxy read (the stream is spent then), as bytes to send:
+ * a Buffer or string as it is, anything else as JSON. The parser decoded it, so it goes out
+ * without its Content-Encoding.
+ */
+function parsedEarlier(req: Request): Buffer | undefined {
+  if (!req.readableEnded || req.body === undefined) return undefined;
+  const body: unknown = req.body;
+  if (Buffer.isBuffer(body)) return body;
+  return Buffer.from(typeof body === 'string' ? body : JSON.stringify(body), 'utf8');
 }
 
 function unreadable(message: string): ClientError {

@@ -5,7 +5,7 @@ import { closeUnfinishedUpload } from '../../middleware/body.js';
 import { errorBody, errorBodyFor, type ErrorFields } from '../../middleware/reject.js';
 
 export interface Refusal extends ErrorFields {
-  status: 400 | 501;
+  status: 400 | 405 | 501;
 }
 
 /**
@@ -14,9 +14,15 @@ export interface Refusal extends ErrorFields {
  */
 export function forwardingProblem(req: IncomingMessage, target: string): Refusal | undefined {
   if (req.method === 'CONNECT') return badTarget('CONNECT is not supported.');
+  // An upstream that answers TRACE would echo the upstream key the proxy adds.
+  if (req.method === 'TRACE' || req.method === 'TRACK') return { status: 405, type: 'invalid_request_error', code: 'method_not_allowed', message: `${req.method} is not supported.` };
   // Absolute form (`http://host/...`) would let a proxy upstream route to a host the client picks.
   if (!target.startsWith('/')) return badTarget('The request target must be a path starting with "/".');
   const path = target.split('?', 1)[0] ?? '';
+  // `//host/...` is read as another host by an upstream that resolves the path against its own URL.
+  if (/\/\/(?!$)/.test(path)) return badTarget('The request path must not contain empty segments ("//").');
+  // Decoded twice by some upstreams: %252e is a "." to them.
+  if (/%25(2e|2f|5c)/i.test(path)) return badTarget('The request path must not contain double-encoded ".", "/" or "\\".');
   for (const segment of path.split('/')) {
     let decoded: string;
     try {
@@ -24,8 +30,9 @@ export function forwardingProblem(req: IncomingMessage, target: string): Refusal
     } catch {
       return badTarget('The request path has a malformed percent-encoding.');
     }
-    // An upstream that decodes %2F or treats "\" as "/" would see these as segments of their own.
-    if (decoded.split(/[/\\]/).some((part) => part === '.' || part === '..')) return badTarget('The request path must not contain "." or ".." segments.');
+    // An upstream that decodes %2F or treats "\" as "/" would see these as segments of their own,
+    // and servlet containers read "..;x" as "..".
+    if (decoded.split(/[/\\]/).some((part) => /^\.\.?(;.*)?$/.test(part))) return badTarget('The request path must not contain "." or ".." segments.');
   }
   if (req.headers.upgrade !== undefined) {
     return { status: 501, type: 'invalid_request_error', code: 'upgrade_not_supported', message: 'Protocol upgrades (WebSocket) are not supported; use plain HTTP requests (streamed responses work).' };

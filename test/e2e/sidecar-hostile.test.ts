@@ -81,13 +81,15 @@ describe('request targets and rules', () => {
     const hits = upstream.hits;
     const auth = `Authorization: Bearer ${key}`;
     const { port } = new URL(upstream.url);
-    for (const target of [`http://127.0.0.1:${port}/x`, '/../x', '/%2e%2e/x', '/v1/%2E./x', '/v1/.%2E/x', '/v1/./x', '/v1/..%2Fx', '/v1/..\\x', '/v1/%zz']) {
+    for (const target of [`http://127.0.0.1:${port}/x`, '/../x', '/%2e%2e/x', '/v1/%2E./x', '/v1/.%2E/x', '/v1/./x', '/v1/..%2Fx', '/v1/..\\x', '/v1/%zz', '/v1/..;/x', '/v1/%252e%252e/x', '//evil.example/x', '/v1//x']) {
       const answer = await rawRequest(sidecar.url, `GET ${target} HTTP/1.1\r\nHost: gate\r\n${auth}`);
       expect([target, answer.status]).toEqual([target, 400]);
       expect(JSON.parse(answer.body)).toMatchObject({ error: { type: 'invalid_request_error', code: 'invalid_request_target' } });
     }
     const connect = await rawRequest(sidecar.url, `CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${auth}`);
     expect(connect.status).toBe(400);
+    // An upstream answering TRACE would echo the upstream key back.
+    expect((await rawRequest(sidecar.url, `TRACE /v1/x HTTP/1.1\r\nHost: gate\r\n${auth}`)).status).toBe(405);
     const upgrade = await rawRequest(sidecar.url, `GET /v1/realtime HTTP/1.1\r\nHost: gate\r\n${auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==`);
     expect(upgrade.status).toBe(501);
     expect(JSON.parse(upgrade.body)).toMatchObject({ error: { code: 'upgrade_not_supported' } });

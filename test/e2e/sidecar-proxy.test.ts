@@ -153,7 +153,8 @@ describe('forwarding', () => {
     answering(json({ ok: true }));
     const { key } = await sidecar.createKey();
     const text = '{ "model" : "m",\n "messages": [{"role":"user","content":"héllo ✓ 𝄞 \\u00e9"}] }';
-    const response = await chat(undefined, text, { 'x-api-key': key });
+    // Not a completions path: INCLUDE_STREAM_USAGE re-serializes those.
+    const response = await fetch(`${sidecar.url}/v1/responses`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': key }, body: text });
     expect(response.status).toBe(200);
     const seen = upstream.last!;
     expect(seen.body.equals(Buffer.from(text, 'utf8'))).toBe(true);

@@ -27,8 +27,14 @@ describe('rewriteBody', () => {
       expect(parsed(rewriteBody(body({ stream: true, stream_options: { include_usage: chosen } }), '/v1/chat/completions', on))).toEqual({ stream: true, stream_options: { include_usage: true } });
     }
     expect(parsed(rewriteBody(body({ stream: true, stream_options: null }), '/v1/chat/completions', on))).toEqual({ stream: true, stream_options: { include_usage: true } });
-    const unchanged = body({ stream: false });
-    expect(rewriteBody(unchanged, '/v1/chat/completions', on)).toBe(unchanged);
+    for (const streams of ['true', 1]) {
+      expect(parsed(rewriteBody(body({ stream: streams }), '/v1/chat/completions', on))).toEqual({ stream: streams, stream_options: { include_usage: true } });
+    }
+    for (const path of ['/v1/chat/complet%69ons', '/v1/chat/completions/', '/v1/chat/completions;x']) {
+      expect(parsed(rewriteBody(body({ stream: true, stream_options: { include_usage: false } }), path, on)), path).toEqual({ stream: true, stream_options: { include_usage: true } });
+    }
+    // Re-serialized even when nothing changes: a duplicate member cannot mean one thing here and another upstream.
+    expect(rewriteBody(Buffer.from('{"stream":false,"stream":false}'), '/v1/chat/completions', on)?.toString()).toBe('{"stream":false}');
   });
 
   it('returns undefined for bodies that are not JSON objects, which the proxy then refuses', () => {
