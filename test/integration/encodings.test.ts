@@ -83,7 +83,7 @@ describe('a 20 MB JSON answer', () => {
   it.each([
     ['identity', false],
     ['gzip', true],
-  ])('%s: charged exactly, with peak RSS growth far below the body size', async (_name, gzip) => {
+  ])('%s: charged exactly, with peak RSS growth below the body size', async (_name, gzip) => {
     upstream = await startUpstream(bigEmbeddings(gzip));
     const g = (gate = await startProxyGate(upstream.url));
     const fetchAll = async (): Promise<number> => {
@@ -105,8 +105,9 @@ describe('a 20 MB JSON answer', () => {
     expect(await gate.charged(2)).toBe(2 * 8803);
     const growth = peak - base;
     console.log(`20 MB JSON (${_name}): ${bytes} bytes, peak RSS growth ${(growth / 1e6).toFixed(1)} MB`);
-    // Measured 1.7 to 6.4 MB (garbage the young generation has not collected yet); a reader that kept
-    // the body would hold 20 MB of copies, then a 20 MB string and its parse.
-    expect(growth).toBeLessThan(BIG / 2);
+    // Measured 1.7 to 6.4 MB alone, up to 13 MB with the rest of the suite running beside it
+    // (garbage the young generation has not collected yet); a reader that kept the body would hold
+    // 20 MB of copies, then a 20 MB string and its parse: over 40 MB.
+    expect(growth).toBeLessThan(BIG);
   });
 });
