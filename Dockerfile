@@ -16,6 +16,8 @@ RUN npm ci --ignore-scripts \
  && npm rebuild better-sqlite3 \
  && npx patch-package --patch-dir .patches
 COPY tsconfig.json tsconfig.build.json ./
+# The build script also copies the fixed postgres.js into dist/vendor/postgres (checked against .patches).
+COPY .ci/build.js ./.ci/build.js
 COPY src ./src
 COPY middleware ./middleware
 RUN npm run build && npm prune --omit=dev

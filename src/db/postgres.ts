@@ -1,10 +1,11 @@
 // Connects to PostgreSQL with a postgres.js pool, and migrates under an advisory lock.
-import postgres from 'postgres';
+import type Postgres from 'postgres';
 import { drizzle, type PostgresJsDatabase } from 'drizzle-orm/postgres-js';
 import { migrate } from 'drizzle-orm/postgres-js/migrator';
 import { randomizeDerivedIdsPostgres } from './random-ids.js';
 import * as schema from './schema/postgres.js';
 import { migrationsFolder, schemaTag } from './migrations.js';
+import { postgres } from './postgres-driver.js';
 import type { Logger } from '../ops/logger.js';
 
 export type PostgresDb = PostgresJsDatabase<typeof schema>;
@@ -21,7 +22,7 @@ export interface PoolSettings {
 export const DEFAULT_POOL: PoolSettings = { poolSize: 10, connectTimeoutSeconds: 5, statementTimeoutMs: 5000 };
 
 export interface OpenedPostgres {
-  sql: postgres.Sql;
+  sql: Postgres.Sql;
   db: PostgresDb;
 }
 
@@ -49,7 +50,7 @@ export interface MigrationResult {
 }
 
 /** Migrations recorded as applied (none before the first migration creates drizzle's table). */
-async function appliedMigrations(sql: postgres.Sql): Promise<number> {
+async function appliedMigrations(sql: Postgres.Sql): Promise<number> {
   const [table] = await sql`select to_regclass('drizzle.__drizzle_migrations') as name`;
   if (!table?.name) return 0;
   const [row] = await sql`select count(*)::int as n from drizzle.__drizzle_migrations`;

@@ -83,7 +83,7 @@ export function openSqlite(path: string, options: SqliteOptions = {}): OpenedSql
     // A file this call created and could not set up would be refused as empty next time.
     if (created) for (const suffix of ['', '-wal', '-shm']) rmSync(`${file}${suffix}`, { force: true });
     if (String((error as { code?: unknown }).code).startsWith('SQLITE_READONLY')) throw readOnly(file, error);
-    throw new ConfigError(`cannot open SQLite database ${file}: ${(error as Error).message}`, { cause: error });
+    throw driverUnusable(error) ?? new ConfigError(`cannot open SQLite database ${file}: ${(error as Error).message}`, { cause: error });
   }
 }
 
@@ -159,10 +159,29 @@ function missingTables(file: string): string[] {
     const tables = new Set((sqlite.prepare("select name from sqlite_master where type = 'table'").all() as { name: string }[]).map((row) => row.name));
     return OUR_TABLES.filter((table) => !tables.has(table));
   } catch (error) {
-    throw new ConfigError(`${file} cannot be read as a SQLite database: ${(error as Error).message}`, { cause: error });
+    throw driverUnusable(error) ?? new ConfigError(`${file} cannot be read as a SQLite database: ${(error as Error).message}`, { cause: error });
   } finally {
     sqlite?.close();
   }
+}
+
+/**
+ * better-sqlite3 loads its native module when the first database is opened. Without one (its
+ * install script was blocked or skipped) it lists every path it tried; built for another Node.js,
+ * the module fails to load. Either way the remedy is the same one line.
+ */
+function driverUnusable(error: unknown): ConfigError | undefined {
+  const message = error instanceof Error ? error.message : String(error);
+  if (message.startsWith('Could not locate the bindings file')) {
+    return new ConfigError(
+      'better-sqlite3, the embedded SQLite driver, has no native module: its install script did not run (npm and pnpm skip the scripts of packages not allowed to run them). Run `npm rebuild better-sqlite3` (where npm blocks it, first `npm approve-scripts better-sqlite3`; with pnpm, `pnpm approve-builds` then `pnpm rebuild better-sqlite3`), or set DATABASE_URL to use PostgreSQL',
+      { cause: error },
+    );
+  }
+  if ((error as { code?: unknown }).code === 'ERR_DLOPEN_FAILED') {
+    return new ConfigError(`better-sqlite3's native module does not load on Node.js ${process.version} (${message.split('\n')[0]}): run \`npm rebuild better-sqlite3\` to build it for this Node.js`, { cause: error });
+  }
+  return undefined;
 }
 
 function readOnly(file: string, error: unknown): ConfigError {

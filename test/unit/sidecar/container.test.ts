@@ -55,7 +55,7 @@ describe('the production dependencies the image keeps', () => {
     const imported = new Set<string>();
     for (const file of files) {
       for (const [, specifier] of readFileSync(file, 'utf8').matchAll(/(?:from|import\()\s*['"]([^'".][^'"]*)['"]/g)) {
-        if (specifier!.startsWith('node:')) continue;
+        if (specifier!.startsWith('node:') || specifier!.startsWith('#')) continue; // '#…': the package's own files (package.json "imports")
         const parts = specifier!.split('/');
         imported.add(specifier!.startsWith('@') ? `${parts[0]}/${parts[1]}` : parts[0]!);
       }
