@@ -1,11 +1,12 @@
 // What `npm install tokengate` gives a user: the packed tarball installed in a fresh project, used from ES modules, CommonJS and TypeScript.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tempDir } from '../helpers/gate.js';
+import { startPostgres } from '../helpers/pg-server.js';
 import { freshDatabase } from '../helpers/postgres.js';
 
 const ROOT = join(import.meta.dirname, '../..');
@@ -273,6 +274,55 @@ describe('the installed package', () => {
     expect(unfixed.status).not.toBe(0);
     expect(unfixed.stderr).toContain("TypeError: Cannot read properties of null (reading 'write')");
   });
+
+  it('keeps serving from the installed copy when PostgreSQL stops under load: the process survives and the fallback decides', async () => {
+    const pg = await startPostgres();
+    const child = spawn(process.execPath, ['postgres-outage.mjs'], { cwd: project, env: userEnv({ DATABASE_URL: pg.url, FALLBACK_DIR: join(work, 'outage-fallback') }), stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (text: string) => (out += text));
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+      const { port, key } = await new Promise<{ port: number; key: string }>((resolve, reject) => {
+        const poll = setInterval(() => {
+          const line = out.split('\n').find((each) => each.startsWith('{"port"'));
+          if (line) {
+            clearInterval(poll);
+            resolve(JSON.parse(line) as { port: number; key: string });
+          }
+        }, 20);
+        void exited.then((code) => reject(new Error(`the proxy exited with ${code} before listening`)));
+      });
+      const base = `http://127.0.0.1:${port}`;
+      const statuses: number[] = [];
+      let loading = true;
+      const load = Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (loading) {
+            const response = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: '{"model":"m","messages":[]}' }).catch(() => undefined);
+            statuses.push(response?.status ?? 0);
+            await response?.arrayBuffer();
+          }
+        }),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await pg.stop();
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      loading = false;
+      await load;
+      expect(child.exitCode).toBeNull(); // alive
+      expect(statuses.filter((status) => status !== 200 && status !== 503)).toEqual([]);
+      // After the switch, the fallback decides: the last requests were served.
+      expect(statuses.slice(-8)).toEqual(Array(8).fill(200));
+      const health = (await (await fetch(`${base}/healthz`)).json()) as { status: string; mode: string };
+      expect(health).toMatchObject({ status: 'degraded', mode: 'fallback' });
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      expect(out).toContain('{"stopped":true}');
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await pg.close();
+    }
+  }, 120_000);
 
   it('is built only with the fix: the build refuses the registry\'s postgres.js, and a version the fix is not for', async () => {
     // A tree with just the build script, the patch and a driver; the build stops before it needs anything else.
