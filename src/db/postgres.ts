@@ -5,7 +5,7 @@ import { migrate } from 'drizzle-orm/postgres-js/migrator';
 import { randomizeDerivedIdsPostgres } from './random-ids.js';
 import * as schema from './schema/postgres.js';
 import { migrationsFolder, schemaTag } from './migrations.js';
-import { postgres } from './postgres-driver.js';
+import { checkDriver, postgres } from './postgres-driver.js';
 import type { Logger } from '../ops/logger.js';
 
 export type PostgresDb = PostgresJsDatabase<typeof schema>;
@@ -27,6 +27,7 @@ export interface OpenedPostgres {
 }
 
 export function connectPostgres(url: string, pool: PoolSettings = DEFAULT_POOL): OpenedPostgres {
+  checkDriver();
   const sql = postgres(url, {
     max: pool.poolSize,
     connect_timeout: pool.connectTimeoutSeconds,
@@ -63,6 +64,7 @@ async function appliedMigrations(sql: Postgres.Sql): Promise<number> {
  * Logs how many it applied, when there were any.
  */
 export async function migratePostgres(url: string, connectTimeoutSeconds = DEFAULT_POOL.connectTimeoutSeconds, logger?: Logger, { randomizeIds = false } = {}): Promise<MigrationResult> {
+  checkDriver();
   const sql = postgres(url, {
     max: 1,
     connect_timeout: connectTimeoutSeconds,
