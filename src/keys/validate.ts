@@ -57,9 +57,19 @@ export function validatePatch(patch: KeyPatch): KeyPatch {
  */
 const isoDate = z.union([z.iso.date(), z.iso.datetime({ offset: true }), z.iso.datetime({ offset: true, precision: -1 })]);
 
+/** An offset in ISO 8601's basic form (`+0200`), which zod does not take; rewritten as `+02:00`. */
+const BASIC_OFFSET = /(T[\d:.]+[+-]\d{2})(\d{2})$/;
+
+/** Epoch milliseconds of a date per `isoDate`; NaN for anything else, a number included. */
+export function isoDateMs(value: unknown): number {
+  if (typeof value !== 'string') return Number.NaN;
+  const extended = value.replace(BASIC_OFFSET, '$1:$2');
+  return isoDate.safeParse(extended).success ? Date.parse(extended) : Number.NaN;
+}
+
 /** Parses a date per `isoDate` into epoch milliseconds, naming `field` when it is not one. */
 export function parseDate(value: string, field: string): number {
-  const ms = isoDate.safeParse(value).success ? Date.parse(value) : Number.NaN;
+  const ms = isoDateMs(value);
   if (!Number.isFinite(ms)) throw new ValidationError(field, `"${value}" is not an ISO 8601 date (2027-01-01) or date-time with a time zone (2027-01-01T12:00:00Z, …+02:00)`);
   return ms;
 }

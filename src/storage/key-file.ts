@@ -2,8 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { digestKey, generateKeyId, keyPrefix, keyProblem } from '../keys/secret.js';
-import { parseDate } from '../keys/validate.js';
-import { MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.js';
+import { isoDateMs, MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import type { SnapshotKey } from './snapshot.js';
 
@@ -45,15 +44,16 @@ export class KeyFileError extends ConfigError {
   }
 }
 
-/** Milliseconds from epoch milliseconds or an ISO date as everywhere else (`parseDate`); NaN when it is neither. */
-function time(value: unknown): number {
+/** What a date field that is not one is told: the rule is ISO 8601, as everywhere else (`isoDateMs`). */
+const NOT_A_DATE = 'not an ISO 8601 date, or date-time with a time zone';
+
+/**
+ * A timestamp of the rolling-window cache: epoch milliseconds, as the gateway wrote it (`Date.now()`),
+ * or an ISO 8601 date; NaN when it is neither.
+ */
+function cacheTime(value: unknown): number {
   if (typeof value === 'number') return Number.isSafeInteger(value) ? value : Number.NaN;
-  if (typeof value !== 'string') return Number.NaN;
-  try {
-    return parseDate(value, 'date');
-  } catch {
-    return Number.NaN;
-  }
+  return isoDateMs(value);
 }
 
 const count = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0;
@@ -127,9 +127,9 @@ function checkEntry(raw: Entry, problem: (field: string, what: string) => void):
   else if (raw.name.length > MAX_NAME_LENGTH) problem('name', `longer than ${MAX_NAME_LENGTH} characters`);
   if (raw.model != null && (typeof raw.model !== 'string' || raw.model.length > MAX_MODEL_LENGTH)) problem('model', `not a string of at most ${MAX_MODEL_LENGTH} characters`);
   if (!Number.isSafeInteger(raw.token_limit_per_5h) || (raw.token_limit_per_5h as number) <= 0) problem('token_limit_per_5h', 'not a positive integer');
-  if (Number.isNaN(time(raw.expiry_date))) problem('expiry_date', raw.expiry_date == null ? 'missing' : 'not a date');
-  if (raw.created_at != null && Number.isNaN(time(raw.created_at))) problem('created_at', 'not a date');
-  if (raw.last_used != null && Number.isNaN(time(raw.last_used))) problem('last_used', 'not a date');
+  if (Number.isNaN(isoDateMs(raw.expiry_date))) problem('expiry_date', raw.expiry_date == null ? 'missing' : NOT_A_DATE);
+  if (raw.created_at != null && Number.isNaN(isoDateMs(raw.created_at))) problem('created_at', NOT_A_DATE);
+  if (raw.last_used != null && Number.isNaN(isoDateMs(raw.last_used))) problem('last_used', NOT_A_DATE);
   if (raw.total_lifetime_tokens != null && !count(raw.total_lifetime_tokens)) problem('total_lifetime_tokens', 'not a non-negative integer');
 }
 
@@ -139,26 +139,35 @@ function checkEntry(raw: Entry, problem: (field: string, what: string) => void):
  * when present, so nothing is counted twice. Both are validated.
  */
 function entryUsage(raw: Entry, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
-  const windows = dated(raw.usage_windows ?? [], 'usage_windows', 'window_start', 'tokens_used', problem);
+  const windows = dated(raw.usage_windows ?? [], { field: 'usage_windows', at: 'window_start', tokens: 'tokens_used', time: isoDateMs, notADate: NOT_A_DATE }, problem);
   if (raw.rolling_window_cache == null) return windows;
   const cache = raw.rolling_window_cache as { buckets?: unknown };
   if (typeof cache !== 'object' || Array.isArray(cache)) return void problem('rolling_window_cache', 'not an object');
-  const buckets = dated(cache.buckets ?? [], 'rolling_window_cache.buckets', 'timestamp', 'tokens', problem);
+  const buckets = dated(cache.buckets ?? [], { field: 'rolling_window_cache.buckets', at: 'timestamp', tokens: 'tokens', time: cacheTime, notADate: 'not epoch milliseconds or an ISO 8601 date' }, problem);
   return windows && buckets;
 }
 
-function dated(list: unknown, field: string, atField: string, tokensField: string, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
-  if (!Array.isArray(list)) return void problem(field, 'not an array');
+/** Where a list of dated usage is in an entry: its field, the names of its two fields, how its dates read and what a bad one is told. */
+interface DatedList {
+  field: string;
+  at: string;
+  tokens: string;
+  time: (value: unknown) => number;
+  notADate: string;
+}
+
+function dated(list: unknown, shape: DatedList, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
+  if (!Array.isArray(list)) return void problem(shape.field, 'not an array');
   let ok = true;
   const usage = list.map((item: Record<string, unknown> | null, i): DatedUsage => {
-    const at = time(item?.[atField]);
-    const tokens = item?.[tokensField];
+    const at = shape.time(item?.[shape.at]);
+    const tokens = item?.[shape.tokens];
     if (Number.isNaN(at)) {
-      problem(`${field}[${i}].${atField}`, 'not a date');
+      problem(`${shape.field}[${i}].${shape.at}`, shape.notADate);
       ok = false;
     }
     if (!count(tokens)) {
-      problem(`${field}[${i}].${tokensField}`, 'not a non-negative integer');
+      problem(`${shape.field}[${i}].${shape.tokens}`, 'not a non-negative integer');
       ok = false;
     }
     return { at, tokens: tokens as number };
@@ -178,9 +187,9 @@ function snapshotKey(raw: Entry, now: number, buckets: [number, number][]): Snap
     name: raw.name as string,
     model: typeof raw.model === 'string' && raw.model !== '' ? raw.model : null,
     tokenLimit: raw.token_limit_per_5h as number,
-    expiresAt: time(raw.expiry_date),
-    createdAt: raw.created_at == null ? now : time(raw.created_at),
-    lastUsedAt: raw.last_used == null ? null : time(raw.last_used),
+    expiresAt: isoDateMs(raw.expiry_date),
+    createdAt: raw.created_at == null ? now : isoDateMs(raw.created_at),
+    lastUsedAt: raw.last_used == null ? null : isoDateMs(raw.last_used),
     totalLifetimeTokens: (raw.total_lifetime_tokens as number | undefined) ?? 0,
     totalRequests: 0,
     buckets,

@@ -407,7 +407,7 @@ describe('file store: the old JSON key file behind the example proxy', () => {
               name: 'Bob',
               model: null,
               token_limit_per_5h: 20_000,
-              expiry_date: now + 7 * DAY,
+              expiry_date: iso(now + 7 * DAY),
               created_at: iso(now - 10 * DAY),
               last_used: null,
               total_lifetime_tokens: 0,

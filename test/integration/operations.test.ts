@@ -309,8 +309,12 @@ describe('tokengate import: malformed input', () => {
       { ...good, key: 'pk_9', usage_windows: [{ window_start: 'x', tokens_used: -3 }] },
       { ...good, key: 'pk_10', rolling_window_cache: { buckets: [{ timestamp: 'nope', tokens: 1 }] } },
       'not an object',
+      // Dates are ISO 8601 with a time zone: epoch milliseconds and local times are refused.
+      { ...good, key: 'pk_13', expiry_date: now + DAY },
+      { ...good, key: 'pk_14', created_at: '2026-01-10T09:00:00', last_used: now },
+      { ...good, key: 'pk_15', usage_windows: [{ window_start: now, tokens_used: 1 }] },
     ];
-    const line = expectFailure(run(target, ['import', writeKeyFile(entries)]), /13 problem/);
+    const line = expectFailure(run(target, ['import', writeKeyFile(entries)]), /17 problem/);
     for (const field of [
       'keys[1].key: not a string',
       'keys[2].key: duplicate of keys[0]',
@@ -319,12 +323,16 @@ describe('tokengate import: malformed input', () => {
       'keys[5].key: the key may only contain visible ASCII characters (! to ~), no spaces or control characters',
       'keys[6].name: missing',
       'keys[7].token_limit_per_5h',
-      'keys[8].expiry_date: not a date',
-      'keys[9].last_used: not a date',
+      'keys[8].expiry_date: not an ISO 8601 date, or date-time with a time zone',
+      'keys[9].last_used: not an ISO 8601 date',
       'keys[10].usage_windows[0].window_start',
       'keys[10].usage_windows[0].tokens_used',
       'keys[11].rolling_window_cache.buckets[0].timestamp',
       'keys[12]: not an object',
+      'keys[13].expiry_date: not an ISO 8601 date',
+      'keys[14].created_at: not an ISO 8601 date',
+      'keys[14].last_used: not an ISO 8601 date',
+      'keys[15].usage_windows[0].window_start: not an ISO 8601 date',
     ]) {
       expect(line).toContain(field);
     }
