@@ -38,7 +38,13 @@ function moveStatements(columns: string[], owned: readonly string[]): string[] {
 
 const columnNames = (table: Parameters<typeof getTableColumns>[0]): string[] => Object.values(getTableColumns(table)).map((column) => column.name);
 
-function logRenamed(logger: Logger | undefined, backend: string, renamed: number): void {
+/** Whether `id` is the one an earlier version derived from the digest `keyHash`. */
+export function isDerivedId(id: string, keyHash: string): boolean {
+  return id === `key_${keyHash.slice(0, 16)}`;
+}
+
+/** The one line that says derived ids were replaced; nothing when none were. */
+export function logRenamed(logger: Logger | undefined, backend: string, renamed: number): void {
   if (renamed > 0) logger?.info({ backend, renamed }, `renamed ${renamed} key id${renamed === 1 ? '' : 's'} derived from key digests to random ones; usage and totals kept`);
 }
 

@@ -7,6 +7,8 @@ import { decide, msUntilAdmissible } from '../quota/admission.js';
 import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
+import { isDerivedId, logRenamed } from '../db/random-ids.js';
+import { generateKeyId } from '../keys/secret.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { lockDirectory } from './dir-lock.js';
 import { Journal, type ReplayOutcome } from './journal.js';
@@ -86,6 +88,9 @@ export class FileStorage implements Storage {
     }
     const keys = snapshot?.keys ?? (role === 'standalone' ? this.options.initialKeys?.() : undefined) ?? [];
     for (const key of keys) this.putKey({ ...key, buckets: new Map(key.buckets) });
+    // Standalone, the snapshot is the store: it replaces ids derived from digests itself (a fallback's
+    // mirror takes the database's ids at its next refresh, and its journal follows them on replay).
+    const renamed = role === 'standalone' ? this.randomizeDerivedIds() : new Map<string, string>();
     const folded = snapshot?.journalGeneration ?? 0;
     this.journal = Journal.open(dir, folded, logger);
     for (const generation of Journal.generations(dir)) {
@@ -94,9 +99,11 @@ export class FileStorage implements Storage {
         this.journal.discardFolded(generation).catch((error: unknown) => logger.error({ err: error, generation }, 'removing a journal file the snapshot already holds failed; tried again at the next start'));
         continue;
       }
-      for (const record of this.journal.load(generation)) this.apply(record);
+      for (const record of this.journal.load(generation)) this.apply({ ...record, keyId: renamed.get(record.keyId) ?? record.keyId });
     }
-    if (role === 'standalone' && !snapshot && keys.length > 0) this.persistNow();
+    // The new ids hold from here on: the snapshot written now folds the journal read under the old ones.
+    if (role === 'standalone' && ((!snapshot && keys.length > 0) || renamed.size > 0)) this.persistNow();
+    logRenamed(logger, 'file', renamed.size);
     // Standalone, the journal is folded into the snapshot now and then, so neither grows for ever.
     if (role === 'standalone') this.compactor = setInterval(() => void this.persist().catch((error: unknown) => logger.error({ err: error }, 'folding the journal into the snapshot failed')), COMPACT_EVERY_MS).unref();
   }
@@ -285,6 +292,19 @@ export class FileStorage implements Storage {
 
   private standaloneOnly(): void {
     if (this.options.role === 'fallback') throw new StorageError('key changes need the database, which is unreachable; try again when it is back', true);
+  }
+
+  /** Gives each key whose id an earlier version derived from its digest a random one; returns old id → new id. */
+  private randomizeDerivedIds(): Map<string, string> {
+    const renamed = new Map<string, string>();
+    for (const key of [...this.keys.values()]) {
+      if (!isDerivedId(key.id, key.keyHash)) continue;
+      const moved = { ...key, id: generateKeyId() };
+      this.keys.delete(key.id);
+      this.putKey(moved);
+      renamed.set(key.id, moved.id);
+    }
+    return renamed;
   }
 
   private putKey(key: MemKey): void {

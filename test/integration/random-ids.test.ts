@@ -3,9 +3,12 @@ import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
 import { afterEach, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { digestKey } from '../../src/keys/secret.js';
-import { Journal } from '../../src/storage/journal.js';
+import { Journal, journalLine } from '../../src/storage/journal.js';
+import { writeSnapshot } from '../../src/storage/snapshot.js';
+import { bucketStart } from '../../src/quota/window.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { quietLogger, tempDbPath, tempDir } from '../helpers/gate.js';
@@ -99,6 +102,29 @@ describe('keys with digest-derived ids', () => {
     expect(found!.id).not.toBe(derivedId);
     expect((await storageNow.windowUsage(found!.id, Date.now(), WINDOW)).used).toBe(940);
     expect(storageNow.health().quarantinedFiles).toEqual([]);
+  });
+
+  it('file store: the snapshot of an earlier version is renamed once on start, its journal following the key', async () => {
+    const dir = tempDir();
+    const now = Date.now();
+    const keyHash = digestKey(KEY);
+    const key = { id: derivedId, keyHash, keyPrefix: 'pk', name: 'imported', model: null, tokenLimit: 1000, expiresAt: now + WINDOW, createdAt: now - WINDOW, lastUsedAt: now - 120_000 };
+    writeSnapshot(dir, { journalGeneration: 0, writtenAt: now, keys: [{ ...key, totalLifetimeTokens: 40, totalRequests: 1, buckets: [[bucketStart(now - 120_000), 40]] }] });
+    writeFileSync(join(dir, 'journal-00000001.ndjson'), journalLine({ id: 'journaled-1', keyId: derivedId, tokens: 15, at: now - 60_000 }), { mode: 0o600 });
+
+    const logs = captureLogs();
+    opened.push(await createStorage({ storage: 'file', fallbackDir: dir, logger: logs.logger }));
+    const found = await opened[0]!.findKeyByDigest(keyHash);
+    expect(found).toMatchObject({ totalLifetimeTokens: 55, totalRequests: 2 });
+    expect(keyHash).not.toContain(found!.id.slice(4));
+    expect((await opened[0]!.windowUsage(found!.id, Date.now(), WINDOW)).used).toBe(55);
+    expect(logs.lines.filter((line) => RENAMED.test(String(line.msg)))).toHaveLength(1);
+    await opened.pop()!.close();
+
+    const again = captureLogs();
+    opened.push(await createStorage({ storage: 'file', fallbackDir: dir, logger: again.logger }));
+    expect(await opened[0]!.findKeyByDigest(keyHash)).toMatchObject({ id: found!.id, totalLifetimeTokens: 55 });
+    expect(again.lines.filter((line) => RENAMED.test(String(line.msg)))).toHaveLength(0);
   });
 
   it('PostgreSQL: renamed once on start, with their usage, totals and a log line', async () => {
