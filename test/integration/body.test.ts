@@ -3,6 +3,7 @@ import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
+import request from 'supertest';
 import { afterEach, describe, expect, it } from 'vitest';
 import { tokenGate } from '../../middleware/gate.js';
 import { createStorage } from '../../src/storage/create.js';
@@ -136,9 +137,8 @@ describe('with body parsers', () => {
       tokenGate({ storage }),
       (req, res) => res.json({ reserved: req.tokenGate?.usage.reserved }),
     );
-    const url = await listen(app);
-    const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: 'x'.repeat(100), signal: AbortSignal.timeout(5000) });
-    expect(await response.json()).toEqual({ reserved: 1 });
+    const response = await request(app).post('/').set('authorization', `Bearer ${key}`).send('x'.repeat(100)).timeout(5000);
+    expect(response.body).toEqual({ reserved: 1 });
   });
 
   it('uses req.body parsed by express.json() mounted before the gate', async () => {
@@ -146,11 +146,9 @@ describe('with body parsers', () => {
     const { key } = await storage.createKey({ name: 'a', tokenLimit: 10_000, expiresAt: Date.now() + 3600_000 });
     const app = express();
     app.use(express.json(), tokenGate({ storage }), (req, res) => res.json({ echoed: req.body as unknown, reserved: req.tokenGate?.usage.reserved }));
-    const url = await listen(app);
     const body = { prompt: 'p'.repeat(400), max_completion_tokens: 100 };
-    const text = JSON.stringify(body);
-    const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: text });
-    expect(await response.json()).toEqual({ echoed: body, reserved: Math.ceil(text.length / 4) + 100 });
+    const response = await request(app).post('/').set('authorization', `Bearer ${key}`).send(body);
+    expect(response.body).toEqual({ echoed: body, reserved: Math.ceil(JSON.stringify(body).length / 4) + 100 });
   });
 });
 

@@ -2,6 +2,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
+import request from 'supertest';
 import { afterEach, describe, expect, it } from 'vitest';
 import { proxy, type ProxyHandler } from '../../src/sidecar/proxy.js';
 import { quietLogger } from '../helpers/gate.js';
@@ -46,9 +47,7 @@ describe('proxy() on its own', () => {
     forward = proxy({ target: upstream.url, logger: quietLogger() });
     const app = express();
     app.use(express.json(), forward);
-    const url = await serve(app);
-    const response = await fetch(`${url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'e', input: 'héllo' }) });
-    expect(response.status).toBe(200);
+    expect((await request(app).post('/v1/embeddings').send({ model: 'e', input: 'héllo' })).status).toBe(200);
     expect(JSON.parse(upstream.last!.body.toString('utf8'))).toEqual({ model: 'e', input: 'héllo' });
     expect(Number(upstream.last!.headers['content-length'])).toBe(upstream.last!.body.length);
   });
