@@ -47,20 +47,25 @@ async function expectRandomIdWithUsage(storage: Storage): Promise<string> {
   return found!.id;
 }
 
+/** A SQLite database holding the key with its usage under the derived id, as an import by an earlier version left it. */
+async function sqliteWithDerivedId(): Promise<string> {
+  const databasePath = tempDbPath();
+  const storage = await createStorage({ databasePath, logger: quietLogger() });
+  const id = await keyWithUsage(storage);
+  await storage.close();
+  const raw = new Database(databasePath);
+  raw.pragma('foreign_keys = OFF');
+  raw.transaction(() => {
+    raw.prepare('update api_keys set id = ? where id = ?').run(derivedId, id);
+    for (const table of ['usage_buckets', 'usage_records']) raw.prepare(`update ${table} set key_id = ? where key_id = ?`).run(derivedId, id);
+  })();
+  raw.close();
+  return databasePath;
+}
+
 describe('keys with digest-derived ids', () => {
   it('SQLite: renamed once on start, with their usage, totals and a log line', async () => {
-    const databasePath = tempDbPath();
-    const storage = await createStorage({ databasePath, logger: quietLogger() });
-    const id = await keyWithUsage(storage);
-    await storage.close();
-    // What a key imported by an earlier version looks like.
-    const raw = new Database(databasePath);
-    raw.pragma('foreign_keys = OFF');
-    raw.transaction(() => {
-      for (const table of ['api_keys']) raw.prepare(`update ${table} set id = ? where id = ?`).run(derivedId, id);
-      for (const table of ['usage_buckets', 'usage_records']) raw.prepare(`update ${table} set key_id = ? where key_id = ?`).run(derivedId, id);
-    })();
-    raw.close();
+    const databasePath = await sqliteWithDerivedId();
 
     // Key commands (no lock: they run beside a gate) never rename keys under it.
     const command = await createStorage({ databasePath, lock: false, logger: quietLogger() });
@@ -80,15 +85,7 @@ describe('keys with digest-derived ids', () => {
   });
 
   it('SQLite: usage journaled under the old id before the rename is charged to the renamed key', async () => {
-    const databasePath = tempDbPath();
-    const storage = await createStorage({ databasePath, logger: quietLogger() });
-    const id = await keyWithUsage(storage);
-    await storage.close();
-    const raw = new Database(databasePath);
-    raw.pragma('foreign_keys = OFF');
-    raw.prepare('update api_keys set id = ? where id = ?').run(derivedId, id);
-    for (const table of ['usage_buckets', 'usage_records']) raw.prepare(`update ${table} set key_id = ? where key_id = ?`).run(derivedId, id);
-    raw.close();
+    const databasePath = await sqliteWithDerivedId();
     // What an earlier version left in its journal while the database refused writes.
     const journal = Journal.open(join(dirname(databasePath), 'fallback'), 0, quietLogger());
     await journal.append({ id: 'journaled-before-upgrade', keyId: derivedId, tokens: 900, at: Date.now() });
