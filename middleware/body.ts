@@ -96,8 +96,8 @@ const SMALL_BODY_BYTES = 1024 * 1024;
  */
 export function closeUnfinishedUpload(req: Request, res: Response): void {
   if (!hasBody(req) || req.complete) return;
-  // Held now: a request stream read to its end (or destroyed) lets go of its socket.
-  const socket = req.socket as Request['socket'] | null;
+  // Held now: a request stream read to its end (or destroyed) lets go of its socket; the response holds it until it finishes.
+  const socket = (req.socket as Request['socket'] | null) ?? res.socket;
   res.once('finish', () => {
     if (req.complete || !socket) return;
     if (Number(req.headers['content-length']) > SMALL_BODY_BYTES) setImmediate(() => socket.pause());
@@ -143,7 +143,10 @@ function readAndRestore(req: Request, { limit, timeoutMs, memory }: BodyRules): 
     const chunks: Buffer[] = [];
     let size = 0;
     const timer = setTimeout(() => finish(new BodyTimeoutError(timeoutMs)), timeoutMs);
+    let finished = false;
     const finish = (error?: Error): void => {
+      if (finished) return; // the budget is given back once
+      finished = true;
       clearTimeout(timer);
       // Once read, a body goes on to the decision and the upstream at their pace, not the client's.
       memory.give(taken);
