@@ -29,6 +29,7 @@ async function flood(sidecar: Sidecar, key: string, count: number): Promise<{ an
     );
     await Promise.all(answers.map((answer) => answer.closed));
     peak = Math.max(peak, await rssOf(pid));
+    console.log(`${count} unfinished 9 MiB uploads: sidecar peak RSS growth ${((peak - before) / 1e6).toFixed(1)} MB`);
     return { answers, growth: peak - before };
   } finally {
     clearInterval(watching);
