@@ -1,4 +1,5 @@
 // The admission decision: admit on a full or partial reservation, or refuse and say when to retry.
+import type { Admission, AdmitRequest, Reservation, WindowUsage } from '../storage/types.js';
 import type { Bucket } from './window.js';
 import { msUntilLeaves } from './window.js';
 
@@ -43,4 +44,41 @@ export function msUntilAdmissible(state: WindowState, buckets: readonly Bucket[]
     if (freed > excess) return msUntilLeaves(bucket.start, now, windowMs);
   }
   return 0;
+}
+
+/** What a store read of a key's window: the usage recorded in it, and its oldest counting bucket. */
+export interface Recorded {
+  used: number;
+  oldestBucketStart: number | undefined;
+}
+
+/** What is held for a key by requests in flight, as the store counts them. */
+export interface Held {
+  reserved: number;
+  /** A request admitted on a partial reservation is in flight. */
+  partialInFlight: boolean;
+}
+
+/** An admission, or a refusal whose Retry-After is still to be worked out from the window's buckets. */
+export type Verdict =
+  | { admitted: true; reservation: Reservation; window: WindowUsage }
+  | { admitted: false; window: WindowUsage; state: WindowState };
+
+/**
+ * The admission flow every store follows: the window and what is held decide; an admitted request
+ * reserves its estimate (or what remains, on a partial reservation), and the window it is told of
+ * counts that reservation. Storing the reservation is the store's part.
+ */
+export function judge(request: AdmitRequest, recorded: Recorded, held: Held): Verdict {
+  const state = { limit: request.tokenLimit, used: recorded.used, reserved: held.reserved, partialInFlight: held.partialInFlight };
+  const window = { used: recorded.used, reserved: held.reserved, oldestBucketStart: recorded.oldestBucketStart };
+  const decision = decide(state, request.estimate);
+  if (!decision.admit) return { admitted: false, window, state };
+  const reservation = { id: request.requestId, keyId: request.keyId, tokens: decision.reserve, partial: decision.partial };
+  return { admitted: true, reservation, window: { ...window, reserved: held.reserved + decision.reserve } };
+}
+
+/** A refused verdict as an admission, its Retry-After read from the window's buckets (oldest first). */
+export function refusal(verdict: Extract<Verdict, { admitted: false }>, buckets: readonly Bucket[], request: AdmitRequest): Admission {
+  return { admitted: false, window: verdict.window, retryAfterMs: msUntilAdmissible(verdict.state, buckets, request.now, request.windowMs) };
 }

@@ -1,9 +1,7 @@
-// Reservations held in this process: per-key totals, and whether a partial one is in flight.
-
-export interface Held {
-  reserved: number;
-  partialInFlight: boolean;
-}
+// Reservations held in this process: per-key totals, whether a partial one is in flight, and admission against them.
+import type { Admission, AdmitRequest } from '../storage/types.js';
+import { judge, refusal, type Held, type Recorded } from './admission.js';
+import type { Bucket } from './window.js';
 
 interface Entry {
   keyId: string;
@@ -21,6 +19,19 @@ export class ReservationBook {
   held(keyId: string): Held {
     const totals = this.byKey.get(keyId);
     return totals ? { reserved: totals.reserved, partialInFlight: totals.partials > 0 } : NONE;
+  }
+
+  /**
+   * Admits a request of a store whose reservations all live in this process (SQLite, the file
+   * store): decides on the key's recorded usage and what is held here, and books the reservation.
+   * `buckets` is read only for a refusal's Retry-After.
+   */
+  admit(request: AdmitRequest, recorded: Recorded, buckets: () => readonly Bucket[]): Admission {
+    const verdict = judge(request, recorded, this.held(request.keyId));
+    if (!verdict.admitted) return refusal(verdict, buckets(), request);
+    const { id, keyId, tokens, partial } = verdict.reservation;
+    this.add(id, keyId, tokens, partial);
+    return verdict;
   }
 
   add(id: string, keyId: string, tokens: number, partial: boolean): void {

@@ -3,9 +3,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
-import { decide, msUntilAdmissible } from '../quota/admission.js';
 import { ReservationBook } from '../quota/reservations.js';
-import { bucketStart, countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
+import { bucketStart, countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { isDerivedId, logRenamed } from '../db/random-ids.js';
 import { generateKeyId } from '../keys/secret.js';
@@ -145,19 +144,13 @@ export class FileStorage implements Storage {
   async admit(request: AdmitRequest): Promise<Admission> {
     if (this.unwritten > 0) throw new StorageError(`usage cannot be written to ${this.options.dir}: admitting nothing until a write succeeds`, true);
     const { keyId, now, windowMs } = request;
-    const window = this.window(keyId, now, windowMs);
-    const held = this.reservations.held(keyId);
-    const state = { limit: request.tokenLimit, used: window.used, reserved: held.reserved, partialInFlight: held.partialInFlight };
-    const decision = decide(state, request.estimate);
-    if (!decision.admit) {
-      const since = countsAfter(now, windowMs);
-      const buckets = [...(this.keys.get(keyId)?.buckets ?? [])].filter(([start]) => start > since).sort((a, b) => a[0] - b[0]);
-      const retryAfterMs = msUntilAdmissible(state, buckets.map(([start, tokens]) => ({ start, tokens })), now, windowMs);
-      return { admitted: false, window: { ...window, reserved: held.reserved }, retryAfterMs };
-    }
-    const reservation = { id: request.requestId, keyId, tokens: decision.reserve, partial: decision.partial };
-    this.reservations.add(reservation.id, keyId, reservation.tokens, reservation.partial);
-    return { admitted: true, reservation, window: { ...window, reserved: held.reserved + decision.reserve } };
+    const since = countsAfter(now, windowMs);
+    const buckets = (): Bucket[] =>
+      [...(this.keys.get(keyId)?.buckets ?? [])]
+        .filter(([start]) => start > since)
+        .sort((a, b) => a[0] - b[0])
+        .map(([start, tokens]) => ({ start, tokens }));
+    return this.reservations.admit(request, this.window(keyId, now, windowMs), buckets);
   }
 
   /**

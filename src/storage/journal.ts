@@ -4,6 +4,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, r
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../ops/logger.js';
+import { GroupCommit } from '../quota/group-commit.js';
 import type { UsageRecord } from './types.js';
 
 const FILE = /^journal-(\d{8})\.ndjson$/;
@@ -73,6 +74,11 @@ function parseLine(line: string): UsageRecord | string {
   return record;
 }
 
+interface Append {
+  generation: number;
+  line: string;
+}
+
 interface Handle {
   file: FileHandle;
   size: number;
@@ -86,9 +92,12 @@ interface Handle {
  */
 export class Journal {
   private readonly handles = new Map<number, Handle>();
-  private queued: { generation: number; line: string; done: () => void; fail: (error: Error) => void }[] = [];
-  private flushing: Promise<void> = Promise.resolve();
-  private scheduled = false;
+  /** Lines appended within one turn of the event loop go to disk together, one generation per write. */
+  private readonly appends = new GroupCommit<Append>({
+    write: (group) => this.write(group),
+    isolates: () => false,
+    together: (first, line) => line.generation === first.generation,
+  });
   private current: number;
   /** Records on disk per generation, not yet replayed or folded. */
   private readonly onDisk = new Map<number, number>();
@@ -168,53 +177,39 @@ export class Journal {
 
   /** Appends a record to the current generation; resolves once it is on disk (fsynced with its group). */
   append(record: UsageRecord): Promise<void> {
-    const line = journalLine(record);
     const generation = this.current;
     this.appending.set(generation, (this.appending.get(generation) ?? 0) + 1);
-    return new Promise((done, fail) => {
-      this.queued.push({ generation, line, done, fail });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => {
-          this.scheduled = false;
-          this.flushing = this.flushing.then(() => this.flush());
-        });
-      }
-    });
+    return this.appends.add({ generation, line: journalLine(record) });
   }
 
-  private async flush(): Promise<void> {
-    const group = this.queued;
-    this.queued = [];
-    for (const generation of new Set(group.map((entry) => entry.generation))) {
-      const entries = group.filter((entry) => entry.generation === generation);
-      let handle: Handle | undefined;
-      try {
-        handle = this.handles.get(generation) ?? (await this.openGeneration(generation));
-        // appendFile writes every byte or throws (a short write on a full disk is retried, not dropped).
-        const data = Buffer.from(entries.map((entry) => entry.line).join(''));
-        await handle.file.appendFile(data);
-        await handle.file.datasync();
-        handle.size += data.length;
-        this.onDisk.set(generation, (this.onDisk.get(generation) ?? 0) + entries.length);
-        this.settleAppends(generation, entries.length);
-        for (const entry of entries) entry.done();
-      } catch (error) {
-        // Cut off what part of the group did reach the file, so the next group starts on a clean line;
-        // when that fails too, the next group goes to a new file (this one ends torn, and is set aside).
-        const clean = await handle?.file.truncate(handle.size).then(
-          () => true,
-          () => false,
-        );
-        if (handle && !clean) {
-          await handle.file.close().catch(() => undefined);
-          this.handles.delete(generation);
-          this.suspect.add(generation);
-          if (generation === this.current) this.current++;
-        }
-        this.settleAppends(generation, entries.length);
-        for (const entry of entries) entry.fail(error as Error);
+  /** Writes one generation's group of lines with one append and one fsync. */
+  private async write(group: readonly Append[]): Promise<void> {
+    const { generation } = group[0]!;
+    let handle: Handle | undefined;
+    try {
+      handle = this.handles.get(generation) ?? (await this.openGeneration(generation));
+      // appendFile writes every byte or throws (a short write on a full disk is retried, not dropped).
+      const data = Buffer.from(group.map((entry) => entry.line).join(''));
+      await handle.file.appendFile(data);
+      await handle.file.datasync();
+      handle.size += data.length;
+      this.onDisk.set(generation, (this.onDisk.get(generation) ?? 0) + group.length);
+      this.settleAppends(generation, group.length);
+    } catch (error) {
+      // Cut off what part of the group did reach the file, so the next group starts on a clean line;
+      // when that fails too, the next group goes to a new file (this one ends torn, and is set aside).
+      const clean = await handle?.file.truncate(handle.size).then(
+        () => true,
+        () => false,
+      );
+      if (handle && !clean) {
+        await handle.file.close().catch(() => undefined);
+        this.handles.delete(generation);
+        this.suspect.add(generation);
+        if (generation === this.current) this.current++;
       }
+      this.settleAppends(generation, group.length);
+      throw error;
     }
   }
 
@@ -239,12 +234,8 @@ export class Journal {
   }
 
   /** Waits until every append made so far is on disk (or has failed). */
-  async drain(): Promise<void> {
-    while (this.queued.length > 0 || this.scheduled) {
-      await new Promise((resolve) => setImmediate(resolve));
-      await this.flushing;
-    }
-    await this.flushing;
+  drain(): Promise<void> {
+    return this.appends.drain();
   }
 
   /**

@@ -3,12 +3,13 @@ import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedPostgres } from '../db/postgres.js';
 import { apiKeys, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
-import { decide as decideAdmission, msUntilAdmissible } from '../quota/admission.js';
+import { GroupCommit } from '../quota/group-commit.js';
+import { judge, refusal } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
-import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from './leases.js';
+import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.js';
 import { Pruner, postgresTarget, type PruneOptions } from './prune.js';
 import { errorCode, withRetry } from './retry.js';
 import type { SnapshotKey } from './snapshot.js';
@@ -48,7 +49,6 @@ type Decided = { lease: true; held: number; view: LeaseView } | { lease: false; 
 interface Queued {
   record: UsageRecord;
   reservation: Reservation;
-  done: (error?: unknown) => void;
 }
 
 /** Most usage records one statement writes. */
@@ -70,8 +70,17 @@ export class PostgresStorage implements Storage {
   private readonly leases = new LeaseBook();
   private readonly renewer: NodeJS.Timeout;
   private renewing: Promise<void> = Promise.resolve();
-  private queue: Queued[] = [];
-  private flushing: Promise<void> | undefined;
+  /** Usage is recorded in batches: one statement for the records finished while the last one ran. */
+  private readonly commits = new GroupCommit<Queued>({
+    write: (batch) => this.commit(batch),
+    // One bad record must fail only its own request; an unreachable database fails them all.
+    isolates: (error) => !(error instanceof StorageError && error.transient),
+    failed: async ({ record, reservation }, error) => {
+      this.leases.complete(reservation.id, record.tokens);
+      throw error;
+    },
+    maxBatch: MAX_BATCH,
+  });
   /** Prunes old usage and expired reservations in the background, when the store was opened with `prune`. */
   readonly pruner: Pruner | undefined;
 
@@ -173,19 +182,17 @@ export class PostgresStorage implements Storage {
     if (num(row.lease_row) !== inFlight && (row.lease_row !== null || inFlight > 0)) await this.holdLease(tx, lease, inFlight, now);
     lease.held = inFlight - lease.takenSinceGrant;
     lease.view = undefined;
-    const state = { limit: tokenLimit, used, reserved: window.reserved, partialInFlight: row.partial };
-    const decision = decideAdmission(state, estimate);
-    if (!decision.admit) {
+    const verdict = judge(request, window, { reserved: window.reserved, partialInFlight: row.partial });
+    if (!verdict.admitted) {
       const buckets = await tx
         .select({ start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
         .where(and(eq(usageBuckets.keyId, keyId), gt(usageBuckets.bucketStart, since)))
         .orderBy(asc(usageBuckets.bucketStart));
-      return { lease: false, admission: { admitted: false, window, retryAfterMs: msUntilAdmissible(state, buckets, now, windowMs) } };
+      return { lease: false, admission: refusal(verdict, buckets, request) };
     }
-    const reservation = { id: requestId, keyId, tokens: decision.reserve, partial: decision.partial };
-    await tx.insert(reservations).values({ ...reservation, expiresAt: now + this.reservationTtlMs });
-    return { lease: false, admission: { admitted: true, reservation, window: { ...window, reserved: window.reserved + decision.reserve } } };
+    await tx.insert(reservations).values({ ...verdict.reservation, expiresAt: now + this.reservationTtlMs });
+    return { lease: false, admission: verdict };
   }
 
   private async holdLease(tx: Tx, lease: Lease, tokens: number, now: number): Promise<void> {
@@ -206,38 +213,13 @@ export class PostgresStorage implements Storage {
       await this.release(reservation);
       throw error;
     }
-    await new Promise<void>((resolve, reject) => {
-      this.queue.push({ record, reservation, done: (error) => (error === undefined ? resolve() : reject(error)) });
-      this.flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flush());
-    });
-  }
-
-  /** Writes the queue in batches, one at a time, until it is empty; batches grow while one is in flight. */
-  private async flush(): Promise<void> {
-    try {
-      while (this.queue.length > 0) {
-        const batch = this.queue.splice(0, MAX_BATCH);
-        try {
-          await this.write(batch);
-          for (const queued of batch) this.finish(queued);
-        } catch (error) {
-          if (batch.length === 1 || (error instanceof StorageError && error.transient)) {
-            for (const queued of batch) this.finish(queued, error);
-            continue;
-          }
-          // One bad record must fail only its own request.
-          for (const queued of batch) await this.write([queued]).then(() => this.finish(queued), (alone: unknown) => this.finish(queued, alone));
-        }
-      }
-    } finally {
-      this.flushing = undefined;
-    }
+    await this.commits.add({ record, reservation });
   }
 
   /** Whatever the outcome, the lease stops counting the request (at worst its row holds more than needed). */
-  private finish(queued: Queued, error?: unknown): void {
-    this.leases.complete(queued.reservation.id, queued.record.tokens);
-    queued.done(error);
+  private async commit(batch: readonly Queued[]): Promise<void> {
+    await this.write(batch);
+    for (const { record, reservation } of batch) this.leases.complete(reservation.id, record.tokens);
   }
 
   /**
@@ -406,7 +388,7 @@ export class PostgresStorage implements Storage {
   async close(): Promise<void> {
     clearInterval(this.renewer);
     await this.pruner?.stop();
-    await this.flushing;
+    await this.commits.drain();
     await this.renewing;
     const leaseIds = this.leases.clear();
     if (leaseIds.length > 0) await this.opened.sql`delete from reservations where id = any(${leaseIds}::text[])`.catch(() => undefined); // they expire anyway

@@ -7,7 +7,7 @@ import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, healthProbes, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import type { Logger } from '../ops/logger.js';
-import { decide, msUntilAdmissible } from '../quota/admission.js';
+import { GroupCommit } from '../quota/group-commit.js';
 import { KeyWindow } from '../quota/key-window.js';
 import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
@@ -33,8 +33,10 @@ interface Mirror {
 interface Queued {
   record: UsageRecord;
   reservationId: string;
-  done: (error?: unknown) => void;
 }
+
+/** Thrown by a batch while the database refuses writes: its records go to the journal untried. */
+const REFUSING = new StorageError('the SQLite database refuses writes', false);
 
 const keyColumns = {
   id: apiKeys.id,
@@ -87,7 +89,7 @@ export class SqliteStorage implements Storage {
   private readonly keyCache: KeyCache;
   private readonly mirrors = new Map<string, Mirror>();
   private lastSweep = performance.now();
-  private queue: Queued[] = [];
+  private readonly commits: GroupCommit<Queued>;
   /** Prunes old usage in the background, when the store was opened with `prune`. */
   readonly pruner: Pruner | undefined;
   /** Holds the usage the database refuses, when the store was opened with `journal`. */
@@ -152,6 +154,11 @@ export class SqliteStorage implements Storage {
         return 'applied';
       }),
     );
+    this.commits = new GroupCommit<Queued>({
+      write: (batch, alone) => this.write(batch, alone),
+      isolates: (error) => error !== REFUSING && !wholeDatabase(error),
+      failed: (queued, error) => this.refused(queued, error),
+    });
     this.spill =
       options.journal &&
       new Spill({
@@ -230,20 +237,9 @@ export class SqliteStorage implements Storage {
 
   async admit(request: AdmitRequest): Promise<Admission> {
     if (this.spill?.holding) throw new StorageError('usage can be written neither to the SQLite database nor to its journal: admitting nothing until one of them takes it', true);
-    const { keyId, now, windowMs } = request;
-    const since = countsAfter(now, windowMs);
-    const window = this.mirror(keyId, since);
-    const { used, oldestBucketStart } = window.usage(since)!;
-    const held = this.reservations.held(keyId);
-    const state = { limit: request.tokenLimit, used, reserved: held.reserved, partialInFlight: held.partialInFlight };
-    const decision = decide(state, request.estimate);
-    if (!decision.admit) {
-      const usage = { used, reserved: state.reserved, oldestBucketStart };
-      return { admitted: false, window: usage, retryAfterMs: msUntilAdmissible(state, window.buckets(since)!, now, windowMs) };
-    }
-    const reservation = { id: request.requestId, keyId, tokens: decision.reserve, partial: decision.partial };
-    this.reservations.add(reservation.id, keyId, reservation.tokens, reservation.partial);
-    return { admitted: true, reservation, window: { used: state.used, reserved: state.reserved + decision.reserve, oldestBucketStart } };
+    const since = countsAfter(request.now, request.windowMs);
+    const window = this.mirror(request.keyId, since);
+    return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
   }
 
   /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
@@ -254,72 +250,46 @@ export class SqliteStorage implements Storage {
       this.reservations.remove(reservation.id);
       throw error;
     }
-    await new Promise<void>((resolve, reject) => {
-      this.queue.push({ record, reservationId: reservation.id, done: (error) => (error === undefined ? resolve() : reject(error)) });
-      if (this.queue.length === 1) setImmediate(() => this.flush());
-    });
+    await this.commits.add({ record, reservationId: reservation.id });
   }
 
   /**
-   * Commits the queued records in one transaction; when it fails for one record's sake, each one
-   * alone, so that one bad record fails only its own request. A record the database refuses goes to
-   * the journal; while the database refuses writes, records go straight there (offered to the
-   * database again each second), so that a lock held by another process never stalls the event loop
-   * once per batch. A record counts in memory from its commit (or journaling) on, and its reservation
-   * goes at that same moment: the tokens are never counted twice nor missing.
+   * Commits a batch in one transaction (a failure of one record's sake retries each alone). While the
+   * database refuses writes, records go straight to the journal (offered to the database again each
+   * second), so that a lock held by another process never stalls the event loop once per batch. A
+   * record counts in memory from its commit on, and its reservation goes at that same moment: the
+   * tokens are never counted twice nor missing.
    */
-  private flush(): void {
-    const batch = this.queue;
-    this.queue = [];
-    if (batch.length === 0) return;
-    if (!this.opened.sqlite.open) {
-      for (const queued of batch) this.refused(queued, new StorageError('the SQLite store is closed', false));
-      return;
-    }
-    if (this.spill?.state !== undefined && this.spill.state !== 'ok') {
-      for (const queued of batch) this.refused(queued);
-      return;
-    }
-    try {
-      const outcomes = this.applyRecords(batch.map((queued) => queued.record));
-      this.spill?.databaseWrote();
-      batch.forEach((queued, i) => this.finish(queued, outcomes[i] === 'applied'));
-    } catch (error) {
-      if (batch.length === 1 || wholeDatabase(error)) {
-        for (const queued of batch) this.refused(queued, error);
-        return;
-      }
-      for (const queued of batch) {
-        try {
-          this.finish(queued, this.applyRecords([queued.record])[0] === 'applied');
-        } catch (alone) {
-          this.refused(queued, alone);
-        }
-      }
-    }
+  private write(batch: readonly Queued[], alone: boolean): void {
+    if (!this.opened.sqlite.open) throw new StorageError('the SQLite store is closed', false);
+    if (!alone && this.spill?.state !== undefined && this.spill.state !== 'ok') throw REFUSING;
+    const outcomes = this.applyRecords(batch.map((queued) => queued.record));
+    this.spill?.databaseWrote();
+    batch.forEach((queued, i) => this.counted(queued, outcomes[i] === 'applied'));
   }
 
   /** A record the database did not take: journaled when the store has a journal, else its settle fails. */
-  private refused(queued: Queued, error?: unknown): void {
+  private refused(queued: Queued, error: unknown): Promise<void> {
     const { spill } = this;
-    if (!spill) return this.finish(queued, false, error ?? new StorageError('the SQLite database refuses writes', false));
+    if (!spill) {
+      this.counted(queued, false);
+      return Promise.reject(error);
+    }
     const { record } = queued;
     const counted = spill.holds(record); // settled again: counted once already
-    const journaled = spill.take(record, error);
+    const journaled = spill.take(record, error === REFUSING ? undefined : error);
     // Counted from now on, like a committed record: the journal (or memory) holds it for the database.
-    this.finish({ ...queued, done: () => undefined }, !counted);
-    journaled.then(
-      () => queued.done(),
-      (failed: unknown) =>
-        queued.done(new StorageError(`usage record ${record.id} is held in memory: the SQLite database and its journal both refuse it (${(failed as Error).message})`, true, { cause: failed })),
-    );
+    this.counted(queued, !counted);
+    return journaled.catch((failed: unknown) => {
+      throw new StorageError(`usage record ${record.id} is held in memory: the SQLite database and its journal both refuse it (${(failed as Error).message})`, true, { cause: failed });
+    });
   }
 
-  private finish(queued: Queued, applied: boolean, error?: unknown): void {
+  /** The record counts in the key's window (when `applied`) and its reservation goes, in the same step. */
+  private counted(queued: Queued, applied: boolean): void {
     const { record } = queued;
     if (applied && record.tokens > 0) this.mirrors.get(record.keyId)?.window.add(bucketStart(record.at), record.tokens);
     this.reservations.remove(queued.reservationId);
-    queued.done(error);
   }
 
   async release(reservation: Reservation): Promise<void> {
@@ -372,7 +342,7 @@ export class SqliteStorage implements Storage {
   async close(): Promise<void> {
     try {
       await this.pruner?.stop();
-      this.flush();
+      await this.commits.drain();
       await this.spill?.close();
       if (this.opened.sqlite.open) this.opened.sqlite.close();
     } finally {

@@ -7,7 +7,7 @@ import { drizzle } from 'drizzle-orm/postgres-js';
 import { connectPostgres, migratePostgres } from '../../src/db/postgres.js';
 import * as schema from '../../src/db/schema/postgres.js';
 import { PostgresStorage } from '../../src/storage/postgres.js';
-import { LEASE_TTL_MS } from '../../src/storage/leases.js';
+import { LEASE_TTL_MS } from '../../src/quota/leases.js';
 import type { Admission } from '../../src/storage/types.js';
 import { quietLogger } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';

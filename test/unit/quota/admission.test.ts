@@ -76,3 +76,31 @@ describe('ReservationBook', () => {
     expect(book.total).toBe(0);
   });
 });
+
+describe('ReservationBook.admit: the admission flow of a store whose reservations live in this process', () => {
+  const NOW = 10 * 3600_000;
+  const WINDOW = 5 * 3600_000;
+  const request = (requestId: string, estimate: number) => ({ keyId: 'k', tokenLimit: 1000, estimate, requestId, now: NOW, windowMs: WINDOW });
+
+  it('books what it admits, so the next request sees it held, and says so in the window', () => {
+    const book = new ReservationBook();
+    const recorded = { used: 300, oldestBucketStart: NOW - 3600_000 };
+    const first = book.admit(request('a', 500), recorded, () => []);
+    expect(first).toEqual({ admitted: true, reservation: { id: 'a', keyId: 'k', tokens: 500, partial: false }, window: { used: 300, reserved: 500, oldestBucketStart: NOW - 3600_000 } });
+    const second = book.admit(request('b', 400), recorded, () => []);
+    expect(second).toMatchObject({ admitted: true, reservation: { tokens: 200, partial: true }, window: { reserved: 700 } });
+    expect(book.admit(request('c', 1), recorded, () => []).admitted).toBe(false); // a partial one is in flight
+  });
+
+  it('reads the buckets only for a refusal, and points Retry-After at the bucket whose leaving frees tokens', () => {
+    const book = new ReservationBook();
+    let reads = 0;
+    const buckets = [{ start: bucketStart(NOW - 4 * 3600_000), tokens: 600 }, { start: bucketStart(NOW - 3600_000), tokens: 400 }];
+    const read = () => (reads++, buckets);
+    expect(book.admit(request('a', 10), { used: 500, oldestBucketStart: buckets[0]!.start }, read).admitted).toBe(true);
+    expect(reads).toBe(0);
+    const refused = book.admit(request('b', 10), { used: 1000, oldestBucketStart: buckets[0]!.start }, read);
+    expect(reads).toBe(1);
+    expect(refused).toEqual({ admitted: false, window: { used: 1000, reserved: 10, oldestBucketStart: buckets[0]!.start }, retryAfterMs: msUntilLeaves(buckets[0]!.start, NOW, WINDOW) });
+  });
+});

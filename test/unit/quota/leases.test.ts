@@ -1,6 +1,6 @@
 // Lease bookkeeping: when a lease may admit without the database, and what a finished request gives back.
 import { describe, expect, it } from 'vitest';
-import { Lease, LeaseBook, LEASE_IDLE_MS, LEASE_TTL_MS, LEASE_VIEW_MS } from '../../../src/storage/leases.js';
+import { Lease, LeaseBook, LEASE_IDLE_MS, LEASE_TTL_MS, LEASE_VIEW_MS } from '../../../src/quota/leases.js';
 
 const T = 1_000_000;
 
