@@ -5,10 +5,9 @@ import { join } from 'node:path';
 import type { Logger } from '../ops/logger.js';
 import { lockDirectory, type DirectoryLock } from './dir-lock.js';
 import { Journal } from './journal.js';
+import type { ApplyOutcome, Overflow } from '../quota/local-quota.js';
 import type { RecordingState, UsageRecord } from './types.js';
 
-/** What the database made of a record: counted now, counted before, or refused for good (its key is gone). */
-export type ApplyOutcome = 'applied' | 'duplicate' | 'no-key';
 
 export interface SpillOptions {
   dir: string;
@@ -26,7 +25,7 @@ export interface SpillOptions {
  * takes them, so that a key's window never forgets usage that is journaled. A record the journal
  * cannot take either stays in memory (`holding`): the store then admits nothing until it is written.
  */
-export class Spill {
+export class Spill implements Overflow {
   private readonly journal: Journal;
   private readonly lock: DirectoryLock;
   /** Records journaled or held, not yet in the database, by key id then record id. */

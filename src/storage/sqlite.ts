@@ -1,42 +1,20 @@
 // SQLite storage on better-sqlite3 through Drizzle: synchronous, so each admission is atomic in-process.
 import { existsSync } from 'node:fs';
-import { performance } from 'node:perf_hooks';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import { derivedDigestPrefix } from '../db/random-ids.js';
 import { ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, healthProbes, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import type { Logger } from '../ops/logger.js';
-import { GroupCommit } from '../quota/group-commit.js';
-import { KeyWindow } from '../quota/key-window.js';
-import { ReservationBook } from '../quota/reservations.js';
-import { bucketStart, countsAfter } from '../quota/window.js';
+import { LocalQuota, type ApplyOutcome } from '../quota/local-quota.js';
+import { bucketStart } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
-import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
-import { Spill, type ApplyOutcome } from './spill.js';
+import { Spill } from './spill.js';
 import type { HeldLock } from './lock-file.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
-
-/** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
-const WINDOW_RELOAD_MS = 30_000;
-/** Windows of keys not used for this long are dropped from memory. */
-const WINDOW_IDLE_MS = 120_000;
-
-interface Mirror {
-  window: KeyWindow;
-  loadedAt: number;
-  usedAt: number;
-}
-
-interface Queued {
-  record: UsageRecord;
-  reservationId: string;
-}
-
-/** Thrown by a batch while the database refuses writes: its records go to the journal untried. */
-const REFUSING = new StorageError('the SQLite database refuses writes', false);
 
 const keyColumns = {
   id: apiKeys.id,
@@ -78,18 +56,15 @@ const inWindow = and(eq(usageBuckets.keyId, p('keyId')), gt(usageBuckets.bucketS
  * PostgreSQL is the store for several instances), so they vanish with a crashed process.
  *
  * The hot path stays off the disk where it can: keys found by digest are reused for a few seconds,
- * each busy key's window is kept in memory (read once, then moved by what this process records),
- * and the usage recorded within one turn of the event loop is committed in one transaction.
+ * and the quota engine (LocalQuota) keeps each busy key's window in memory and commits the usage
+ * recorded within one turn of the event loop in one transaction; this class is its adapter.
  */
 export class SqliteStorage implements Storage {
   readonly backend = 'sqlite';
-  private readonly reservations = new ReservationBook();
+  private readonly quota: LocalQuota;
   private readonly statements;
   private readonly applyRecords;
   private readonly keyCache: KeyCache;
-  private readonly mirrors = new Map<string, Mirror>();
-  private lastSweep = performance.now();
-  private readonly commits: GroupCommit<Queued>;
   /** Prunes old usage in the background, when the store was opened with `prune`. */
   readonly pruner: Pruner | undefined;
   /** Holds the usage the database refuses, when the store was opened with `journal`. */
@@ -154,11 +129,6 @@ export class SqliteStorage implements Storage {
         return 'applied';
       }),
     );
-    this.commits = new GroupCommit<Queued>({
-      write: (batch, alone) => this.write(batch, alone),
-      isolates: (error) => error !== REFUSING && !wholeDatabase(error),
-      failed: (queued, error) => this.refused(queued, error),
-    });
     this.spill =
       options.journal &&
       new Spill({
@@ -166,6 +136,17 @@ export class SqliteStorage implements Storage {
         apply: (record) => this.applyRecords([this.underCurrentId(record)])[0]!,
         holds: (id) => this.statements.hasRecord.get({ id }) !== undefined,
       });
+    this.quota = new LocalQuota(
+      {
+        buckets: (keyId, since) => this.statements.buckets.all({ keyId, since }),
+        commit: (records) => this.applyRecords(records),
+        wholeStore: wholeDatabase,
+        ready: () => {
+          if (!opened.sqlite.open) throw new StorageError('the SQLite store is closed', false);
+        },
+      },
+      { name: 'the SQLite database', ...(this.spill ? { overflow: this.spill } : {}) },
+    );
     this.pruner = options.prune && new Pruner(sqliteTarget(opened.sqlite), options.prune).start();
   }
 
@@ -214,92 +195,21 @@ export class SqliteStorage implements Storage {
     return this.keyCache.find(digest, async (hash) => this.statements.keyByHash.get({ hash }));
   }
 
-  /** The key's window in memory, read from the database when absent, stale, or asked about an earlier instant. */
-  private mirror(keyId: string, since: number): KeyWindow {
-    const at = performance.now();
-    if (at - this.lastSweep > WINDOW_IDLE_MS) this.sweep(at);
-    const known = this.mirrors.get(keyId);
-    if (known && at - known.loadedAt < WINDOW_RELOAD_MS && known.window.usage(since)) {
-      known.usedAt = at;
-      return known.window;
-    }
-    const window = new KeyWindow(this.statements.buckets.all({ keyId, since }), since);
-    // Usage the database refused is journaled: it counts all the same.
-    for (const record of this.spill?.records(keyId) ?? []) if (record.tokens > 0 && bucketStart(record.at) > since) window.add(bucketStart(record.at), record.tokens);
-    this.mirrors.set(keyId, { window, loadedAt: at, usedAt: at });
-    return window;
-  }
-
-  private sweep(at: number): void {
-    this.lastSweep = at;
-    for (const [keyId, mirror] of this.mirrors) if (at - mirror.usedAt > WINDOW_IDLE_MS) this.mirrors.delete(keyId);
-  }
-
   async admit(request: AdmitRequest): Promise<Admission> {
-    if (this.spill?.holding) throw new StorageError('usage can be written neither to the SQLite database nor to its journal: admitting nothing until one of them takes it', true);
-    const since = countsAfter(request.now, request.windowMs);
-    const window = this.mirror(request.keyId, since);
-    return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
+    return this.quota.admit(request);
   }
 
-  /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
-  async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
-    try {
-      validateCharge(record.tokens);
-    } catch (error) {
-      this.reservations.remove(reservation.id);
-      throw error;
-    }
-    await this.commits.add({ record, reservationId: reservation.id });
-  }
-
-  /**
-   * Commits a batch in one transaction (a failure of one record's sake retries each alone). While the
-   * database refuses writes, records go straight to the journal (offered to the database again each
-   * second), so that a lock held by another process never stalls the event loop once per batch. A
-   * record counts in memory from its commit on, and its reservation goes at that same moment: the
-   * tokens are never counted twice nor missing.
-   */
-  private write(batch: readonly Queued[], alone: boolean): void {
-    if (!this.opened.sqlite.open) throw new StorageError('the SQLite store is closed', false);
-    if (!alone && this.spill?.state !== undefined && this.spill.state !== 'ok') throw REFUSING;
-    const outcomes = this.applyRecords(batch.map((queued) => queued.record));
-    this.spill?.databaseWrote();
-    batch.forEach((queued, i) => this.counted(queued, outcomes[i] === 'applied'));
-  }
-
-  /** A record the database did not take: journaled when the store has a journal, else its settle fails. */
-  private refused(queued: Queued, error: unknown): Promise<void> {
-    const { spill } = this;
-    if (!spill) {
-      this.counted(queued, false);
-      return Promise.reject(error);
-    }
-    const { record } = queued;
-    const counted = spill.holds(record); // settled again: counted once already
-    const journaled = spill.take(record, error === REFUSING ? undefined : error);
-    // Counted from now on, like a committed record: the journal (or memory) holds it for the database.
-    this.counted(queued, !counted);
-    return journaled.catch((failed: unknown) => {
-      throw new StorageError(`usage record ${record.id} is held in memory: the SQLite database and its journal both refuse it (${(failed as Error).message})`, true, { cause: failed });
-    });
-  }
-
-  /** The record counts in the key's window (when `applied`) and its reservation goes, in the same step. */
-  private counted(queued: Queued, applied: boolean): void {
-    const { record } = queued;
-    if (applied && record.tokens > 0) this.mirrors.get(record.keyId)?.window.add(bucketStart(record.at), record.tokens);
-    this.reservations.remove(queued.reservationId);
+  /** Queues the record for the transaction that commits at the end of this turn of the event loop (the journal takes what the database refuses). */
+  settle(reservation: Reservation, record: UsageRecord): Promise<void> {
+    return this.quota.settle(reservation, record);
   }
 
   async release(reservation: Reservation): Promise<void> {
-    this.reservations.remove(reservation.id);
+    this.quota.release(reservation);
   }
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
-    const since = countsAfter(now, windowMs);
-    const { used, oldestBucketStart } = this.mirror(keyId, since).usage(since)!;
-    return { used, reserved: this.reservations.held(keyId).reserved, oldestBucketStart };
+    return this.quota.windowUsage(keyId, now, windowMs);
   }
 
   async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
@@ -334,7 +244,7 @@ export class SqliteStorage implements Storage {
 
   async deleteKey(id: string): Promise<boolean> {
     this.keyCache.forget(id);
-    this.mirrors.delete(id);
+    this.quota.forget(id);
     return this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).run().changes > 0;
   }
 
@@ -342,7 +252,7 @@ export class SqliteStorage implements Storage {
   async close(): Promise<void> {
     try {
       await this.pruner?.stop();
-      await this.commits.drain();
+      await this.quota.drain();
       await this.spill?.close();
       if (this.opened.sqlite.open) this.opened.sqlite.close();
     } finally {

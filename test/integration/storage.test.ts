@@ -9,6 +9,7 @@ import { ConflictError, NotFoundError, ValidationError } from '../../src/errors.
 import postgres from 'postgres';
 import { tempDbPath, tempDir, quietLogger } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';
+import { MemoryStorage } from '../helpers/memory-storage.js';
 
 const HOUR = 3600_000;
 const WINDOW = 5 * HOUR;
@@ -34,6 +35,14 @@ const readIfThere = (file: string): Buffer => {
 };
 
 const backends: Backend[] = [
+  {
+    // Written against the engine's adapter interface alone: what a new backend must pass.
+    name: 'memory',
+    async open() {
+      const storage = new MemoryStorage();
+      return { storage, dump: async () => storage.dump() };
+    },
+  },
   {
     name: 'sqlite',
     async open() {

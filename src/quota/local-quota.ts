@@ -1,0 +1,195 @@
+// The quota engine of a store whose reservations live in this process: key windows kept in memory,
+// admission against them, and usage committed in groups through the store's adapter.
+import { performance } from 'node:perf_hooks';
+import { StorageError } from '../errors.js';
+import { validateCharge } from '../keys/validate.js';
+import type { Admission, AdmitRequest, Reservation, UsageRecord, WindowUsage } from '../storage/types.js';
+import { GroupCommit } from './group-commit.js';
+import { KeyWindow } from './key-window.js';
+import { ReservationBook } from './reservations.js';
+import { bucketStart, countsAfter, type Bucket } from './window.js';
+
+/** What a store made of a record: counted now, counted before, or refused for good (its key is gone). */
+export type ApplyOutcome = 'applied' | 'duplicate' | 'no-key';
+
+/** What a backend gives the engine: a key's buckets, and an idempotent commit of many records at once. */
+export interface LocalAdapter {
+  /** A key's buckets that start after `since`, oldest first. */
+  buckets(keyId: string, since: number): readonly Bucket[];
+  /**
+   * Applies the records in one transaction, each at most once (by its id): the key's bucket, last
+   * use, lifetime tokens and requests. Throws when the transaction failed; nothing is applied then.
+   */
+  commit(records: readonly UsageRecord[]): readonly ApplyOutcome[];
+  /** Whether a failed commit is the whole store's (full, locked, closed), rather than one record's. */
+  wholeStore(error: unknown): boolean;
+  /** Throws when the store can take no write at all (it is closed). */
+  ready(): void;
+}
+
+/** Where the records go that the store refuses (a journal), counted in windows until the store takes them. */
+export interface Overflow {
+  /** Records neither the store nor the overflow took are in memory: nothing may be admitted. */
+  readonly holding: boolean;
+  /** `ok` while the store takes writes; otherwise records go to the overflow untried. */
+  readonly state: string;
+  /** Whether the overflow holds the record already (it was settled again). */
+  holds(record: UsageRecord): boolean;
+  /** The key's records the store does not hold yet. */
+  records(keyId: string): Iterable<UsageRecord>;
+  /** Takes a record the store refused (`refusal`) or was not offered; rejects when it cannot take it either. */
+  take(record: UsageRecord, refusal?: unknown): Promise<void>;
+  /** The store took a write. */
+  databaseWrote(): void;
+}
+
+export interface LocalQuotaOptions {
+  /** The store, as messages name it: `the SQLite database`. */
+  name: string;
+  overflow?: Overflow;
+  /** Monotonic milliseconds, for when windows are read again and dropped. Default: performance.now. */
+  clock?: () => number;
+}
+
+/** A key's buckets are read again after this long, to see what other processes (the CLI) wrote. */
+const WINDOW_RELOAD_MS = 30_000;
+/** Windows of keys not used for this long are dropped from memory. */
+const WINDOW_IDLE_MS = 120_000;
+
+interface Mirror {
+  window: KeyWindow;
+  loadedAt: number;
+  usedAt: number;
+}
+
+interface Queued {
+  record: UsageRecord;
+  reservationId: string;
+}
+
+/** Thrown by a batch while the store refuses writes: its records go to the overflow untried. */
+const REFUSING = new StorageError('the store refuses writes', false);
+
+/**
+ * Each busy key's window is kept in memory (read once, then moved by what this process records) and
+ * the usage recorded within one turn of the event loop is committed in one transaction. A record
+ * counts in memory from its commit (or its overflow) on, and its reservation goes at that same
+ * moment: the tokens are never counted twice nor missing.
+ */
+export class LocalQuota {
+  private readonly reservations = new ReservationBook();
+  private readonly mirrors = new Map<string, Mirror>();
+  private readonly commits: GroupCommit<Queued>;
+  private readonly clock: () => number;
+  private lastSweep: number;
+
+  constructor(
+    private readonly adapter: LocalAdapter,
+    private readonly options: LocalQuotaOptions,
+  ) {
+    this.clock = options.clock ?? (() => performance.now());
+    this.lastSweep = this.clock();
+    this.commits = new GroupCommit<Queued>({
+      write: (batch, alone) => this.write(batch, alone),
+      isolates: (error) => error !== REFUSING && !adapter.wholeStore(error),
+      failed: (queued, error) => this.refused(queued, error),
+    });
+  }
+
+  admit(request: AdmitRequest): Admission {
+    if (this.options.overflow?.holding) throw new StorageError(`usage can be written neither to ${this.options.name} nor to its journal: admitting nothing until one of them takes it`, true);
+    const since = countsAfter(request.now, request.windowMs);
+    const window = this.mirror(request.keyId, since);
+    return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
+  }
+
+  /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
+  async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
+    try {
+      validateCharge(record.tokens);
+    } catch (error) {
+      this.reservations.remove(reservation.id);
+      throw error;
+    }
+    await this.commits.add({ record, reservationId: reservation.id });
+  }
+
+  release(reservation: Reservation): void {
+    this.reservations.remove(reservation.id);
+  }
+
+  windowUsage(keyId: string, now: number, windowMs: number): WindowUsage {
+    const since = countsAfter(now, windowMs);
+    const { used, oldestBucketStart } = this.mirror(keyId, since).usage(since)!;
+    return { used, reserved: this.reservations.held(keyId).reserved, oldestBucketStart };
+  }
+
+  /** Drops a key's window from memory (the key was deleted). */
+  forget(keyId: string): void {
+    this.mirrors.delete(keyId);
+  }
+
+  /** Resolves once every record settled so far is committed or overflowed. */
+  drain(): Promise<void> {
+    return this.commits.drain();
+  }
+
+  /** The key's window in memory, read from the store when absent, stale, or asked about an earlier instant. */
+  private mirror(keyId: string, since: number): KeyWindow {
+    const at = this.clock();
+    if (at - this.lastSweep > WINDOW_IDLE_MS) this.sweep(at);
+    const known = this.mirrors.get(keyId);
+    if (known && at - known.loadedAt < WINDOW_RELOAD_MS && known.window.usage(since)) {
+      known.usedAt = at;
+      return known.window;
+    }
+    const window = new KeyWindow(this.adapter.buckets(keyId, since), since);
+    // Usage the store refused is in the overflow: it counts all the same.
+    for (const record of this.options.overflow?.records(keyId) ?? []) if (record.tokens > 0 && bucketStart(record.at) > since) window.add(bucketStart(record.at), record.tokens);
+    this.mirrors.set(keyId, { window, loadedAt: at, usedAt: at });
+    return window;
+  }
+
+  private sweep(at: number): void {
+    this.lastSweep = at;
+    for (const [keyId, mirror] of this.mirrors) if (at - mirror.usedAt > WINDOW_IDLE_MS) this.mirrors.delete(keyId);
+  }
+
+  /**
+   * Commits a batch in one transaction (a failure for one record's sake retries each alone). While
+   * the store refuses writes, records go straight to the overflow (which offers them to the store
+   * again), so that a lock held by another process never stalls the event loop once per batch.
+   */
+  private write(batch: readonly Queued[], alone: boolean): void {
+    this.adapter.ready();
+    const { overflow } = this.options;
+    if (!alone && overflow && overflow.state !== 'ok') throw REFUSING;
+    const outcomes = this.adapter.commit(batch.map((queued) => queued.record));
+    overflow?.databaseWrote();
+    batch.forEach((queued, i) => this.counted(queued, outcomes[i] === 'applied'));
+  }
+
+  /** A record the store did not take: to the overflow when there is one, else its settle fails. */
+  private refused(queued: Queued, error: unknown): Promise<void> {
+    const { overflow, name } = this.options;
+    if (!overflow) {
+      this.counted(queued, false);
+      return Promise.reject(error);
+    }
+    const { record } = queued;
+    const counted = overflow.holds(record); // settled again: counted once already
+    const taken = overflow.take(record, error === REFUSING ? undefined : error);
+    // Counted from now on, like a committed record: the overflow (or memory) holds it for the store.
+    this.counted(queued, !counted);
+    return taken.catch((failed: unknown) => {
+      throw new StorageError(`usage record ${record.id} is held in memory: ${name} and its journal both refuse it (${(failed as Error).message})`, true, { cause: failed });
+    });
+  }
+
+  /** The record counts in the key's window (when `applied`) and its reservation goes, in the same step. */
+  private counted(queued: Queued, applied: boolean): void {
+    const { record } = queued;
+    if (applied && record.tokens > 0) this.mirrors.get(record.keyId)?.window.add(bucketStart(record.at), record.tokens);
+    this.reservations.remove(queued.reservationId);
+  }
+}
