@@ -1,6 +1,5 @@
 // monitorStorage(): pings the store in the background, so /healthz, /readyz and scrapes never wait on it.
 import { performance } from 'node:perf_hooks';
-import { FallbackStorage } from '../storage/fallback.js';
 import type { Storage, StorageHealth } from '../storage/types.js';
 import type { Logger } from './logger.js';
 import type { TokenGateMetrics } from './metrics.js';
@@ -64,7 +63,7 @@ const iso = (ms: number | null): string | null => (ms === null ? null : new Date
 
 /** The store that answers the ping: a fallback store pings its PostgreSQL database. */
 function databaseBackend(storage: Storage): string {
-  return storage instanceof FallbackStorage ? 'postgres' : storage.backend;
+  return storage.pingBackend ?? storage.backend;
 }
 
 export class StorageMonitor {

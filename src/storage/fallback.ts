@@ -6,9 +6,7 @@ import { StorageError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
-import type { FileStorage } from './file.js';
-import type { PostgresStorage } from './postgres.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, MirrorStorage, Reservation, SharedStorage, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 export interface FallbackOptions {
   logger: Logger;
@@ -68,8 +66,8 @@ export class FallbackStorage implements Storage {
   private readonly windowMs: number;
 
   constructor(
-    private readonly primary: PostgresStorage,
-    private readonly file: FileStorage,
+    private readonly primary: SharedStorage,
+    private readonly file: MirrorStorage,
     private readonly options: FallbackOptions,
   ) {
     this.timeoutMs = options.timeoutMs ?? 2000;
@@ -88,6 +86,11 @@ export class FallbackStorage implements Storage {
       lastFailure: this.lastFailure,
       lastReplay: this.lastReplay,
     };
+  }
+
+  /** ping() reaches the database, whichever store decides. */
+  get pingBackend(): string {
+    return this.primary.backend;
   }
 
   /** The store deciding requests now: PostgreSQL, or the file store while in fallback. */

@@ -12,7 +12,7 @@ import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../ke
 import { lockDirectory } from './dir-lock.js';
 import { Journal, type ReplayOutcome } from './journal.js';
 import { readSnapshot, setAsideSnapshot, SnapshotError, writeSnapshot, type SnapshotKey } from './snapshot.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, MirrorStorage, Reservation, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 interface MemKey extends KeyRecord {
   keyHash: string;
@@ -37,7 +37,7 @@ const COMPACT_EVERY_MS = 60_000;
 
 const toRecord = ({ keyHash: _hash, buckets: _buckets, ...record }: MemKey): KeyRecord => record;
 
-export class FileStorage implements Storage {
+export class FileStorage implements MirrorStorage {
   readonly backend = 'file';
   private keys = new Map<string, MemKey>();
   private byDigest = new Map<string, MemKey>();

@@ -13,7 +13,7 @@ import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.
 import { Pruner, postgresTarget, type PruneOptions } from './prune.js';
 import { errorCode, withRetry } from './retry.js';
 import type { SnapshotKey } from './snapshot.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, SharedStorage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 const keyColumns = {
   id: apiKeys.id,
@@ -63,7 +63,7 @@ const num = (value: string | number | null): number | undefined => (value === nu
  * request by request under that lock. Usage is recorded in batches: one statement, one transaction,
  * for the records finished meanwhile, each idempotent by its id.
  */
-export class PostgresStorage implements Storage {
+export class PostgresStorage implements SharedStorage {
   readonly backend = 'postgres';
   private readonly reservationTtlMs: number;
   private readonly keyCache: KeyCache;

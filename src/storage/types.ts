@@ -1,5 +1,6 @@
 // The Storage interface: everything the gate and the tooling ask of a store.
 import type { KeyPatch, NewKey } from '../keys/validate.js';
+import type { SnapshotKey } from './snapshot.js';
 
 export type { KeyPatch, NewKey };
 
@@ -88,6 +89,8 @@ export interface StorageHealth {
 
 export interface Storage {
   readonly backend: string;
+  /** The backend ping() reaches, when it is not `backend`: a fallback pings its database. */
+  readonly pingBackend?: string;
   /** Resolves when the store answers; rejects otherwise. */
   ping(): Promise<void>;
   health(): StorageHealth;
@@ -110,4 +113,29 @@ export interface Storage {
   /** False when there was no such key. */
   deleteKey(id: string): Promise<boolean>;
   close(): Promise<void>;
+}
+
+/** What a shared database store gives the fallback decorator beyond Storage. */
+export interface SharedStorage extends Storage {
+  /** Stops counting a request whose settle or release never reached the database, as if it charged `charged`. */
+  forget(reservation: Reservation, charged: number): void;
+  /** Every key with its digest and the buckets that start after `since`: what the mirror holds. */
+  snapshotKeys(since: number): Promise<SnapshotKey[]>;
+  /** The id of the key whose digest starts with `prefix`, for records journaled under an id derived from it. */
+  keyIdByDigestPrefix(prefix: string): Promise<string | undefined>;
+}
+
+/** What the fallback decorator decides from while the database is away: a mirror of it with a journal. */
+export interface MirrorStorage extends Storage {
+  /** Counts a record the database has already taken. */
+  observe(record: UsageRecord): void;
+  /** Replays the journal through `apply`, deleting each file once all its records are in; the records taken. */
+  replay(apply: (record: UsageRecord) => Promise<'taken' | 'refused'>): Promise<number>;
+  /** Replaces the mirror with the database's keys and windows (skipped while the journal holds records). */
+  refresh(keys: SnapshotKey[]): void;
+  /** Writes the mirror as the snapshot now, while the journal is empty. */
+  persistMirror(): void;
+  readonly journalLength: number;
+  readonly journalHoldsRecords: boolean;
+  readonly quarantinedFiles: string[];
 }
