@@ -1,4 +1,4 @@
-// The Storage interface: everything the gate and the tooling ask of a store.
+// The Storage interface: everything the gate (QuotaStore) and the tooling (KeyStore) ask of a store.
 import type { KeyPatch, NewKey } from '../keys/validate.js';
 
 export type { KeyPatch, NewKey };
@@ -86,7 +86,8 @@ export interface StorageHealth {
   lastReplay: { at: number; records: number } | null;
 }
 
-export interface Storage {
+/** What the gate asks of a store for each request: the key, admission, usage and the window it leaves. */
+export interface QuotaStore {
   readonly backend: string;
   /** Resolves when the store answers; rejects otherwise. */
   ping(): Promise<void>;
@@ -102,6 +103,11 @@ export interface Storage {
   /** Gives a reservation back without recording anything. */
   release(reservation: Reservation): Promise<void>;
   windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage>;
+  close(): Promise<void>;
+}
+
+/** Key management, for the admin API and the CLI: apart from the hot path. */
+export interface KeyStore {
   createKey(input: NewKey, now?: number): Promise<CreatedKey>;
   listKeys(): Promise<KeyRecord[]>;
   getKey(id: string): Promise<KeyRecord | undefined>;
@@ -109,5 +115,7 @@ export interface Storage {
   updateKey(id: string, patch: KeyPatch): Promise<KeyRecord>;
   /** False when there was no such key. */
   deleteKey(id: string): Promise<boolean>;
-  close(): Promise<void>;
 }
+
+/** A store as the gate and the tooling use it. */
+export interface Storage extends QuotaStore, KeyStore {}
