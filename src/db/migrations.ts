@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../package-root.js';
+import { isBackedUp } from './tables.js';
 
 type Dialect = 'sqlite' | 'postgres';
 
@@ -31,19 +32,17 @@ export function schemaTag(dialect: Dialect, applied: number): string {
 }
 
 /**
- * Tables whose rows no backup carries: `reservations` (in-flight requests) and `health_probes` (the
- * probe's own row). A migration that only adds or changes those leaves backups compatible.
+ * Every backed-up table's columns (name, type, nullability) once migration `tag` is applied, from
+ * drizzle-kit's snapshot of it. A migration that only adds or changes tables no backup carries
+ * leaves backups compatible.
  */
-const NOT_BACKED_UP = new Set(['reservations', 'health_probes']);
-
-/** Every backed-up table's columns (name, type, nullability) once migration `tag` is applied, from drizzle-kit's snapshot of it. */
 function columnLayout(dialect: Dialect, tag: string): string | undefined {
   const entry = journal(dialect).find((candidate) => candidate.tag === tag);
   if (!entry) return undefined;
   const file = join(migrationsFolder(dialect), 'meta', `${String(entry.idx).padStart(4, '0')}_snapshot.json`);
   const { tables } = JSON.parse(readFileSync(file, 'utf8')) as Snapshot;
   const layout = Object.values(tables)
-    .filter(({ name }) => !NOT_BACKED_UP.has(name))
+    .filter(({ name }) => isBackedUp(name))
     .map(({ name, columns }) => `${name}(${Object.values(columns).map((c) => `${c.name} ${c.type}${c.notNull ? ' not null' : ''}`).sort().join(', ')})`)
     .sort();
   return layout.join('; ');

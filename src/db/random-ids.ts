@@ -6,12 +6,10 @@ import { generateKeyId } from '../keys/secret.js';
 import type { Logger } from '../ops/logger.js';
 import * as pgSchema from './schema/postgres.js';
 import * as sqliteSchema from './schema/sqlite.js';
+import { KEY_OWNED } from './tables.js';
 
 /** The digest-derived form: `key_` and the first 16 hex digits of the key's SHA-256. */
 const DERIVED = `select id from api_keys where id = 'key_' || substr(key_hash, 1, 16)`;
-
-/** Tables whose rows belong to a key, by `key_id`. */
-const OWNED = { sqlite: ['usage_buckets', 'usage_records'], postgres: ['usage_buckets', 'usage_records', 'reservations'] } as const;
 
 /**
  * The digest prefix an id of the derived form names, for usage journaled under an old id before the
@@ -56,7 +54,7 @@ export function randomizeDerivedIdsSqlite(sqlite: Database.Database, logger?: Lo
     sqlite.exec('create temp table moved (old_id text primary key, new_id text not null)');
     const add = sqlite.prepare('insert into moved (old_id, new_id) values (?, ?)');
     for (const oldId of derived) add.run(oldId, generateKeyId());
-    for (const text of moveStatements(columnNames(sqliteSchema.apiKeys), OWNED.sqlite)) sqlite.exec(text);
+    for (const text of moveStatements(columnNames(sqliteSchema.apiKeys), KEY_OWNED.sqlite)) sqlite.exec(text);
     sqlite.exec('drop table moved');
   })();
   logRenamed(logger, 'sqlite', derived.length);
@@ -70,7 +68,7 @@ export async function randomizeDerivedIdsPostgres(sql: postgres.Sql, logger?: Lo
     if (derived.length === 0) return 0;
     await tx.unsafe('create temp table moved (old_id text primary key, new_id text not null) on commit drop');
     await tx`insert into moved ${tx(derived.map((oldId) => ({ old_id: oldId, new_id: generateKeyId() })))}`;
-    for (const text of moveStatements(columnNames(pgSchema.apiKeys), OWNED.postgres)) await tx.unsafe(text);
+    for (const text of moveStatements(columnNames(pgSchema.apiKeys), KEY_OWNED.postgres)) await tx.unsafe(text);
     return derived.length;
   });
   logRenamed(logger, 'postgres', renamed);

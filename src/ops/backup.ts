@@ -7,7 +7,8 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip } from 'node:zlib';
 import { TokenGateError } from '../errors.js';
 import { PRIVATE_FILE_MODE } from './private-files.js';
-import { TABLE_NAMES, isTableName, rowProblem, type AdminStore, type TableName, type TableRow } from '../storage/admin.js';
+import { TABLE_NAMES, type TableName } from '../db/tables.js';
+import { isTableName, rowProblem, type AdminStore, type TableRow } from '../storage/admin.js';
 
 export const BACKUP_FORMAT = 'tokengate-backup';
 export const BACKUP_VERSION = 1;

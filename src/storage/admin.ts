@@ -1,42 +1,13 @@
 // The tooling side of a database store (import, export, dump, restore): kept apart from the gate's Storage.
+// Both dialects name every backed-up table and column alike, with the same types (a test holds them
+// to it): SQLite's schema stands for either in what handles rows of both.
+import { sql, type SQL } from 'drizzle-orm';
+import { apiKeys, usageBuckets } from '../db/schema/sqlite.js';
+import { BACKED_UP, rowOf, type TableName, type TableShape } from '../db/tables.js';
 import type { SnapshotKey } from './snapshot.js';
 import type { KeyRecord } from './types.js';
 
-/** Column types of the logical schema: text, integer, and the nullable `?` forms. */
-type ColumnType = 'text' | 'text?' | 'int' | 'int?';
-
-/**
- * The tables a backup holds, in the order they are written and restored (keys before what refers to
- * them), with their columns as both dialects name them. PostgreSQL's `reservations` is left out on
- * purpose: reservations belong to requests in flight and mean nothing once those are gone.
- */
-export const TABLES = {
-  api_keys: {
-    id: 'text',
-    key_hash: 'text',
-    key_prefix: 'text',
-    name: 'text',
-    model: 'text?',
-    token_limit_per_5h: 'int',
-    expiry_date: 'int',
-    created_at: 'int',
-    last_used: 'int?',
-    total_lifetime_tokens: 'int',
-    total_requests: 'int',
-  },
-  usage_buckets: { key_id: 'text', bucket_start: 'int', tokens: 'int' },
-  usage_records: { id: 'text', key_id: 'text', tokens: 'int', recorded_at: 'int' },
-} as const satisfies Record<string, Record<string, ColumnType>>;
-
-export type TableName = keyof typeof TABLES;
-export const TABLE_NAMES = Object.keys(TABLES) as TableName[];
-
-/** The primary key of each table, which also orders a dump. */
-export const PRIMARY_KEYS: Record<TableName, readonly string[]> = {
-  api_keys: ['id'],
-  usage_buckets: ['key_id', 'bucket_start'],
-  usage_records: ['id'],
-};
+const BACKUP_TABLES = new Map(BACKED_UP.sqlite.map((shape) => [shape.name, shape]));
 
 export type Row = Record<string, string | number | null>;
 
@@ -45,13 +16,9 @@ export interface TableRow {
   row: Row;
 }
 
-export function columnsOf(table: TableName): string[] {
-  return Object.keys(TABLES[table]);
-}
-
 /** Whether `name` is one of the tables a backup holds (never an inherited name such as `__proto__`). */
 export function isTableName(name: unknown): name is TableName {
-  return typeof name === 'string' && Object.hasOwn(TABLES, name);
+  return typeof name === 'string' && BACKUP_TABLES.has(name as TableName);
 }
 
 /**
@@ -60,13 +27,13 @@ export function isTableName(name: unknown): name is TableName {
  */
 export function rowProblem(table: TableName, row: unknown): string | undefined {
   if (typeof row !== 'object' || row === null || Array.isArray(row)) return 'not an object';
-  const columns = TABLES[table] as Record<string, ColumnType>;
+  const columns = BACKUP_TABLES.get(table)!.columns;
   for (const name of Object.keys(row)) if (!Object.hasOwn(columns, name)) return `unknown column ${JSON.stringify(name)}`;
-  for (const [name, type] of Object.entries(columns)) {
+  for (const [name, column] of Object.entries(columns)) {
     if (!Object.hasOwn(row, name)) return `column ${name} is missing`;
     const value = (row as Row)[name];
-    if (value === null && type.endsWith('?')) continue;
-    if (!type.startsWith('int')) {
+    if (value === null && !column.notNull) continue;
+    if (column.dataType !== 'number') {
       if (typeof value !== 'string') return `column ${name} is not a string`;
     } else if (!Number.isSafeInteger(value)) return `column ${name} is ${JSON.stringify(value)}, not an integer`;
     else if ((value as number) < 0) return `column ${name} is ${value as number}, a negative number`;
@@ -84,12 +51,8 @@ export interface ImportOutcome {
   conflicts: { id: string; fields: string[] }[];
 }
 
-const COMPARED: [keyof KeyRecord, string][] = [
-  ['name', 'name'],
-  ['model', 'model'],
-  ['tokenLimit', 'token_limit_per_5h'],
-  ['expiresAt', 'expiry_date'],
-];
+/** What an import compares with a stored key; a conflict names the columns that differ. */
+const COMPARED = (['name', 'model', 'tokenLimit', 'expiresAt'] as const).map((field) => [field, apiKeys[field].name] as const);
 
 /**
  * Sorts imported keys against those already stored (matched by digest): new ones are to be added;
@@ -113,37 +76,8 @@ export function classifyImport(keys: SnapshotKey[], existing: Map<string, KeyRec
 
 /** The rows an imported key becomes: its key row and its buckets still inside the window. */
 export function importRows(key: SnapshotKey): TableRow[] {
-  const keyRow: Row = {
-    id: key.id,
-    key_hash: key.keyHash,
-    key_prefix: key.keyPrefix,
-    name: key.name,
-    model: key.model,
-    token_limit_per_5h: key.tokenLimit,
-    expiry_date: key.expiresAt,
-    created_at: key.createdAt,
-    last_used: key.lastUsedAt,
-    total_lifetime_tokens: key.totalLifetimeTokens,
-    total_requests: key.totalRequests,
-  };
-  const buckets = key.buckets.map(([start, tokens]): TableRow => ({ table: 'usage_buckets', row: { key_id: key.id, bucket_start: start, tokens } }));
-  return [{ table: 'api_keys', row: keyRow }, ...buckets];
-}
-
-/** A stored key row as a KeyRecord. */
-export function keyRecordOf(row: Row): KeyRecord {
-  return {
-    id: row.id as string,
-    keyPrefix: row.key_prefix as string,
-    name: row.name as string,
-    model: row.model as string | null,
-    tokenLimit: Number(row.token_limit_per_5h),
-    expiresAt: Number(row.expiry_date),
-    createdAt: Number(row.created_at),
-    lastUsedAt: row.last_used === null ? null : Number(row.last_used),
-    totalLifetimeTokens: Number(row.total_lifetime_tokens),
-    totalRequests: Number(row.total_requests),
-  };
+  const buckets = key.buckets.map(([start, tokens]): TableRow => ({ table: 'usage_buckets', row: rowOf(usageBuckets, { keyId: key.id, bucketStart: start, tokens }) as Row }));
+  return [{ table: 'api_keys', row: rowOf(apiKeys, key) as Row }, ...buckets];
 }
 
 export interface ImportOptions {
@@ -187,8 +121,8 @@ export async function* batches(rows: AsyncIterable<TableRow>, size: number): Asy
 
 /** What a store does inside one of its write transactions; the shared import and restore logic drives it. */
 export interface AdminTransaction {
-  /** Stored key rows whose digest is among `digests`. */
-  keysByDigest(digests: string[]): Promise<Row[]>;
+  /** Stored keys whose digest is among `digests`. */
+  keysByDigest(digests: string[]): Promise<StoredKey[]>;
   insert(table: TableName, rows: Row[]): Promise<void>;
   /** Empties every table a backup holds (and, on PostgreSQL, the reservations). */
   deleteAll(): Promise<void>;
@@ -200,7 +134,7 @@ export async function importInto(tx: AdminTransaction, keys: SnapshotKey[], opti
   for (let start = 0; start < keys.length; start += PAGE_SIZE) {
     const chunk = keys.slice(start, start + PAGE_SIZE);
     const stored = await tx.keysByDigest(chunk.map((key) => key.keyHash));
-    const existing = new Map(stored.map((row) => [row.key_hash as string, keyRecordOf(row)]));
+    const existing = new Map(stored.map((key) => [key.keyHash, key]));
     const { toAdd, ...part } = classifyImport(chunk, existing);
     outcome.added.push(...part.added);
     outcome.unchanged.push(...part.unchanged);
@@ -221,13 +155,21 @@ export async function replaceInto(tx: AdminTransaction, rows: AsyncIterable<Tabl
   for await (const batch of batches(rows, PAGE_SIZE)) await tx.insert(batch.table, batch.rows);
 }
 
-/** Key rows and bucket rows joined into snapshot keys. */
-export function withBuckets(keys: Row[], buckets: Row[]): SnapshotKey[] {
+/** A stored key with its digest, as the stores read it. */
+export type StoredKey = Omit<SnapshotKey, 'buckets'>;
+
+/** Stored keys and their buckets joined into snapshot keys. */
+export function withBuckets(keys: StoredKey[], buckets: { keyId: string; start: number; tokens: number }[]): SnapshotKey[] {
   const byKey = new Map<string, [number, number][]>();
   for (const bucket of buckets) {
-    const list = byKey.get(bucket.key_id as string) ?? [];
-    list.push([Number(bucket.bucket_start), Number(bucket.tokens)]);
-    byKey.set(bucket.key_id as string, list);
+    const list = byKey.get(bucket.keyId) ?? [];
+    list.push([bucket.start, bucket.tokens]);
+    byKey.set(bucket.keyId, list);
   }
-  return keys.map((row) => ({ ...keyRecordOf(row), keyHash: row.key_hash as string, buckets: byKey.get(row.id as string) ?? [] }));
+  return keys.map((key) => ({ ...key, buckets: byKey.get(key.id) ?? [] }));
+}
+
+/** The rows after `row` in primary-key order: where the next page of a dump starts. */
+export function pastRow(shape: TableShape, row: Row): SQL {
+  return sql`(${sql.join(shape.primaryKey, sql`, `)}) > (${sql.join(shape.primaryKey.map((column) => sql`${row[column.name]}`), sql`, `)})`;
 }

@@ -135,7 +135,7 @@ export async function openAdminStore(config: StorageConfig = {}): Promise<AdminS
     await migrateOrExplain(databaseUrl, pool.connectTimeoutSeconds);
     // Bulk statements (emptying a large table on restore) outlast the gate's short statement timeout.
     const statementTimeoutMs = Math.max(pool.statementTimeoutMs, ADMIN_STATEMENT_TIMEOUT_MS);
-    return new PostgresAdmin(connectPostgres(databaseUrl, { ...pool, poolSize: 1, statementTimeoutMs }).sql);
+    return new PostgresAdmin(connectPostgres(databaseUrl, { ...pool, poolSize: 1, statementTimeoutMs }));
   }
   const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   return new SqliteAdmin(openSqlite(databasePath, { logger: config.logger }));

@@ -1,32 +1,19 @@
 // PostgreSQL storage through Drizzle on postgres.js: shared reservations, so quotas hold across instances.
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
-import { ConflictError, NotFoundError, StorageError } from '../errors.js';
+import { NotFoundError, StorageError } from '../errors.js';
 import type { OpenedPostgres } from '../db/postgres.js';
-import { apiKeys, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
+import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
 import { GroupCommit } from '../quota/group-commit.js';
 import { judge, refusal } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
-import { buildKey, patchChanges } from '../keys/build.js';
-import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.js';
+import { PostgresKeys } from './postgres-keys.js';
 import { Pruner, postgresTarget, type PruneOptions } from './prune.js';
-import { errorCode, withRetry } from './retry.js';
+import { withRetry } from './retry.js';
 import type { SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, SharedStorage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
-
-const keyColumns = {
-  id: apiKeys.id,
-  keyPrefix: apiKeys.keyPrefix,
-  name: apiKeys.name,
-  model: apiKeys.model,
-  tokenLimit: apiKeys.tokenLimit,
-  expiresAt: apiKeys.expiresAt,
-  createdAt: apiKeys.createdAt,
-  lastUsedAt: apiKeys.lastUsedAt,
-  totalLifetimeTokens: apiKeys.totalLifetimeTokens,
-  totalRequests: apiKeys.totalRequests,
-};
 
 /** Default time after which a reservation no longer counts: its instance is presumed dead. */
 export const DEFAULT_RESERVATION_TTL_MS = 15 * 60_000;
@@ -67,6 +54,7 @@ export class PostgresStorage implements SharedStorage {
   readonly backend = 'postgres';
   private readonly reservationTtlMs: number;
   private readonly keyCache: KeyCache;
+  private readonly keys: PostgresKeys;
   private readonly leases = new LeaseBook();
   private readonly renewer: NodeJS.Timeout;
   private renewing: Promise<void> = Promise.resolve();
@@ -91,6 +79,7 @@ export class PostgresStorage implements SharedStorage {
     this.pruner = options.prune && new Pruner(postgresTarget(opened.sql), options.prune).start();
     this.reservationTtlMs = options.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS;
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
+    this.keys = new PostgresKeys(opened.db, (id) => this.keyCache.forget(id));
     this.renewer = setInterval(() => {
       this.renewing = this.renewLeases();
     }, LEASE_TTL_MS / 3).unref();
@@ -322,20 +311,12 @@ export class PostgresStorage implements SharedStorage {
     });
   }
 
-  async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
-    const { record, key, keyHash } = buildKey(input, now);
-    await withRetry('creating a key', async () => {
-      try {
-        await this.opened.db.insert(apiKeys).values({ ...record, keyHash });
-      } catch (error) {
-        throw errorCode(error) === '23505' ? new ConflictError('a key with this value already exists') : error;
-      }
-    });
-    return { record, key };
+  createKey(input: NewKey, now?: number): Promise<CreatedKey> {
+    return this.keys.createKey(input, now);
   }
 
   listKeys(): Promise<KeyRecord[]> {
-    return withRetry('listing keys', () => this.opened.db.select(keyColumns).from(apiKeys).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id)));
+    return this.keys.listKeys();
   }
 
   /** The id of the key whose digest starts with `prefix` (16 hex digits), for records journaled under an id derived from it. */
@@ -344,24 +325,15 @@ export class PostgresStorage implements SharedStorage {
   }
 
   getKey(id: string): Promise<KeyRecord | undefined> {
-    return withRetry('key lookup', async () => (await this.opened.db.select(keyColumns).from(apiKeys).where(eq(apiKeys.id, id)))[0]);
+    return this.keys.getKey(id);
   }
 
-  async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
-    const changes = patchChanges(validatePatch(patch));
-    const updated =
-      Object.keys(changes).length === 0
-        ? await this.getKey(id)
-        : (await withRetry('updating a key', () => this.opened.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns)))[0];
-    this.keyCache.forget(id);
-    if (!updated) throw new NotFoundError(`no key with id ${id}`);
-    return updated;
+  updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
+    return this.keys.updateKey(id, patch);
   }
 
-  async deleteKey(id: string): Promise<boolean> {
-    const deleted = await withRetry('deleting a key', () => this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).returning({ id: apiKeys.id }));
-    this.keyCache.forget(id);
-    return deleted.length > 0;
+  deleteKey(id: string): Promise<boolean> {
+    return this.keys.deleteKey(id);
   }
 
   /** Every key with its digest and the buckets that start after `since`: what the file fallback mirrors. */

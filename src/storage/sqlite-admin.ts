@@ -1,13 +1,14 @@
 // Import, export, dump and restore on SQLite, over a connection of its own (never the gate's).
 import type Database from 'better-sqlite3';
-import type { OpenedSqlite } from '../db/sqlite.js';
+import { asc, getTableColumns, gt, inArray, sql } from 'drizzle-orm';
+import type { OpenedSqlite, SqliteDb } from '../db/sqlite.js';
 import { schemaTag } from '../db/migrations.js';
+import { apiKeys, usageBuckets } from '../db/schema/sqlite.js';
+import { BACKED_UP, type SqliteShape } from '../db/tables.js';
 import {
   PAGE_SIZE,
-  PRIMARY_KEYS,
-  TABLE_NAMES,
-  columnsOf,
   importInto,
+  pastRow,
   replaceInto,
   withBuckets,
   type AdminStore,
@@ -15,10 +16,17 @@ import {
   type ImportOptions,
   type ImportOutcome,
   type Row,
-  type TableName,
   type TableRow,
 } from './admin.js';
 import type { SnapshotKey } from './snapshot.js';
+
+const TABLES = new Map(BACKED_UP.sqlite.map((shape) => [shape.name, shape]));
+
+/** One row's insert into `shape`, its values bound by database column name (the names of a backup row). */
+function insertStatement(db: SqliteDb, shape: SqliteShape) {
+  const values = Object.fromEntries(Object.entries(getTableColumns(shape.table)).map(([property, column]) => [property, sql.placeholder(column.name)]));
+  return db.insert(shape.table).values(values).prepare();
+}
 
 /**
  * Transactions here span awaits (progress output, a gzip stream's backpressure), which
@@ -35,6 +43,10 @@ export class SqliteAdmin implements AdminStore {
     return this.opened.sqlite;
   }
 
+  private get db(): SqliteDb {
+    return this.opened.db;
+  }
+
   async schemaVersion(): Promise<string> {
     const row = this.sqlite.prepare('select count(*) as n from __drizzle_migrations').get() as { n: number };
     return schemaTag('sqlite', row.n);
@@ -46,19 +58,24 @@ export class SqliteAdmin implements AdminStore {
 
   async exportKeys(since: number): Promise<SnapshotKey[]> {
     return this.transaction('BEGIN', false, async () => {
-      const keys = this.sqlite.prepare(`select ${columnsOf('api_keys').join(', ')} from api_keys order by created_at, id`).all() as Row[];
-      const buckets = this.sqlite.prepare('select key_id, bucket_start, tokens from usage_buckets where bucket_start > ? order by bucket_start').all(since) as Row[];
+      const keys = this.db.select().from(apiKeys).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id)).all();
+      const buckets = this.db
+        .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+        .from(usageBuckets)
+        .where(gt(usageBuckets.bucketStart, since))
+        .orderBy(asc(usageBuckets.bucketStart))
+        .all();
       return withBuckets(keys, buckets);
     });
   }
 
   dump(write: (entry: TableRow) => Promise<void>): Promise<void> {
     return this.transaction('BEGIN', false, async () => {
-      for (const table of TABLE_NAMES) {
+      for (const shape of TABLES.values()) {
         let after: Row | undefined;
         do {
-          const rows = this.page(table, after);
-          for (const row of rows) await write({ table, row });
+          const rows = this.page(shape, after);
+          for (const row of rows) await write({ table: shape.name, row });
           after = rows.length === PAGE_SIZE ? rows.at(-1) : undefined;
         } while (after);
       }
@@ -73,12 +90,10 @@ export class SqliteAdmin implements AdminStore {
     if (this.sqlite.open) this.sqlite.close();
   }
 
-  /** One page of `table` in primary-key order, after the row `after`. */
-  private page(table: TableName, after: Row | undefined): Row[] {
-    const pk = PRIMARY_KEYS[table];
-    const where = after ? `where (${pk.join(', ')}) > (${pk.map(() => '?').join(', ')})` : '';
-    const query = `select ${columnsOf(table).join(', ')} from ${table} ${where} order by ${pk.join(', ')} limit ${PAGE_SIZE}`;
-    return this.sqlite.prepare(query).all(...(after ? pk.map((column) => after[column]) : [])) as Row[];
+  /** One page of the table in primary-key order, after the row `after`. */
+  private page(shape: SqliteShape, after: Row | undefined): Row[] {
+    const query = this.db.select(shape.columns).from(shape.table);
+    return query.where(after && pastRow(shape, after)).orderBy(...shape.primaryKey).limit(PAGE_SIZE).all() as Row[];
   }
 
   private async transaction<T>(begin: string, commit: boolean, work: (tx: AdminTransaction) => Promise<T>): Promise<T> {
@@ -94,18 +109,13 @@ export class SqliteAdmin implements AdminStore {
   }
 
   private readonly tx: AdminTransaction = {
-    keysByDigest: async (digests) => {
-      if (digests.length === 0) return [];
-      const query = `select ${columnsOf('api_keys').join(', ')} from api_keys where key_hash in (${digests.map(() => '?').join(', ')})`;
-      return this.sqlite.prepare(query).all(...digests) as Row[];
-    },
+    keysByDigest: async (digests) => (digests.length === 0 ? [] : this.db.select().from(apiKeys).where(inArray(apiKeys.keyHash, digests)).all()),
     insert: async (table, rows) => {
-      const columns = columnsOf(table);
-      const statement = this.sqlite.prepare(`insert into ${table} (${columns.join(', ')}) values (${columns.map(() => '?').join(', ')})`);
-      for (const row of rows) statement.run(...columns.map((column) => row[column]));
+      const statement = insertStatement(this.db, TABLES.get(table)!);
+      for (const row of rows) statement.run(row);
     },
     deleteAll: async () => {
-      for (const table of [...TABLE_NAMES].reverse()) this.sqlite.exec(`delete from ${table}`);
+      for (const { table } of [...TABLES.values()].reverse()) this.db.delete(table).run();
     },
   };
 }

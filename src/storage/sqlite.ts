@@ -2,32 +2,19 @@
 import { existsSync } from 'node:fs';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import { derivedDigestPrefix } from '../db/random-ids.js';
-import { ConflictError, NotFoundError, StorageError } from '../errors.js';
+import { StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
-import { apiKeys, healthProbes, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
+import { apiKeys, healthProbes, keyColumns, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import type { Logger } from '../ops/logger.js';
 import { LocalQuota, type ApplyOutcome } from '../quota/local-quota.js';
 import { bucketStart } from '../quota/window.js';
-import { buildKey, patchChanges } from '../keys/build.js';
-import { validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
+import type { KeyPatch, NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
 import { Spill } from './spill.js';
 import type { HeldLock } from './lock-file.js';
+import { SqliteKeys } from './sqlite-keys.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
-
-const keyColumns = {
-  id: apiKeys.id,
-  keyPrefix: apiKeys.keyPrefix,
-  name: apiKeys.name,
-  model: apiKeys.model,
-  tokenLimit: apiKeys.tokenLimit,
-  expiresAt: apiKeys.expiresAt,
-  createdAt: apiKeys.createdAt,
-  lastUsedAt: apiKeys.lastUsedAt,
-  totalLifetimeTokens: apiKeys.totalLifetimeTokens,
-  totalRequests: apiKeys.totalRequests,
-};
 
 /** Failures of the database as a whole (full, locked, corrupt, read-only, I/O), not of one record. */
 const WHOLE_DATABASE = /^SQLITE_(BUSY|LOCKED|FULL|CORRUPT|NOTADB|IOERR|READONLY|CANTOPEN|PROTOCOL)/;
@@ -65,6 +52,7 @@ export class SqliteStorage implements Storage {
   private readonly statements;
   private readonly applyRecords;
   private readonly keyCache: KeyCache;
+  private readonly keys: SqliteKeys;
   /** Prunes old usage in the background, when the store was opened with `prune`. */
   readonly pruner: Pruner | undefined;
   /** Holds the usage the database refuses, when the store was opened with `journal`. */
@@ -77,11 +65,14 @@ export class SqliteStorage implements Storage {
     options: SqliteStorageOptions = {},
   ) {
     this.keyCache = new KeyCache(options.keyCacheTtlMs);
+    this.keys = new SqliteKeys(opened.db, (id) => {
+      this.keyCache.forget(id);
+      this.quota.forget(id);
+    });
     this.lock = options.lock;
     const { db, sqlite } = opened;
     this.statements = {
       keyByHash: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.keyHash, p('hash'))).prepare(),
-      keyById: db.select(keyColumns).from(apiKeys).where(eq(apiKeys.id, p('id'))).prepare(),
       buckets: db
         .select({ start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
@@ -212,40 +203,24 @@ export class SqliteStorage implements Storage {
     return this.quota.windowUsage(keyId, now, windowMs);
   }
 
-  async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
-    const { record, key, keyHash } = buildKey(input, now);
-    try {
-      this.opened.db.insert(apiKeys).values({ ...record, keyHash }).run();
-    } catch (error) {
-      if ((error as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw new ConflictError('a key with this value already exists');
-      throw error;
-    }
-    return { record, key };
+  createKey(input: NewKey, now?: number): Promise<CreatedKey> {
+    return this.keys.createKey(input, now);
   }
 
-  async listKeys(): Promise<KeyRecord[]> {
-    return this.opened.db.select(keyColumns).from(apiKeys).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id)).all();
+  listKeys(): Promise<KeyRecord[]> {
+    return this.keys.listKeys();
   }
 
-  async getKey(id: string): Promise<KeyRecord | undefined> {
-    return this.statements.keyById.get({ id });
+  getKey(id: string): Promise<KeyRecord | undefined> {
+    return this.keys.getKey(id);
   }
 
-  async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
-    const changes = patchChanges(validatePatch(patch));
-    const updated =
-      Object.keys(changes).length === 0
-        ? this.statements.keyById.get({ id })
-        : this.opened.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns).get();
-    this.keyCache.forget(id);
-    if (!updated) throw new NotFoundError(`no key with id ${id}`);
-    return updated;
+  updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
+    return this.keys.updateKey(id, patch);
   }
 
-  async deleteKey(id: string): Promise<boolean> {
-    this.keyCache.forget(id);
-    this.quota.forget(id);
-    return this.opened.db.delete(apiKeys).where(eq(apiKeys.id, id)).run().changes > 0;
+  deleteKey(id: string): Promise<boolean> {
+    return this.keys.deleteKey(id);
   }
 
   /** Commits what is queued, then closes the database and lets another gate have it. */

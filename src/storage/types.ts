@@ -1,4 +1,4 @@
-// The Storage interface: everything the gate and the tooling ask of a store.
+// The Storage interface: everything the gate (QuotaStore) and the tooling (KeyStore) ask of a store.
 import type { KeyPatch, NewKey } from '../keys/validate.js';
 import type { SnapshotKey } from './snapshot.js';
 
@@ -87,7 +87,8 @@ export interface StorageHealth {
   lastReplay: { at: number; records: number } | null;
 }
 
-export interface Storage {
+/** What the gate asks of a store for each request: the key, admission, usage and the window it leaves. */
+export interface QuotaStore {
   readonly backend: string;
   /** The backend ping() reaches, when it is not `backend`: a fallback pings its database. */
   readonly pingBackend?: string;
@@ -105,6 +106,11 @@ export interface Storage {
   /** Gives a reservation back without recording anything. */
   release(reservation: Reservation): Promise<void>;
   windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage>;
+  close(): Promise<void>;
+}
+
+/** Key management, for the admin API and the CLI: apart from the hot path. */
+export interface KeyStore {
   createKey(input: NewKey, now?: number): Promise<CreatedKey>;
   listKeys(): Promise<KeyRecord[]>;
   getKey(id: string): Promise<KeyRecord | undefined>;
@@ -112,8 +118,10 @@ export interface Storage {
   updateKey(id: string, patch: KeyPatch): Promise<KeyRecord>;
   /** False when there was no such key. */
   deleteKey(id: string): Promise<boolean>;
-  close(): Promise<void>;
 }
+
+/** A store as the gate and the tooling use it. */
+export interface Storage extends QuotaStore, KeyStore {}
 
 /** What a shared database store gives the fallback decorator beyond Storage. */
 export interface SharedStorage extends Storage {

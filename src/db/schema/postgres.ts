@@ -1,5 +1,6 @@
 // The PostgreSQL schema: the same logical schema as SQLite (see sqlite.ts), plus the reservations
 // that instances share. Times are bigint milliseconds since the epoch, as in SQLite.
+import { getTableColumns } from 'drizzle-orm';
 import { pgTable, text, bigint, boolean, primaryKey, index } from 'drizzle-orm/pg-core';
 
 const ms = (name: string) => bigint(name, { mode: 'number' });
@@ -19,6 +20,10 @@ export const apiKeys = pgTable('api_keys', {
   totalLifetimeTokens: bigint('total_lifetime_tokens', { mode: 'number' }).notNull().default(0),
   totalRequests: bigint('total_requests', { mode: 'number' }).notNull().default(0),
 });
+
+// A key as the stores read it (a KeyRecord): every column but the digest.
+const { keyHash: _digest, ...keyColumns } = getTableColumns(apiKeys);
+export { keyColumns };
 
 export const usageBuckets = pgTable(
   'usage_buckets',

@@ -1,5 +1,6 @@
 // The SQLite schema: keys, per-minute usage buckets and the ids of applied usage records.
 // Times are integer milliseconds since the epoch, so both dialects share one logical schema.
+import { getTableColumns } from 'drizzle-orm';
 import { sqliteTable, text, integer, primaryKey, index } from 'drizzle-orm/sqlite-core';
 
 export const apiKeys = sqliteTable('api_keys', {
@@ -17,6 +18,10 @@ export const apiKeys = sqliteTable('api_keys', {
   totalLifetimeTokens: integer('total_lifetime_tokens').notNull().default(0),
   totalRequests: integer('total_requests').notNull().default(0),
 });
+
+// A key as the stores read it (a KeyRecord): every column but the digest.
+const { keyHash: _digest, ...keyColumns } = getTableColumns(apiKeys);
+export { keyColumns };
 
 export const usageBuckets = sqliteTable(
   'usage_buckets',
