@@ -4,7 +4,7 @@
 import { sql, type SQL } from 'drizzle-orm';
 import { apiKeys, usageBuckets } from '../db/schema/sqlite.js';
 import { BACKED_UP, rowOf, type TableName, type TableShape } from '../db/tables.js';
-import type { SnapshotKey } from './snapshot.js';
+import type { SnapshotKey, StoredKey } from './snapshot.js';
 import type { KeyRecord } from './types.js';
 
 const BACKUP_TABLES = new Map(BACKED_UP.sqlite.map((shape) => [shape.name, shape]));
@@ -156,18 +156,9 @@ export async function replaceInto(tx: AdminTransaction, rows: AsyncIterable<Tabl
 }
 
 /** A stored key with its digest, as the stores read it. */
-export type StoredKey = Omit<SnapshotKey, 'buckets'>;
+export type { StoredKey } from './snapshot.js';
+export { withBuckets } from './snapshot.js';
 
-/** Stored keys and their buckets joined into snapshot keys. */
-export function withBuckets(keys: StoredKey[], buckets: { keyId: string; start: number; tokens: number }[]): SnapshotKey[] {
-  const byKey = new Map<string, [number, number][]>();
-  for (const bucket of buckets) {
-    const list = byKey.get(bucket.keyId) ?? [];
-    list.push([bucket.start, bucket.tokens]);
-    byKey.set(bucket.keyId, list);
-  }
-  return keys.map((key) => ({ ...key, buckets: byKey.get(key.id) ?? [] }));
-}
 
 /** The rows after `row` in primary-key order: where the next page of a dump starts. */
 export function pastRow(shape: TableShape, row: Row): SQL {

@@ -12,7 +12,7 @@ import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.
 import { PostgresKeys } from './postgres-keys.js';
 import { Pruner, postgresTarget, type PruneOptions } from './prune.js';
 import { withRetry } from './retry.js';
-import type { SnapshotKey } from './snapshot.js';
+import { withBuckets, type SnapshotKey } from './snapshot.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, SharedStorage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** Default time after which a reservation no longer counts: its instance is presumed dead. */
@@ -346,13 +346,7 @@ export class PostgresStorage implements SharedStorage {
           .from(usageBuckets)
           .where(gt(usageBuckets.bucketStart, since)),
       ]);
-      const byKey = new Map<string, [number, number][]>();
-      for (const bucket of buckets) {
-        const list = byKey.get(bucket.keyId) ?? [];
-        list.push([bucket.start, bucket.tokens]);
-        byKey.set(bucket.keyId, list);
-      }
-      return keys.map((key) => ({ ...key, buckets: byKey.get(key.id) ?? [] }));
+      return withBuckets(keys, buckets);
     });
   }
 

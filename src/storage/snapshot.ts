@@ -89,3 +89,17 @@ export function setAsideSnapshot(dir: string, now: number): string {
   renameSync(join(dir, SNAPSHOT_FILE), aside);
   return aside;
 }
+
+/** A key as stored, with its digest: a snapshot key without its buckets. */
+export type StoredKey = Omit<SnapshotKey, 'buckets'>;
+
+/** Stored keys and their buckets joined into snapshot keys. */
+export function withBuckets(keys: StoredKey[], buckets: { keyId: string; start: number; tokens: number }[]): SnapshotKey[] {
+  const byKey = new Map<string, [number, number][]>();
+  for (const bucket of buckets) {
+    const list = byKey.get(bucket.keyId) ?? [];
+    list.push([bucket.start, bucket.tokens]);
+    byKey.set(bucket.keyId, list);
+  }
+  return keys.map((key) => ({ ...key, buckets: byKey.get(key.id) ?? [] }));
+}
