@@ -21,6 +21,7 @@ import type { AdminStore } from './admin.js';
 import { SqliteAdmin } from './sqlite-admin.js';
 import { PostgresAdmin } from './postgres-admin.js';
 import { DEFAULT_RECORD_RETENTION_MS, postgresTarget, Pruner, sqliteTarget, type PruneOptions } from './prune.js';
+import { rememberWindow } from './opened-window.js';
 
 export const DEFAULT_DATABASE_PATH = './data/tokengate.db';
 export const DEFAULT_FALLBACK_DIR = './data/fallback';
@@ -69,7 +70,11 @@ export interface StorageConfig {
    * close(). Default: true (the key commands, which run alongside the gate, turn it off).
    */
   lock?: boolean;
-  /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
+  /**
+   * The longest window a gate on this store uses (file store and snapshots keep that much usage, pruning
+   * keeps that much of the buckets). A gate on the store uses it by default and may not use a longer
+   * one. Default: 5 hours.
+   */
   windowMs?: number;
   /** How long usage record ids are kept (what a replay is checked against). Default 7 days. */
   recordRetentionMs?: number;
@@ -81,6 +86,10 @@ export interface StorageConfig {
 
 /** Opens the configured store, migrated and ready; with no config at all, the embedded SQLite default. */
 export async function createStorage(config: StorageConfig = {}): Promise<Storage> {
+  return rememberWindow(await openStorage(config), config.windowMs ?? DEFAULT_WINDOW_MS);
+}
+
+async function openStorage(config: StorageConfig): Promise<Storage> {
   const where = location(config);
   const fallbackDir = where.fallbackDir ?? DEFAULT_FALLBACK_DIR;
   const logger = config.logger ?? defaultLogger();

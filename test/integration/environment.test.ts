@@ -1,7 +1,12 @@
-// What reads which variables: createStorage() only where the store is, `serve` and the CLI all of them.
+// What reads which variables: createStorage() only where the store is, `serve` and the CLI all of them; one window per gate and store.
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import express from 'express';
+import request from 'supertest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { statsHandler } from '../../middleware/stats.js';
+import { tokenGate } from '../../middleware/gate.js';
+import { ConfigError } from '../../src/errors.js';
 import { createStorage } from '../../src/storage/create.js';
 import { cli, expectFailure, requireBuiltCli } from '../helpers/cli.js';
 import { quietLogger, tempDbPath, tempDir } from '../helpers/gate.js';
@@ -79,5 +84,40 @@ describe('`tokengate serve` and the CLI', () => {
     expect(listed.status).toBe(0);
     expect(JSON.parse(listed.stdout)).toMatchObject({ keys: [{ name: 'from-file' }], store: `file ${env.FALLBACK_DIR}` });
     expectFailure(cli(tempDbPath(), ['keys', 'list'], { DATABASE_POOL_SIZE: '0' }), /^tokengate: DATABASE_POOL_SIZE must be a positive integer, not "0"$/);
+  });
+});
+
+describe('the window of a gate and of its storage', () => {
+  const storages: { close(): Promise<void> }[] = [];
+  afterAll(async () => {
+    for (const storage of storages) await storage.close();
+  });
+
+  async function storageWithWindow(windowMs?: number) {
+    const storage = await createStorage({ databasePath: tempDbPath(), logger: quietLogger(), ...(windowMs === undefined ? {} : { windowMs }) });
+    storages.push(storage);
+    return storage;
+  }
+
+  it("is the storage's by default", async () => {
+    const storage = await storageWithWindow(HOUR);
+    const { key } = await storage.createKey({ name: 'w', tokenLimit: 1000, expiresAt: Date.now() + 24 * HOUR });
+    const app = express().use(tokenGate({ storage, logger: quietLogger() }), (_req, res) => void res.json({}));
+    const response = await request(app).post('/').set('authorization', `Bearer ${key}`).send({});
+    expect(response.status).toBe(200);
+    expect(response.headers['ratelimit-policy']).toMatch(/;w=3600$/);
+  });
+
+  it('may be shorter than the storage keeps, never longer', async () => {
+    const storage = await storageWithWindow();
+    expect(() => tokenGate({ storage, windowMs: HOUR })).not.toThrow();
+    expect(() => tokenGate({ storage, windowMs: 5 * HOUR })).not.toThrow();
+    expect(() => tokenGate({ storage, windowMs: 7 * 24 * HOUR })).toThrow(ConfigError);
+    expect(() => tokenGate({ storage, windowMs: 7 * 24 * HOUR })).toThrow(
+      'tokenGate: `windowMs` (7d) is longer than the window its storage keeps (5h): pass the same windowMs to createStorage()',
+    );
+    expect(() => statsHandler({ storage, windowMs: 6 * HOUR })).toThrow(/^statsHandler: `windowMs` \(6h\) is longer than the window its storage keeps \(5h\)/);
+    const weekly = await storageWithWindow(7 * 24 * HOUR);
+    expect(() => tokenGate({ storage: weekly, windowMs: 7 * 24 * HOUR })).not.toThrow();
   });
 });
