@@ -1,5 +1,8 @@
 // tokenGate() options, each documented where it is declared, and their defaults.
 import type { Request, Response } from 'express';
+import { formatDuration } from '../src/config.js';
+import { ConfigError } from '../src/errors.js';
+import { openedWindow } from '../src/storage/opened-window.js';
 import type { Storage } from '../src/storage/types.js';
 import type { Logger } from '../src/ops/logger.js';
 import { defaultLogger } from '../src/ops/logger.js';
@@ -12,7 +15,10 @@ import { sendRejection, type RejectionHandler } from './reject.js';
 export interface TokenGateOptions {
   /** The store that holds keys and usage: `await createStorage()`. */
   storage: Storage;
-  /** Length of the rolling window, in milliseconds. Default: 5 hours. */
+  /**
+   * Length of the rolling window, in milliseconds. Default: the `windowMs` the storage was opened
+   * with (`createStorage({ windowMs })`), 5 hours unless told otherwise; a longer one is a ConfigError.
+   */
   windowMs?: number;
   /**
    * Reads the key from a request, replacing the default (`Authorization: Bearer`, then `x-api-key`,
@@ -68,9 +74,23 @@ const MAX_TIMER_MS = 2_147_483_647;
 type Unset = 'getKey' | 'skip' | 'getUsage' | 'metrics';
 export type GateConfig = Required<Omit<TokenGateOptions, Unset>> & Pick<TokenGateOptions, Unset>;
 
+/**
+ * The window a gate (or /stats) on `storage` uses: `windowMs`, else the one the storage was opened
+ * with. A longer one than the storage keeps is refused: its older usage would be pruned, or never
+ * kept by the file store, while it still counts.
+ */
+export function windowFor(storage: Storage, windowMs: number | undefined, caller: string): number {
+  const kept = openedWindow(storage);
+  const window = windowMs ?? kept ?? DEFAULT_WINDOW_MS;
+  if (kept !== undefined && window > kept) {
+    throw new ConfigError(`${caller}: \`windowMs\` (${formatDuration(window)}) is longer than the window its storage keeps (${formatDuration(kept)}): pass the same windowMs to createStorage()`);
+  }
+  return window;
+}
+
 export function resolveOptions(options: TokenGateOptions): GateConfig {
   if (!options?.storage) throw new TypeError('tokenGate: the `storage` option is required (await createStorage())');
-  const windowMs = options.windowMs ?? DEFAULT_WINDOW_MS;
+  const windowMs = windowFor(options.storage, options.windowMs, 'tokenGate');
   if (!Number.isSafeInteger(windowMs) || windowMs < 60_000) throw new TypeError('tokenGate: `windowMs` must be an integer of at least 60000');
   const bodyLimit = options.bodyLimit ?? 10 * 1024 * 1024;
   if (!Number.isSafeInteger(bodyLimit) || bodyLimit < 0) throw new TypeError('tokenGate: `bodyLimit` must be a non-negative integer');

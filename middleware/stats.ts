@@ -3,16 +3,16 @@ import type { RequestHandler } from 'express';
 import { digestKey } from '../src/keys/secret.js';
 import { statsView } from '../src/keys/view.js';
 import { defaultLogger } from '../src/ops/logger.js';
-import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
 import { lookupKey } from './gate.js';
-import type { TokenGateOptions } from './options.js';
+import { windowFor, type TokenGateOptions } from './options.js';
 import { errorBodyFor, rejections, type Rejection } from './reject.js';
 
 export type StatsOptions = Pick<TokenGateOptions, 'storage' | 'windowMs' | 'getKey' | 'allowQueryKey' | 'now' | 'logger'>;
 
 /** Answers with the caller's key stats; an expired key still sees its stats (`is_expired: true`). */
 export function statsHandler(options: StatsOptions): RequestHandler {
-  const { storage, getKey, allowQueryKey = false, windowMs = DEFAULT_WINDOW_MS, now = Date.now } = options;
+  const { storage, getKey, allowQueryKey = false, now = Date.now } = options;
+  const windowMs = windowFor(storage, options.windowMs, 'statsHandler');
   const logger = options.logger ?? defaultLogger();
   return async (req, res) => {
     const send = (rejection: Rejection): void => {

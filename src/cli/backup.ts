@@ -2,9 +2,8 @@
 import { createInterface } from 'node:readline/promises';
 import { Command } from 'commander';
 import { sameColumns } from '../db/migrations.js';
-import { backupDirFromEnv } from '../ops/backup-schedule.js';
 import { BackupError, restoreBackup, verifyBackup, writeBackup, type BackupManifest } from '../ops/backup.js';
-import { UsageError, note, printJson, printLine, storeName, withAdminStore } from './shared.js';
+import { UsageError, environment, note, printJson, printLine, storeName, withAdminStore } from './shared.js';
 
 interface BackupOptions {
   out?: string;
@@ -25,7 +24,7 @@ export function backupCommand(): Command {
     .option('--out <dir>', 'directory for the file (default: BACKUP_DIR, else ./backups)')
     .option('--json', 'print {"path", "manifest"} as JSON')
     .action(async (options: BackupOptions) => {
-      const { path, manifest } = await withAdminStore((store) => writeBackup(store, options.out ?? backupDirFromEnv()));
+      const { path, manifest } = await withAdminStore((store) => writeBackup(store, options.out ?? environment().backupDir));
       if (options.json) printJson({ path, manifest, store: storeName() });
       else {
         printLine(path);
@@ -52,7 +51,7 @@ export function restoreCommand(): Command {
           throw new BackupError(`${file} has schema ${manifest.schema}, this ${store.backend} store has ${schema} with other columns: restore it with the tokengate version that wrote it`);
         }
         await confirm(options.yes, `Replace every key and all usage in this ${store.backend} store with ${file} (${describe(manifest)})?`);
-        const before = await writeBackup(store, backupDirFromEnv());
+        const before = await writeBackup(store, environment().backupDir);
         const restored = await restoreBackup(store, file);
         return { restored: file, manifest: restored, backup_before_restore: before.path };
       });

@@ -1,8 +1,8 @@
 // `tokengate db migrate` and `tokengate db prune`: database maintenance on the configured store, then exit.
 import { Command } from 'commander';
+import { formatDuration, parseDuration, storageForWindow } from '../config.js';
 import { migrateDatabase, openPruneTarget } from '../storage/create.js';
-import { formatDuration, parseDuration } from '../storage/prune.js';
-import { cliLogger, printJson, printLine } from './shared.js';
+import { cliLogger, environment, printJson, printLine } from './shared.js';
 
 interface PruneCliOptions {
   window?: string;
@@ -15,7 +15,7 @@ export function dbCommand(): Command {
     .description('apply pending migrations to the store DATABASE_URL or DATABASE_PATH names (also done on every start)')
     .action(async () => {
       // Under an advisory lock on PostgreSQL; on SQLite alongside a running gate, which holds the file's lock, not this.
-      const { store, applied, schema } = await migrateDatabase({ logger: cliLogger() });
+      const { store, applied, schema } = await migrateDatabase({ ...environment().storage, logger: cliLogger() });
       printLine(`${store}: ${applied === 0 ? 'up to date, no migrations applied' : `applied ${applied} migration${applied === 1 ? '' : 's'}`}; schema ${schema}`);
     });
   db.command('prune')
@@ -27,7 +27,7 @@ export function dbCommand(): Command {
     .option('--json', 'print {"store", "usage_records", "usage_buckets", "reservations"?} as JSON')
     .action(async (options: PruneCliOptions) => {
       const windowMs = parseDuration('--window', options.window ?? '5h');
-      const target = await openPruneTarget({ windowMs });
+      const target = await openPruneTarget(storageForWindow(environment().storage, windowMs));
       try {
         const counts = await target.pruner.run();
         const { store } = target;

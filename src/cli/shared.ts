@@ -1,6 +1,7 @@
 // What every tokengate command shares: running the program, one-line errors, the package version, storage.
 import type { Command } from 'commander';
 import { pino } from 'pino';
+import { readEnvironment, type Environment } from '../config.js';
 import { TokenGateError } from '../errors.js';
 import { createLogger, type Logger } from '../ops/logger.js';
 import { configuredStore, createStorage, openAdminStore } from '../storage/create.js';
@@ -14,15 +15,23 @@ export class UsageError extends TokenGateError {
   }
 }
 
+let parsed: Environment | undefined;
+
+/** The variables `serve` reads, less its own: parsed on first use, so once per command and not at all for --help. */
+export function environment(): Environment {
+  parsed ??= readEnvironment(process.env);
+  return parsed;
+}
+
 /** Logs go to stderr, so stdout stays the command's output; info lines (migrations applied) only with LOG_LEVEL=info. */
 export function cliLogger(): Logger {
-  return createLogger(pino.destination({ dest: 2, sync: true }), process.env.LOG_LEVEL ?? 'warn');
+  return createLogger(pino.destination({ dest: 2, sync: true }), environment().logLevel ?? 'warn');
 }
 
 /** Opens the store the environment names (as `serve` does), runs `use`, and always closes it. */
 export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Promise<T> {
   // Key tools talk to the database directly: the file fallback, background pruning and the SQLite lock belong to the running gate.
-  const storage = await createStorage({ fallback: false, prune: false, lock: false, logger: cliLogger() });
+  const storage = await createStorage({ ...environment().storage, fallback: false, prune: false, lock: false, logger: cliLogger() });
   try {
     return await use(storage);
   } finally {
@@ -32,7 +41,7 @@ export async function withStorage<T>(use: (storage: Storage) => Promise<T>): Pro
 
 /** Opens the configured database for the tools (import, export, backup, restore), runs `use`, and always closes it. */
 export async function withAdminStore<T>(use: (store: AdminStore) => Promise<T>): Promise<T> {
-  const store = await openAdminStore();
+  const store = await openAdminStore(environment().storage);
   try {
     return await use(store);
   } finally {
@@ -45,7 +54,7 @@ export async function withAdminStore<T>(use: (store: AdminStore) => Promise<T>):
  * run from another directory, a command would otherwise quietly use another database.
  */
 export function storeName(): string {
-  return configuredStore();
+  return configuredStore(environment().storage);
 }
 
 export function printJson(value: unknown): void {

@@ -2,7 +2,6 @@
 import { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { StorageError } from '../errors.js';
-import { backupDirFromEnv } from '../ops/backup-schedule.js';
 import { writeBackup } from '../ops/backup.js';
 import { writePrivateFile } from '../ops/private-files.js';
 import { DEFAULT_WINDOW_MS, countsAfter } from '../quota/window.js';
@@ -10,7 +9,7 @@ import type { ImportOutcome } from '../storage/admin.js';
 import { loadKeyFile, type ParsedKeyFile } from '../storage/key-file.js';
 import type { SnapshotKey } from '../storage/snapshot.js';
 import { maskKey } from '../keys/secret.js';
-import { note, printJson, printLine, storeName, withAdminStore } from './shared.js';
+import { environment, note, printJson, printLine, storeName, withAdminStore } from './shared.js';
 
 /** Files with at least this many keys get a progress bar on a terminal. */
 const PROGRESS_FROM = 1000;
@@ -35,7 +34,7 @@ export function importCommand(): Command {
       const report = await withAdminStore(async (store) => {
         const planned = await store.importKeys(parsed.keys, { dryRun: true });
         if (options.dryRun || planned.added.length === 0) return { outcome: planned, backup: null };
-        const { path } = await writeBackup(store, backupDirFromEnv());
+        const { path } = await writeBackup(store, environment().backupDir);
         const outcome = await withProgress(parsed.keys.length, !options.json, (onProgress) => store.importKeys(parsed.keys, { dryRun: false, onProgress })).catch(
           (error: unknown) => {
             throw new StorageError(`import rolled back, nothing was written: ${(error as Error).message}`, false, { cause: error });

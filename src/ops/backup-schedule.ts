@@ -2,12 +2,10 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cron } from 'croner';
-import { ConfigError } from '../errors.js';
+import { cronPattern } from '../config.js';
 import type { AdminStore } from '../storage/admin.js';
-import { DEFAULT_BACKUP_DIR, listBackups, writeBackup } from './backup.js';
+import { listBackups, writeBackup } from './backup.js';
 import type { Logger } from './logger.js';
-
-export const DEFAULT_BACKUP_RETAIN = 7;
 
 export interface BackupScheduleOptions {
   /** Opens the store to back up; each run opens it and closes it again. */
@@ -25,16 +23,6 @@ export interface BackupScheduleOptions {
 export interface BackupSchedule {
   /** Stops scheduling and waits for a backup in progress to finish. */
   stop(): Promise<void>;
-}
-
-/** Parses a cron expression, throwing a ConfigError that names `variable` when it is not one. */
-function cronPattern(schedule: string, variable: string): string {
-  try {
-    new Cron(schedule, { paused: true, timezone: 'UTC' }).stop();
-  } catch (error) {
-    throw new ConfigError(`${variable} is not a cron expression: "${schedule}" (${(error as Error).message})`);
-  }
-  return schedule;
 }
 
 /**
@@ -78,29 +66,4 @@ export function prune(dir: string, backend: string, retain: number): string[] {
   const old = names.slice(0, Math.max(0, names.length - retain));
   for (const name of old) rmSync(join(dir, name), { force: true });
   return old;
-}
-
-export interface BackupConfig {
-  schedule: string;
-  dir: string;
-  retain: number;
-}
-
-/** Backup settings from the environment; undefined when BACKUP_SCHEDULE is unset (no scheduled backups). */
-export function backupConfigFromEnv(env: NodeJS.ProcessEnv = process.env): BackupConfig | undefined {
-  const schedule = env.BACKUP_SCHEDULE?.trim();
-  const retainText = env.BACKUP_RETAIN?.trim();
-  let retain = DEFAULT_BACKUP_RETAIN;
-  if (retainText) {
-    retain = /^\d+$/.test(retainText) ? Number(retainText) : Number.NaN;
-    if (!Number.isSafeInteger(retain) || retain < 1) throw new ConfigError(`BACKUP_RETAIN must be a positive integer, not "${retainText}"`);
-  }
-  if (!schedule) return undefined;
-  return { schedule: cronPattern(schedule, 'BACKUP_SCHEDULE'), dir: backupDirFromEnv(env), retain };
-}
-
-/** BACKUP_DIR, else `./backups`. */
-export function backupDirFromEnv(env: NodeJS.ProcessEnv = process.env): string {
-  const dir = env.BACKUP_DIR?.trim();
-  return dir ? dir : DEFAULT_BACKUP_DIR;
 }

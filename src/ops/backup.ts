@@ -12,7 +12,6 @@ import { isTableName, rowProblem, type AdminStore, type TableRow } from '../stor
 
 export const BACKUP_FORMAT = 'tokengate-backup';
 export const BACKUP_VERSION = 1;
-export const DEFAULT_BACKUP_DIR = './backups';
 
 /** Sums that let an operator check a backup against the live store, and a restore against the backup. */
 export interface BackupTotals {

@@ -1,5 +1,6 @@
 // Structured JSON logs (pino), with every place a key or token could appear redacted.
 import { pino, type Logger as PinoLogger, type DestinationStream } from 'pino';
+import { logLevel } from '../config.js';
 
 /** What tokengate logs through: any pino logger fits. */
 export type Logger = Pick<PinoLogger, 'debug' | 'info' | 'warn' | 'error'>;
@@ -14,8 +15,12 @@ const REDACT = [
   '*.headers["x-api-key"]',
 ];
 
-/** A pino logger at `level` (default `LOG_LEVEL`, then info), writing to stdout unless told otherwise. */
-export function createLogger(destination?: DestinationStream, level = process.env.LOG_LEVEL ?? 'info'): PinoLogger {
+/**
+ * A pino logger at `level`, writing to stdout unless told otherwise. The default is `LOG_LEVEL`, then
+ * info: the one variable the library reads besides createStorage()'s three, so that a host app's
+ * own LOG_LEVEL quiets tokengate's default logger too.
+ */
+export function createLogger(destination?: DestinationStream, level: string = logLevel(process.env) ?? 'info'): PinoLogger {
   const options = { name: 'tokengate', level, redact: { paths: REDACT, censor: '[redacted]' } };
   return destination ? pino(options, destination) : pino(options);
 }

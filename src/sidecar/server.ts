@@ -80,8 +80,8 @@ export interface RunningSidecar {
 
 /** Opens the storage, listens, and stops gracefully on SIGTERM or SIGINT. */
 export async function runSidecar(config: SidecarConfig): Promise<RunningSidecar> {
-  const logger = createLogger();
-  const storage = await createStorage({ logger });
+  const logger = createLogger(undefined, config.logLevel ?? 'info');
+  const storage = await createStorage({ ...config.storage, logger });
   const metrics = createMetrics();
   const monitor = monitorStorage(storage, { metrics, logger });
   const parts = createSidecarApp({ config, storage, logger, metrics, monitor });
@@ -150,7 +150,7 @@ function startBackups(config: SidecarConfig, metrics: TokenGateMetrics, logger: 
     registers: [metrics.registry],
   });
   lastBackup.set(0);
-  return scheduleBackups({ ...config.backups, open: () => openAdminStore({ logger }), logger, onSuccess: (atMs) => lastBackup.set(atMs / 1000) });
+  return scheduleBackups({ ...config.backups, open: () => openAdminStore({ ...config.storage, logger }), logger, onSuccess: (atMs) => lastBackup.set(atMs / 1000) });
 }
 
 interface Draining {

@@ -1,6 +1,7 @@
-// createStorage(): picks and opens the store from explicit config or the environment.
+// createStorage(): picks and opens the store from its config; only where the store is defaults to the environment.
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { storageLocation } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { checkSqliteDirectory, openSqlite } from '../db/sqlite.js';
 import { connectPostgres, DEFAULT_POOL, migratePostgres, type MigrationResult, type PoolSettings } from '../db/postgres.js';
@@ -19,36 +20,42 @@ import type { Storage } from './types.js';
 import type { AdminStore } from './admin.js';
 import { SqliteAdmin } from './sqlite-admin.js';
 import { PostgresAdmin } from './postgres-admin.js';
-import { postgresTarget, Pruner, recordRetentionFromEnv, sqliteTarget, type PruneOptions } from './prune.js';
+import { DEFAULT_RECORD_RETENTION_MS, postgresTarget, Pruner, sqliteTarget, type PruneOptions } from './prune.js';
+import { rememberWindow } from './opened-window.js';
 
 export const DEFAULT_DATABASE_PATH = './data/tokengate.db';
 export const DEFAULT_FALLBACK_DIR = './data/fallback';
 const ADMIN_STATEMENT_TIMEOUT_MS = 10 * 60_000;
 
+/**
+ * Where the store is defaults to `DATABASE_URL`, `DATABASE_PATH` and `FALLBACK_DIR`; nothing else is
+ * read from the environment (a host app may use other names for its own ends). `tokengate serve` and
+ * the CLI pass the rest from their variables (`DATABASE_POOL_SIZE` for `poolSize`, and so on).
+ */
 export interface StorageConfig {
   /** `postgres://…` selects PostgreSQL; defaults to `DATABASE_URL`. */
   databaseUrl?: string;
   /** SQLite file, when no database URL is given; defaults to `DATABASE_PATH`, then `./data/tokengate.db`. */
   databasePath?: string;
-  /** PostgreSQL: connections this instance opens at most. Default `DATABASE_POOL_SIZE`, then 10. */
+  /** PostgreSQL: connections this instance opens at most. Default 10. */
   poolSize?: number;
-  /** PostgreSQL: seconds to wait for a connection. Default `DATABASE_CONNECT_TIMEOUT`, then 5. */
+  /** PostgreSQL: seconds to wait for a connection. Default 5. */
   connectTimeoutSeconds?: number;
-  /** PostgreSQL: statement timeout in milliseconds. Default `DATABASE_STATEMENT_TIMEOUT_MS`, then 5000. */
+  /** PostgreSQL: statement timeout in milliseconds. Default 5000. */
   statementTimeoutMs?: number;
-  /** PostgreSQL: how long a reservation counts before it is presumed abandoned. Default `RESERVATION_TTL_MS`, then 15 min. */
+  /** PostgreSQL: how long a reservation counts before it is presumed abandoned. Default 15 min. */
   reservationTtlMs?: number;
-  /** How long a key found by digest is reused before it is read again (0: always read). Default `KEY_CACHE_TTL_MS`, then 5000. */
+  /** How long a key found by digest is reused before it is read again (0: always read). Default 5000. */
   keyCacheTtlMs?: number;
-  /** `file` keeps everything in the file store alone (no database). Default `STORAGE`. */
+  /** `file` keeps everything in the file store alone (no database). */
   storage?: 'file';
   /** The file store: the fallback behind PostgreSQL, or the store itself. Default `FALLBACK_DIR`, then `./data/fallback`. */
   fallbackDir?: string;
-  /** Longest a request waits on PostgreSQL before the file fallback decides it. Default `FALLBACK_TIMEOUT_MS`, then 2000. */
+  /** Longest a request waits on PostgreSQL before the file fallback decides it. Default 2000. */
   fallbackTimeoutMs?: number;
-  /** How often the fallback snapshot is refreshed from PostgreSQL. Default `FALLBACK_SNAPSHOT_INTERVAL_MS`, then 30000. */
+  /** How often the fallback snapshot is refreshed from PostgreSQL. Default 30000. */
   snapshotIntervalMs?: number;
-  /** `storage: 'file'` only: the old JSON key file to start from when the file store is new. Default `KEY_FILE`. */
+  /** `storage: 'file'` only: the old JSON key file to start from when the file store is new. */
   keyFile?: string;
   /** Where state changes (migrations applied, fallback entered and left) are logged. Default: JSON on stdout. */
   logger?: Logger;
@@ -63,9 +70,13 @@ export interface StorageConfig {
    * close(). Default: true (the key commands, which run alongside the gate, turn it off).
    */
   lock?: boolean;
-  /** The longest window a gate on this store uses (file store and snapshots keep that much usage). Default: 5 hours. */
+  /**
+   * The longest window a gate on this store uses (file store and snapshots keep that much usage, pruning
+   * keeps that much of the buckets). A gate on the store uses it by default and may not use a longer
+   * one. Default: 5 hours.
+   */
   windowMs?: number;
-  /** How long usage record ids are kept (what a replay is checked against). Default `RECORD_RETENTION` (at least `windowMs`), then 7 days. */
+  /** How long usage record ids are kept (what a replay is checked against). Default 7 days. */
   recordRetentionMs?: number;
   /** Prune old usage in the background while the store is open. Default: true (the CLI's short-lived commands turn it off). */
   prune?: boolean;
@@ -75,23 +86,25 @@ export interface StorageConfig {
 
 /** Opens the configured store, migrated and ready; with no config at all, the embedded SQLite default. */
 export async function createStorage(config: StorageConfig = {}): Promise<Storage> {
-  const fallbackDir = config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? DEFAULT_FALLBACK_DIR;
+  return rememberWindow(await openStorage(config), config.windowMs ?? DEFAULT_WINDOW_MS);
+}
+
+async function openStorage(config: StorageConfig): Promise<Storage> {
+  const where = location(config);
+  const fallbackDir = where.fallbackDir ?? DEFAULT_FALLBACK_DIR;
   const logger = config.logger ?? defaultLogger();
-  const mode = config.storage ?? nonEmpty(process.env.STORAGE);
-  if (mode !== undefined && mode !== 'file') throw new ConfigError(`STORAGE must be "file" or unset, not "${mode}"`);
-  if (mode === 'file') {
-    const keyFile = config.keyFile ?? nonEmpty(process.env.KEY_FILE);
+  if (fileStoreSelected(config)) {
+    const { keyFile } = config;
     const windowMs = config.windowMs ?? DEFAULT_WINDOW_MS;
     const initialKeys = keyFile ? () => readKeyFile(keyFile, Date.now(), windowMs) : undefined;
     return FileStorage.open({ dir: fallbackDir, role: 'standalone', logger, windowMs, ...(initialKeys ? { initialKeys } : {}) });
   }
-  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  const { databaseUrl, databasePath } = where;
   if (databaseUrl) return openPostgres(databaseUrl, config, fallbackDir, logger);
-  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
-  const options = { keyCacheTtlMs: keyCacheTtl(config), prune: backgroundPruning(config, logger) }; // checked before the file is opened
+  const options = { keyCacheTtlMs: config.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS, prune: backgroundPruning(config, logger) };
   if (config.lock === false) return new SqliteStorage(openSqlite(databasePath, { logger }), options);
   // The gate journals the usage the database refuses (FALLBACK_DIR, by default next to the database file).
-  const journalDir = config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? join(dirname(databasePath), 'fallback');
+  const journalDir = where.fallbackDir ?? join(dirname(databasePath), 'fallback');
   const journal = config.fallback === false ? undefined : { dir: journalDir, logger };
   return openLockedSqlite(resolve(databasePath), { ...options, ...(journal ? { journal } : {}) }, logger);
 }
@@ -126,10 +139,10 @@ function openLockedSqlite(file: string, options: SqliteStorageOptions, logger: L
  * its own, migrated. The file store has no such tools: its snapshot is its backup.
  */
 export async function openAdminStore(config: StorageConfig = {}): Promise<AdminStore> {
-  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+  if (fileStoreSelected(config)) {
     throw new ConfigError('STORAGE=file has no database to import into, back up or restore: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
   }
-  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  const { databaseUrl, databasePath } = location(config);
   if (databaseUrl) {
     const pool = poolSettings(databaseUrl, config);
     await migrateOrExplain(databaseUrl, pool.connectTimeoutSeconds);
@@ -137,15 +150,14 @@ export async function openAdminStore(config: StorageConfig = {}): Promise<AdminS
     const statementTimeoutMs = Math.max(pool.statementTimeoutMs, ADMIN_STATEMENT_TIMEOUT_MS);
     return new PostgresAdmin(connectPostgres(databaseUrl, { ...pool, poolSize: 1, statementTimeoutMs }));
   }
-  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   return new SqliteAdmin(openSqlite(databasePath, { logger: config.logger }));
 }
 
 async function openPostgres(url: string, config: StorageConfig, fallbackDir: string, logger: Logger): Promise<Storage> {
   const pool = poolSettings(url, config);
   const options = {
-    reservationTtlMs: config.reservationTtlMs ?? intFromEnv('RESERVATION_TTL_MS', DEFAULT_RESERVATION_TTL_MS),
-    keyCacheTtlMs: keyCacheTtl(config),
+    reservationTtlMs: config.reservationTtlMs ?? DEFAULT_RESERVATION_TTL_MS,
+    keyCacheTtlMs: config.keyCacheTtlMs ?? DEFAULT_KEY_CACHE_TTL_MS,
     prune: backgroundPruning(config, logger),
   };
   const migrate = async (): Promise<void> => {
@@ -165,8 +177,8 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
   const storage = new FallbackStorage(new PostgresStorage(connectPostgres(url, pool), options), file, {
     logger,
     reconnect: migrate,
-    timeoutMs: config.fallbackTimeoutMs ?? intFromEnv('FALLBACK_TIMEOUT_MS', 2000),
-    snapshotIntervalMs: config.snapshotIntervalMs ?? intFromEnv('FALLBACK_SNAPSHOT_INTERVAL_MS', 30_000),
+    timeoutMs: config.fallbackTimeoutMs ?? 2000,
+    snapshotIntervalMs: config.snapshotIntervalMs ?? 30_000,
     windowMs,
   });
   // Records journaled by an earlier run (it crashed, or stopped during an outage) go in first.
@@ -175,10 +187,9 @@ async function openPostgres(url: string, config: StorageConfig, fallbackDir: str
   return storage;
 }
 
-/** The pruning settings from config, then the environment. */
 function pruneOptions(config: StorageConfig, logger?: Logger): PruneOptions {
   const windowMs = config.windowMs ?? DEFAULT_WINDOW_MS;
-  const recordRetentionMs = config.recordRetentionMs ?? recordRetentionFromEnv(nonEmpty(process.env.RECORD_RETENTION), windowMs);
+  const recordRetentionMs = config.recordRetentionMs ?? DEFAULT_RECORD_RETENTION_MS;
   return { recordRetentionMs, windowMs, ...(config.now ? { now: config.now } : {}), ...(logger ? { logger } : {}) };
 }
 
@@ -197,29 +208,28 @@ export interface PruneTarget {
 
 /** Opens the configured database, migrated, on a connection of its own, for one pruning pass by hand. */
 export async function openPruneTarget(config: StorageConfig = {}): Promise<PruneTarget> {
-  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+  if (fileStoreSelected(config)) {
     throw new ConfigError('STORAGE=file keeps only the usage its window needs and has nothing to prune: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
   }
   const options = pruneOptions(config);
-  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  const { databaseUrl, databasePath } = location(config);
   if (databaseUrl) {
     const pool = poolSettings(databaseUrl, config);
     await migrateOrExplain(databaseUrl, pool.connectTimeoutSeconds);
     const { sql } = connectPostgres(databaseUrl, { ...pool, poolSize: 1 });
     return { store: `postgres ${describeUrl(databaseUrl)}`, pruner: new Pruner(postgresTarget(sql), options), options, close: () => sql.end({ timeout: 5 }) };
   }
-  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   const { sqlite } = openSqlite(databasePath);
   return { store: `sqlite ${databasePath}`, pruner: new Pruner(sqliteTarget(sqlite), options), options, close: async () => void sqlite.close() };
 }
 
-/** Checks the URL and reads the pool settings from config, then the environment. */
+/** Checks the URL and reads the pool settings from config. */
 function poolSettings(url: string, config: StorageConfig): PoolSettings {
   if (!/^postgres(ql)?:\/\//.test(url)) throw new ConfigError('DATABASE_URL must start with postgres:// or postgresql://');
   return {
-    poolSize: config.poolSize ?? intFromEnv('DATABASE_POOL_SIZE', DEFAULT_POOL.poolSize),
-    connectTimeoutSeconds: config.connectTimeoutSeconds ?? intFromEnv('DATABASE_CONNECT_TIMEOUT', DEFAULT_POOL.connectTimeoutSeconds),
-    statementTimeoutMs: config.statementTimeoutMs ?? intFromEnv('DATABASE_STATEMENT_TIMEOUT_MS', DEFAULT_POOL.statementTimeoutMs),
+    poolSize: config.poolSize ?? DEFAULT_POOL.poolSize,
+    connectTimeoutSeconds: config.connectTimeoutSeconds ?? DEFAULT_POOL.connectTimeoutSeconds,
+    statementTimeoutMs: config.statementTimeoutMs ?? DEFAULT_POOL.statementTimeoutMs,
   };
 }
 
@@ -228,23 +238,22 @@ function poolSettings(url: string, config: StorageConfig): PoolSettings {
  * `postgres host:port/database` (never credentials), or `file DIR`.
  */
 export function configuredStore(config: StorageConfig = {}): string {
-  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) return `file ${resolve(config.fallbackDir ?? nonEmpty(process.env.FALLBACK_DIR) ?? DEFAULT_FALLBACK_DIR)}`;
-  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  const { databaseUrl, databasePath, fallbackDir } = location(config);
+  if (fileStoreSelected(config)) return `file ${resolve(fallbackDir ?? DEFAULT_FALLBACK_DIR)}`;
   if (databaseUrl) return `postgres ${describeUrl(databaseUrl)}`;
-  return `sqlite ${resolve(config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH)}`;
+  return `sqlite ${resolve(databasePath)}`;
 }
 
 /** Applies pending migrations to the configured database (`tokengate db migrate`): which store, and what was done. */
 export async function migrateDatabase(config: StorageConfig = {}): Promise<MigrationResult & { store: string }> {
-  if ((config.storage ?? nonEmpty(process.env.STORAGE)) !== undefined) {
+  if (fileStoreSelected(config)) {
     throw new ConfigError('STORAGE=file has no database to migrate: unset STORAGE and set DATABASE_URL or DATABASE_PATH');
   }
-  const databaseUrl = config.databaseUrl ?? nonEmpty(process.env.DATABASE_URL);
+  const { databaseUrl, databasePath } = location(config);
   if (databaseUrl) {
     const result = await migrateOrExplain(databaseUrl, poolSettings(databaseUrl, config).connectTimeoutSeconds, config.logger, true);
     return { store: `postgres ${describeUrl(databaseUrl)}`, ...result };
   }
-  const databasePath = config.databasePath ?? nonEmpty(process.env.DATABASE_PATH) ?? DEFAULT_DATABASE_PATH;
   const { sqlite, migrated } = openSqlite(databasePath, { logger: config.logger, randomizeIds: true });
   sqlite.close();
   return { store: `sqlite ${databasePath}`, ...migrated };
@@ -273,18 +282,22 @@ export function describeUrl(url: string): string {
   }
 }
 
-function intFromEnv(name: string, fallback: number, min = 1): number {
-  const raw = nonEmpty(process.env[name]);
-  if (raw === undefined) return fallback;
-  const value = /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
-  if (!Number.isSafeInteger(value) || value < min) throw new ConfigError(`${name} must be ${min === 0 ? 'a non-negative' : 'a positive'} integer, not "${raw}"`);
-  return value;
+/**
+ * Where the store is: `config`, else the variables the contract names for it (DATABASE_URL,
+ * DATABASE_PATH, FALLBACK_DIR), else the defaults. FALLBACK_DIR's default depends on the store.
+ */
+function location(config: StorageConfig): { databaseUrl: string | undefined; databasePath: string; fallbackDir: string | undefined } {
+  const env = storageLocation(process.env);
+  return {
+    databaseUrl: config.databaseUrl ?? env.databaseUrl,
+    databasePath: config.databasePath ?? env.databasePath ?? DEFAULT_DATABASE_PATH,
+    fallbackDir: config.fallbackDir ?? env.fallbackDir,
+  };
 }
 
-function keyCacheTtl(config: StorageConfig): number {
-  return config.keyCacheTtlMs ?? intFromEnv('KEY_CACHE_TTL_MS', DEFAULT_KEY_CACHE_TTL_MS, 0);
-}
-
-function nonEmpty(value: string | undefined): string | undefined {
-  return value === undefined || value.trim() === '' ? undefined : value;
+/** `storage: 'file'`; anything else a JavaScript caller passes is refused rather than taken for a database. */
+function fileStoreSelected(config: StorageConfig): boolean {
+  const mode: unknown = config.storage;
+  if (mode !== undefined && mode !== 'file') throw new ConfigError(`storage must be "file" or unset, not ${JSON.stringify(mode)}`);
+  return mode === 'file';
 }

@@ -2,7 +2,6 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type Database from 'better-sqlite3';
 import type postgres from 'postgres';
-import { ConfigError } from '../errors.js';
 import type { Logger } from '../ops/logger.js';
 import { BUCKET_MS } from '../quota/window.js';
 
@@ -138,32 +137,4 @@ export class Pruner {
     }
     return total;
   }
-}
-
-const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** Parses a duration such as `90s`, `30m`, `12h` or `7d` for the variable `name`; anything else is a ConfigError naming it. */
-export function parseDuration(name: string, raw: string): number {
-  const match = /^(\d+)([smhd])$/.exec(raw.trim());
-  const ms = match ? Number(match[1]) * UNITS[match[2]!]! : Number.NaN;
-  if (!Number.isSafeInteger(ms) || ms <= 0) throw new ConfigError(`${name} must be a duration such as 90s, 30m, 12h or 7d, not "${raw}"`);
-  return ms;
-}
-
-/**
- * `RECORD_RETENTION`, checked against the window: a record id dropped while its bucket still counts
- * could be replayed into the window a second time. Shorter retentions (tests) go through the
- * programmatic option.
- */
-export function recordRetentionFromEnv(raw: string | undefined, windowMs: number): number {
-  if (raw === undefined) return DEFAULT_RECORD_RETENTION_MS;
-  const ms = parseDuration('RECORD_RETENTION', raw);
-  if (ms < windowMs) throw new ConfigError(`RECORD_RETENTION must be at least the window (${formatDuration(windowMs)}), not "${raw}"`);
-  return ms;
-}
-
-/** Milliseconds as the largest whole unit: `7d`, `5h`, `90s`. */
-export function formatDuration(ms: number): string {
-  for (const [unit, size] of Object.entries(UNITS).reverse()) if (ms % size === 0) return `${ms / size}${unit}`;
-  return `${ms}ms`;
 }

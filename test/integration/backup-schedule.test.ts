@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
-import { backupConfigFromEnv, scheduleBackups } from '../../src/ops/backup-schedule.js';
+import { readEnvironment } from '../../src/config.js';
+import { scheduleBackups } from '../../src/ops/backup-schedule.js';
 import { BackupError, backupFileName, restoreBackup, verifyBackup, writeBackup } from '../../src/ops/backup.js';
 import type { Logger } from '../../src/ops/logger.js';
 import type { AdminStore } from '../../src/storage/admin.js';
@@ -104,9 +105,12 @@ describe('scheduleBackups', () => {
   });
 });
 
-describe('backupConfigFromEnv', () => {
+describe('the backup variables', () => {
+  const backupConfigFromEnv = (env: NodeJS.ProcessEnv) => readEnvironment(env).backups;
+
   it('reads BACKUP_SCHEDULE, BACKUP_DIR and BACKUP_RETAIN with their defaults', () => {
     expect(backupConfigFromEnv({})).toBeUndefined();
+    expect(readEnvironment({}).backupDir).toBe('./backups');
     expect(backupConfigFromEnv({ BACKUP_SCHEDULE: '0 3 * * *' })).toEqual({ schedule: '0 3 * * *', dir: './backups', retain: 7 });
     expect(backupConfigFromEnv({ BACKUP_SCHEDULE: '*/10 * * * * *', BACKUP_DIR: '/var/backups/tg', BACKUP_RETAIN: '30' })).toEqual({
       schedule: '*/10 * * * * *',

@@ -4,18 +4,18 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { VARIABLES } from '../../src/cli/variables.js';
-import { SIDECAR_VARIABLES } from '../../src/sidecar/config.js';
+import { VARIABLE_NAMES } from '../../src/config.js';
 import { CLI } from '../helpers/sidecar.js';
 
 const ROOT = join(import.meta.dirname, '../..');
 
-/** Variable names the sources read: `process.env.X`, `env.X`, `intFromEnv('X'`. */
+/** Variable names the sources read: those of the schema in src/config.ts, and any `process.env.X` or `env.X` read past it. */
 function variablesRead(): Set<string> {
-  const names = new Set<string>(SIDECAR_VARIABLES);
+  const names = new Set<string>(VARIABLE_NAMES);
   for (const dir of ['src', 'middleware']) {
     for (const file of readdirSync(join(ROOT, dir), { recursive: true, encoding: 'utf8' }).filter((name) => name.endsWith('.ts'))) {
       const text = readFileSync(join(ROOT, dir, file), 'utf8');
-      for (const match of text.matchAll(/(?:process\.env|\benv)\.([A-Z][A-Z0-9_]+)|intFromEnv\('([A-Z][A-Z0-9_]+)'/g)) names.add((match[1] ?? match[2])!);
+      for (const match of text.matchAll(/(?:process\.env|\benv)\.([A-Z][A-Z0-9_]+)/g)) names.add(match[1]!);
     }
   }
   return names;

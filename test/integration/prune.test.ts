@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readEnvironment } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { createStorage, describeUrl } from '../../src/storage/create.js';
 import type { PostgresStorage } from '../../src/storage/postgres.js';
@@ -196,8 +197,6 @@ for (const backend of backends) {
 }
 
 describe('which stores prune', () => {
-  afterEach(() => vi.unstubAllEnvs());
-
   it('a store opened by createStorage() prunes, one opened with prune: false (the CLI key commands) does not', async () => {
     const databasePath = freshDbPath();
     const gate = await createStorage({ databasePath, logger: quietLogger() });
@@ -208,10 +207,10 @@ describe('which stores prune', () => {
     expect((tool as SqliteStorage).pruner).toBeUndefined();
   });
 
-  it('refuses a RECORD_RETENTION that is not a duration with a ConfigError naming it', async () => {
-    vi.stubEnv('RECORD_RETENTION', 'a week');
-    await expect(createStorage({ databasePath: freshDbPath(), logger: quietLogger() })).rejects.toThrow(ConfigError);
-    await expect(createStorage({ databasePath: freshDbPath(), logger: quietLogger() })).rejects.toThrow(/^RECORD_RETENTION must be a duration/);
+  it('refuses a RECORD_RETENTION that is not a duration with a ConfigError naming it', () => {
+    const env = { RECORD_RETENTION: 'a week' };
+    expect(() => readEnvironment(env)).toThrow(ConfigError);
+    expect(() => readEnvironment(env)).toThrow(/^RECORD_RETENTION must be a duration/);
   });
 });
 
