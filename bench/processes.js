@@ -65,10 +65,11 @@ export function unpinBenchmark({ restore }) {
  * @param {string[]} argv
  * @param {Record<string, string>} env
  * @param {string[]} [prefix]
+ * @param {string} [cwd] the checkout whose code runs (another one's for --baseline)
  */
-export async function startProcess(argv, env, prefix = []) {
+export async function startProcess(argv, env, prefix = [], cwd = root) {
   const [command, ...args] = [...prefix, process.execPath, ...argv];
-  const child = spawn(/** @type {string} */ (command), args, { cwd: root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(/** @type {string} */ (command), args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
   started.add(child);
   child.once('exit', () => started.delete(child));
   const lines = createInterface({ input: /** @type {import('node:stream').Readable} */ (child.stdout) });

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
 import { startPostgres } from '../test/helpers/pg-server.js';
@@ -25,6 +25,7 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '32' },
     'no-pin': { type: 'boolean', default: false },
     profile: { type: 'string' },
+    baseline: { type: 'string' },
     out: { type: 'string', default: join(root, 'bench/results') },
   },
 });
@@ -81,6 +82,27 @@ async function expectBackend(target, expected) {
   if (backend !== expected) throw new Error(`the target decides on ${backend}, not ${expected}`);
 }
 
+/**
+ * --baseline DIR: the gate of another checkout (built, with its node_modules), on SQLite and on
+ * PostgreSQL, as rows of this run, so that a change is measured against the code before it under
+ * the same load.
+ * @param {(name: string, argv: string[], extra: Record<string, string>, cwd?: string) => Promise<import('./processes.js').BenchProcess>} start
+ * @param {string} pgUrl
+ */
+async function baselineRows(start, pgUrl) {
+  const dir = args.baseline;
+  if (dir === undefined) return [];
+  const base = resolve(dir);
+  const sqlite = await start('baseline-sqlite', ['bench/target.js'], { DATABASE_PATH: join(tempDir(), 'baseline.db') }, base);
+  await expectBackend(sqlite, 'sqlite');
+  const postgres = await start('baseline-postgres', ['bench/target.js'], { DATABASE_URL: await freshDatabase(pgUrl), FALLBACK_DIR: tempDir() }, base);
+  await expectBackend(postgres, 'postgres');
+  return [
+    { variant: 'gate, SQLite (baseline)', stream: false, target: sqlite },
+    { variant: 'gate, PostgreSQL (baseline)', stream: false, target: postgres },
+  ];
+}
+
 async function main() {
   const pin = pinBenchmark(!args['no-pin']);
   const upstream = await startProcess(['bench/upstream.js'], {});
@@ -91,9 +113,9 @@ async function main() {
   try {
     const env = { UPSTREAM_URL: upstream.url, LOG_LEVEL: 'warn' };
     // --profile DIR: each process under test writes DIR/<name>.cpuprofile when it stops.
-    const start = async (/** @type {string} */ name, /** @type {string[]} */ argv, /** @type {Record<string, string>} */ extra) => {
+    const start = async (/** @type {string} */ name, /** @type {string[]} */ argv, /** @type {Record<string, string>} */ extra, cwd = root) => {
       const profile = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
-      const target = await startProcess([...profile, ...argv], { ...env, ...extra }, pin.prefix);
+      const target = await startProcess([...profile, ...argv], { ...env, ...extra }, pin.prefix, cwd);
       targets.push(target);
       return target;
     };
@@ -118,6 +140,7 @@ async function main() {
       { variant: 'sidecar, SQLite', stream: false, target: sidecar },
       { variant: 'gate, file fallback (PostgreSQL down)', stream: false, target: fallback },
       // The SSE rows compare the proxying and metering of a stream; the store's side is the JSON rows'.
+      ...(await baselineRows(start, pg.url)),
       { variant: 'bare proxy', stream: true, target: bare },
       { variant: 'gate, SQLite', stream: true, target: sqlite },
       { variant: 'sidecar, SQLite', stream: true, target: sidecar },
