@@ -12,27 +12,33 @@ import { storageCall } from './storage-call.js';
 
 type Chunk = string | Buffer | Uint8Array;
 
-/** What a metered response carries: where each chunk it writes goes. */
-interface Meter {
-  observe(chunk: unknown, encoding: unknown): void;
-}
+/** What a metered response carries: handed each chunk the response writes, with its encoding. */
+type Meter = (chunk: unknown, encoding: unknown) => void;
+type Writes = Record<'write' | 'end', (...args: unknown[]) => unknown>;
 
-const METER = Symbol('tokengate.meter');
+// Process-wide, so that copies of tokengate loaded side by side (the package installed twice, an ESM
+// and a CommonJS build) patch the prototype once between them and each meters through that one
+// patch: the first copy marks the prototype, and its wrappers call whatever meter any copy put on
+// a response. Every version must keep both keys and what the response's slot holds (a Meter).
+const METER = Symbol.for('tokengate.meter');
+const INSTALLED = Symbol.for('tokengate.meter.installed');
 type MeteredResponse = ServerResponse & { [METER]?: Meter };
-let patched = false;
 
 /**
  * Makes http.ServerResponse's write and end hand each chunk to the response's meter, once per
  * process; tokenGate() calls it when it is created, before any request, so that wrappers other
  * middleware put on a response (compression, tracing: they keep the write they found) lead here
- * too. A closure pair assigned to res.write and res.end on every response instead costs more than
- * the rest of the gate (the response object's shape changes per request). Responses not metered go
- * straight through.
+ * too, and the body is seen exactly once whichever way it is written. A closure pair assigned to
+ * res.write and res.end on every response instead costs more than the rest of the gate (the
+ * response object's shape changes per request; see docs/benchmarks.md). Responses not metered get
+ * Node's own write and end, called with the arguments they were given, returning what they return;
+ * nothing is added to them.
  */
 export function installMeter(): void {
-  if (patched) return;
-  wrapWrites(ServerResponse.prototype as never, meterOf);
-  patched = true;
+  const prototype = ServerResponse.prototype;
+  if (Object.hasOwn(prototype, INSTALLED)) return;
+  wrapWrites(prototype as never, meterOf);
+  Object.defineProperty(prototype, INSTALLED, { value: true });
 }
 
 const meterOf = (self: MeteredResponse): Meter | undefined => self[METER];
@@ -49,29 +55,41 @@ function tapWrites(res: ServerResponse, meter: Meter): void {
   metered[METER] = earlier ? both(earlier, meter) : meter;
 }
 
-function both(first: Meter, second: Meter): Meter {
-  return {
-    observe(chunk, encoding) {
-      first.observe(chunk, encoding);
-      second.observe(chunk, encoding);
-    },
+const both =
+  (first: Meter, second: Meter): Meter =>
+  (chunk, encoding) => {
+    first(chunk, encoding);
+    second(chunk, encoding);
+  };
+
+/**
+ * Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find`
+ * names (after end too: a hook that sets headers as they are written, as compression does, has run
+ * by then).
+ */
+function wrapWrites(target: Writes, find: (self: MeteredResponse) => Meter | undefined): void {
+  target.write = metered(target, 'write', find);
+  target.end = metered(target, 'end', find);
+}
+
+/**
+ * `target`'s method `name`, metered. One `target` has of its own is kept; an inherited one (Node's,
+ * on OutgoingMessage) is looked up at each call, so that a library that patches
+ * OutgoingMessage.prototype later still applies. A chunk the response refuses (written after its
+ * end, or once it is destroyed) is not metered.
+ */
+function metered(target: Writes, name: keyof Writes, find: (self: MeteredResponse) => Meter | undefined): Writes[keyof Writes] {
+  const own = Object.hasOwn(target, name) ? target[name] : undefined;
+  const inherited = Object.getPrototypeOf(target) as Writes;
+  return function (this: MeteredResponse, ...args: unknown[]) {
+    const meter = open(this) ? find(this) : undefined;
+    const result = (own ?? inherited[name]).apply(this, args);
+    meter?.(args[0], args[1]);
+    return result;
   };
 }
 
-/** Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find` names. */
-function wrapWrites(target: Record<'write' | 'end', (...args: unknown[]) => unknown>, find: (self: MeteredResponse) => Meter | undefined): void {
-  const write = target.write;
-  const end = target.end;
-  target.write = function (this: MeteredResponse, chunk: unknown, ...rest: unknown[]) {
-    const result = write.call(this, chunk, ...rest);
-    find(this)?.observe(chunk, rest[0]);
-    return result;
-  };
-  target.end = function (this: MeteredResponse, chunk?: unknown, ...rest: unknown[]) {
-    find(this)?.observe(chunk, rest[0]);
-    return end.call(this, chunk, ...rest);
-  };
-}
+const open = (res: ServerResponse): boolean => !res.writableEnded && !res.destroyed;
 
 /**
  * Copies each chunk the response writes to a usage tap after handing it on, and settles the
@@ -88,12 +106,10 @@ export function meterResponse(
 ): void {
   let tap: UsageTap | undefined;
   const delivery = new Delivery(res, res.socket);
-  tapWrites(res, {
-    observe(chunk, encoding) {
-      if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
-      tap ??= openTap(res, config);
-      delivery.wrote(tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
-    },
+  tapWrites(res, (chunk, encoding) => {
+    if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
+    tap ??= openTap(res, config);
+    delivery.wrote(tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
   });
   let done = false;
   const settle = (aborted: boolean): void => {
