@@ -1,7 +1,7 @@
 // The response tap: sees every chunk the response writes (without holding any back), then settles.
 import { ServerResponse } from 'node:http';
 import type { Request, Response } from 'express';
-import { UsageTap } from '../src/usage/tap.js';
+import { UsageTap, type Failure } from '../src/usage/tap.js';
 import { usageFromHeader } from '../src/usage/header.js';
 import { chargeFor, type Charge } from '../src/usage/charge.js';
 import type { UnreadableReason, UsageReading } from '../src/usage/tokens.js';
@@ -12,7 +12,7 @@ import { storageCall } from './storage-call.js';
 
 type Chunk = string | Buffer | Uint8Array;
 
-/** What a metered response carries: handed each chunk the response writes, with its encoding. */
+/** What a metered response carries: handed each chunk the response writes, with its encoding; never throws. */
 type Meter = (chunk: unknown, encoding: unknown) => void;
 type Writes = Record<'write' | 'end', (...args: unknown[]) => unknown>;
 
@@ -104,12 +104,17 @@ export function meterResponse(
   requestBytes: number,
   track: (settling: Promise<void>) => void,
 ): void {
-  let tap: UsageTap | undefined;
+  const body: BodySeen = { tap: undefined, failure: undefined };
   const delivery = new Delivery(res, res.socket);
   tapWrites(res, (chunk, encoding) => {
-    if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
-    tap ??= openTap(res, config);
-    delivery.wrote(tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
+    if (body.failure || (typeof chunk !== 'string' && !(chunk instanceof Uint8Array))) return;
+    try {
+      body.tap ??= openTap(res, config);
+      delivery.wrote(body.tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
+    } catch (error) {
+      // The chunk goes out all the same; its usage can no longer be read (see readCharge).
+      body.failure = { error };
+    }
   });
   let done = false;
   const settle = (aborted: boolean): void => {
@@ -117,7 +122,7 @@ export function meterResponse(
     done = true;
     const cut = { aborted, answered: res.headersSent, deliveredShare: aborted ? delivery.share() : 1 };
     delivery.stop();
-    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, tap, cut), config, reservation));
+    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, body, cut), config, reservation));
   };
   // On 'finish', so that settled() covers a response from its end on; on 'close' for one cut short.
   res.once('finish', () => settle(false));
@@ -133,6 +138,12 @@ function openTap(res: Response, config: GateConfig): UsageTap {
   });
 }
 
+/** What the meter saw of the body: the tap it opened at the first chunk, and what stopped it reading, if anything did. */
+interface BodySeen {
+  tap: UsageTap | undefined;
+  failure: Failure | undefined;
+}
+
 /** How the response ended: cut short or not, begun or not, and how much of its body the client got. */
 interface Ending {
   aborted: boolean;
@@ -146,17 +157,23 @@ interface Reckoning {
   unreadable: UnreadableReason | undefined;
 }
 
-/** What the response used, read once it has ended; the record to store and where its count came from. */
+/**
+ * What the response used, read once it has ended; the record to store and where its count came from.
+ * Rejects when reading the body failed (a bug in the gate): what the client got is not known, so
+ * recordUsage charges what was reserved rather than what was seen before the failure.
+ */
 async function readCharge(
   req: Request,
   res: Response,
   config: GateConfig,
   reservation: Reservation,
   requestBytes: number,
-  tap: UsageTap | undefined,
+  body: BodySeen,
   ending: Ending,
 ): Promise<Reckoning> {
-  const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0, generatedText: undefined };
+  const seen = body.tap ? await body.tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0, generatedText: undefined, failure: undefined };
+  const failure = body.failure ?? seen.failure;
+  if (failure) throw failure.error;
   const readings: (UsageReading | undefined)[] = [
     customReading(req, res, config),
     usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),

@@ -1,14 +1,20 @@
 // The gate's patch of ServerResponse's write and end neither changes nor skews a response it does not
 // meter, keeps working with libraries that wrap those methods (on the prototypes or the instance,
-// before or after it), and is installed once per process however many copies of tokengate are loaded.
+// before or after it), contains a failure of its own reading, and is installed once per process
+// however many copies of tokengate are loaded.
 import { OutgoingMessage, ServerResponse, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createGzip } from 'node:zlib';
+import { createGzip, gzipSync } from 'node:zlib';
 import express, { type RequestHandler, type Response } from 'express';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { tokenGate, type TokenGateMiddleware } from '../../middleware/gate.js';
+import { createMetrics, type TokenGateMetrics } from '../../src/ops/metrics.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
+import { JsonUsageReader } from '../../src/usage/json.js';
+import { UsageTap } from '../../src/usage/tap.js';
+import { ERROR, captureLogs, type Captured } from '../helpers/logs.js';
+import { parseExposition } from '../helpers/metrics.js';
 import { quietLogger, tempDbPath } from '../helpers/gate.js';
 
 type Method = 'write' | 'end';
@@ -47,8 +53,9 @@ const REQUEST = '{}';
 const BODY = 'x'.repeat(3998);
 /** What BODY is charged as an estimate, with REQUEST: (2 + 3998) / 4. */
 const BODY_TOKENS = 1000;
-/** What the gate reserves for each request. */
+/** What the gate reserves for each request, and charges when it cannot read the usage. */
 const RESERVED = 500;
+const usageBody = (tokens: number) => JSON.stringify({ id: 'x', usage: { prompt_tokens: 1, completion_tokens: tokens - 1, total_tokens: tokens } });
 
 /** Writes BODY, as text, in two writes a turn of the event loop apart. */
 const plain: RequestHandler = (_req, res) => {
@@ -98,12 +105,19 @@ const timing: RequestHandler = (_req, res, next) => {
 
 let storage: Storage;
 let second: Storage;
+let metrics: TokenGateMetrics;
+let logs: Captured;
 let gate: TokenGateMiddleware;
 const servers: Server[] = [];
 
 beforeAll(async () => {
   [storage, second] = await Promise.all([createStorage({ databasePath: tempDbPath(), logger: quietLogger() }), createStorage({ databasePath: tempDbPath(), logger: quietLogger() })]);
-  gate = tokenGate({ storage, logger: quietLogger(), estimate: () => RESERVED });
+  metrics = createMetrics({ defaultMetrics: false });
+  logs = captureLogs();
+  gate = tokenGate({ storage, metrics, logger: logs.logger, estimate: () => RESERVED });
+});
+afterEach(() => {
+  vi.restoreAllMocks();
 });
 afterAll(async () => {
   for (const server of servers) {
@@ -132,6 +146,8 @@ async function gated(...handlers: RequestHandler[]): Promise<{ text: string; tok
   await gate.settled();
   return { text, tokens: (await storage.getKey(record.id))?.totalLifetimeTokens ?? -1, headers: response.headers };
 }
+
+const unreadable = async (reason: string): Promise<number | undefined> => parseExposition(await metrics.registry.metrics()).value('tokengate_usage_unreadable_total', { reason });
 
 describe('a response the gate does not meter', () => {
   it("gets Node's own write and end: the same arguments, return values, callbacks and errors, and no property of the gate", async () => {
@@ -242,6 +258,51 @@ describe('a metered response', () => {
     });
     expect(text).toBe(BODY);
     expect(tokens).toBe(BODY_TOKENS);
+  });
+});
+
+describe('a failure reading a metered response', () => {
+  it('still sends every chunk, and charges what was reserved, counted as malformed usage, with an error logged', async () => {
+    const json = usageBody(33);
+    const before = (await unreadable('malformed')) ?? 0;
+    const errorsBefore = logs.at(ERROR).length;
+    const push = vi.spyOn(UsageTap.prototype, 'push').mockImplementationOnce(() => {
+      throw new Error('a bug in the tap');
+    });
+    const written = await gated(gate, (_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.write(json.slice(0, 10));
+      setImmediate(() => res.end(json.slice(10)));
+    });
+    push.mockImplementationOnce(() => {
+      throw new Error('a bug in the tap');
+    });
+    const ended = await gated(gate, (_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(json);
+    });
+
+    expect([written.text, ended.text]).toEqual([json, json]);
+    expect([written.tokens, ended.tokens]).toEqual([RESERVED, RESERVED]);
+    expect(await unreadable('malformed')).toBe(before + 2);
+    expect(logs.at(ERROR).slice(errorsBefore)).toMatchObject([
+      { msg: 'reading usage failed: charging the reserved estimate', charged: RESERVED },
+      { msg: 'reading usage failed: charging the reserved estimate', charged: RESERVED },
+    ]);
+  });
+
+  it('of a compressed body, thrown where the body is decompressed, brings nothing down and charges what was reserved', async () => {
+    vi.spyOn(JsonUsageReader.prototype, 'push').mockImplementation(() => {
+      throw new Error('a bug in the reader');
+    });
+    const json = usageBody(33);
+    const { text, tokens } = await gated(gate, (_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.setHeader('content-encoding', 'gzip');
+      res.end(gzipSync(json));
+    });
+    expect(text).toBe(json);
+    expect(tokens).toBe(RESERVED);
   });
 });
 
