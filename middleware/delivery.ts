@@ -36,7 +36,7 @@ export class Delivery {
     this.handle = socket?._handle;
   }
 
-  /** Called after each body chunk of `bytes` bytes went to res.write (or before res.end). */
+  /** Called after each body chunk of `bytes` bytes went to res.write or res.end. */
   wrote(bytes: number): void {
     // A chunked body carries "<size in hex>\r\n" before each chunk and "\r\n" after it.
     this.wireBody += bytes + (this.res.chunkedEncoding && bytes > 0 ? bytes.toString(16).length + 4 : 0);

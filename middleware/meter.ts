@@ -1,7 +1,7 @@
 // The response tap: sees every chunk the response writes (without holding any back), then settles.
 import { ServerResponse } from 'node:http';
 import type { Request, Response } from 'express';
-import { UsageTap } from '../src/usage/tap.js';
+import { UsageTap, type Failure } from '../src/usage/tap.js';
 import { usageFromHeader } from '../src/usage/header.js';
 import { chargeFor, type Charge } from '../src/usage/charge.js';
 import type { UnreadableReason, UsageReading } from '../src/usage/tokens.js';
@@ -12,27 +12,33 @@ import { storageCall } from './storage-call.js';
 
 type Chunk = string | Buffer | Uint8Array;
 
-/** What a metered response carries: where each chunk it writes goes. */
-interface Meter {
-  observe(chunk: unknown, encoding: unknown): void;
-}
+/** What a metered response carries: handed each chunk the response writes, with its encoding; never throws. */
+type Meter = (chunk: unknown, encoding: unknown) => void;
+type Writes = Record<'write' | 'end', (...args: unknown[]) => unknown>;
 
-const METER = Symbol('tokengate.meter');
+// Process-wide, so that copies of tokengate loaded side by side (the package installed twice, an ESM
+// and a CommonJS build) patch the prototype once between them and each meters through that one
+// patch: the first copy marks the prototype, and its wrappers call whatever meter any copy put on
+// a response. Every version must keep both keys and what the response's slot holds (a Meter).
+const METER = Symbol.for('tokengate.meter');
+const INSTALLED = Symbol.for('tokengate.meter.installed');
 type MeteredResponse = ServerResponse & { [METER]?: Meter };
-let patched = false;
 
 /**
  * Makes http.ServerResponse's write and end hand each chunk to the response's meter, once per
  * process; tokenGate() calls it when it is created, before any request, so that wrappers other
  * middleware put on a response (compression, tracing: they keep the write they found) lead here
- * too. A closure pair assigned to res.write and res.end on every response instead costs more than
- * the rest of the gate (the response object's shape changes per request). Responses not metered go
- * straight through.
+ * too, and the body is seen exactly once whichever way it is written. A closure pair assigned to
+ * res.write and res.end on every response instead costs more than the rest of the gate (the
+ * response object's shape changes per request; see docs/benchmarks.md). Responses not metered get
+ * Node's own write and end, called with the arguments they were given, returning what they return;
+ * nothing is added to them.
  */
 export function installMeter(): void {
-  if (patched) return;
-  wrapWrites(ServerResponse.prototype as never, meterOf);
-  patched = true;
+  const prototype = ServerResponse.prototype;
+  if (Object.hasOwn(prototype, INSTALLED)) return;
+  wrapWrites(prototype as never, meterOf);
+  Object.defineProperty(prototype, INSTALLED, { value: true });
 }
 
 const meterOf = (self: MeteredResponse): Meter | undefined => self[METER];
@@ -49,29 +55,41 @@ function tapWrites(res: ServerResponse, meter: Meter): void {
   metered[METER] = earlier ? both(earlier, meter) : meter;
 }
 
-function both(first: Meter, second: Meter): Meter {
-  return {
-    observe(chunk, encoding) {
-      first.observe(chunk, encoding);
-      second.observe(chunk, encoding);
-    },
+const both =
+  (first: Meter, second: Meter): Meter =>
+  (chunk, encoding) => {
+    first(chunk, encoding);
+    second(chunk, encoding);
+  };
+
+/**
+ * Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find`
+ * names (after end too: a hook that sets headers as they are written, as compression does, has run
+ * by then).
+ */
+function wrapWrites(target: Writes, find: (self: MeteredResponse) => Meter | undefined): void {
+  target.write = metered(target, 'write', find);
+  target.end = metered(target, 'end', find);
+}
+
+/**
+ * `target`'s method `name`, metered. One `target` has of its own is kept; an inherited one (Node's,
+ * on OutgoingMessage) is looked up at each call, so that a library that patches
+ * OutgoingMessage.prototype later still applies. A chunk the response refuses (written after its
+ * end, or once it is destroyed) is not metered.
+ */
+function metered(target: Writes, name: keyof Writes, find: (self: MeteredResponse) => Meter | undefined): Writes[keyof Writes] {
+  const own = Object.hasOwn(target, name) ? target[name] : undefined;
+  const inherited = Object.getPrototypeOf(target) as Writes;
+  return function (this: MeteredResponse, ...args: unknown[]) {
+    const meter = open(this) ? find(this) : undefined;
+    const result = (own ?? inherited[name]).apply(this, args);
+    meter?.(args[0], args[1]);
+    return result;
   };
 }
 
-/** Replaces `target`'s write and end with ones that hand each chunk on, then to the meter `find` names. */
-function wrapWrites(target: Record<'write' | 'end', (...args: unknown[]) => unknown>, find: (self: MeteredResponse) => Meter | undefined): void {
-  const write = target.write;
-  const end = target.end;
-  target.write = function (this: MeteredResponse, chunk: unknown, ...rest: unknown[]) {
-    const result = write.call(this, chunk, ...rest);
-    find(this)?.observe(chunk, rest[0]);
-    return result;
-  };
-  target.end = function (this: MeteredResponse, chunk?: unknown, ...rest: unknown[]) {
-    find(this)?.observe(chunk, rest[0]);
-    return end.call(this, chunk, ...rest);
-  };
-}
+const open = (res: ServerResponse): boolean => !res.writableEnded && !res.destroyed;
 
 /**
  * Copies each chunk the response writes to a usage tap after handing it on, and settles the
@@ -86,14 +104,17 @@ export function meterResponse(
   requestBytes: number,
   track: (settling: Promise<void>) => void,
 ): void {
-  let tap: UsageTap | undefined;
+  const body: BodySeen = { tap: undefined, failure: undefined };
   const delivery = new Delivery(res, res.socket);
-  tapWrites(res, {
-    observe(chunk, encoding) {
-      if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) return;
-      tap ??= openTap(res, config);
-      delivery.wrote(tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
-    },
+  tapWrites(res, (chunk, encoding) => {
+    if (body.failure || (typeof chunk !== 'string' && !(chunk instanceof Uint8Array))) return;
+    try {
+      body.tap ??= openTap(res, config);
+      delivery.wrote(body.tap.push(chunk as Chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : undefined));
+    } catch (error) {
+      // The chunk goes out all the same; its usage can no longer be read (see readCharge).
+      body.failure = { error };
+    }
   });
   let done = false;
   const settle = (aborted: boolean): void => {
@@ -101,7 +122,7 @@ export function meterResponse(
     done = true;
     const cut = { aborted, answered: res.headersSent, deliveredShare: aborted ? delivery.share() : 1 };
     delivery.stop();
-    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, tap, cut), config, reservation));
+    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, body, cut), config, reservation));
   };
   // On 'finish', so that settled() covers a response from its end on; on 'close' for one cut short.
   res.once('finish', () => settle(false));
@@ -117,6 +138,12 @@ function openTap(res: Response, config: GateConfig): UsageTap {
   });
 }
 
+/** What the meter saw of the body: the tap it opened at the first chunk, and what stopped it reading, if anything did. */
+interface BodySeen {
+  tap: UsageTap | undefined;
+  failure: Failure | undefined;
+}
+
 /** How the response ended: cut short or not, begun or not, and how much of its body the client got. */
 interface Ending {
   aborted: boolean;
@@ -130,17 +157,23 @@ interface Reckoning {
   unreadable: UnreadableReason | undefined;
 }
 
-/** What the response used, read once it has ended; the record to store and where its count came from. */
+/**
+ * What the response used, read once it has ended; the record to store and where its count came from.
+ * Rejects when reading the body failed (a bug in the gate): what the client got is not known, so
+ * recordUsage charges what was reserved rather than what was seen before the failure.
+ */
 async function readCharge(
   req: Request,
   res: Response,
   config: GateConfig,
   reservation: Reservation,
   requestBytes: number,
-  tap: UsageTap | undefined,
+  body: BodySeen,
   ending: Ending,
 ): Promise<Reckoning> {
-  const seen = tap ? await tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0, generatedText: undefined };
+  const seen = body.tap ? await body.tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0, generatedText: undefined, failure: undefined };
+  const failure = body.failure ?? seen.failure;
+  if (failure) throw failure.error;
   const readings: (UsageReading | undefined)[] = [
     customReading(req, res, config),
     usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),

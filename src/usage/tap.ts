@@ -22,6 +22,13 @@ export interface TapResult {
   reading: UsageReading | undefined;
   /** SSE events that were not valid JSON (for one warning log line). */
   malformedEvents: number;
+  /** What a reader threw at a decoded chunk (a bug): the reading is then not to be trusted. */
+  failure: Failure | undefined;
+}
+
+/** Something thrown, kept as it was (anything can be thrown, undefined too). */
+export interface Failure {
+  error: unknown;
 }
 
 interface Reader {
@@ -37,6 +44,7 @@ export class UsageTap {
   private rawBytes = 0;
   private decodedBytes = 0;
   private decodeError: string | undefined;
+  private failure: Failure | undefined;
   private outcome: Promise<TapResult> | undefined;
 
   constructor(options: TapOptions) {
@@ -46,18 +54,25 @@ export class UsageTap {
       this.reader = reader;
       return;
     }
-    this.decoder = decoderFor(encoding);
-    if (!this.decoder) {
+    const decoder = decoderFor(encoding);
+    this.decoder = decoder;
+    if (!decoder) {
       if (reader) this.unsupported = encoding;
       return;
     }
     this.reader = reader;
-    this.decoder.on('data', (chunk: Buffer) => {
+    decoder.on('data', (chunk: Buffer) => {
       this.decodedBytes += chunk.length;
-      reader?.push(chunk);
+      // Thrown here, in a callback of the decompressor, it would bring the whole process down.
+      try {
+        reader?.push(chunk);
+      } catch (error) {
+        this.failure ??= { error };
+        decoder.destroy();
+      }
     });
     // The first error is the cause; later ones only report writes refused after it.
-    this.decoder.on('error', (error: Error) => {
+    decoder.on('error', (error: Error) => {
       this.decodeError ??= error.message;
     });
   }
@@ -95,6 +110,7 @@ export class UsageTap {
       reading: this.reading(),
       generatedText: this.reader instanceof SseUsageReader ? this.reader.generatedText : undefined,
       malformedEvents: this.reader instanceof SseUsageReader ? this.reader.malformedEvents : 0,
+      failure: this.failure,
     };
   }
 
