@@ -2,7 +2,7 @@
 import type { RequestHandler } from 'express';
 import { digestKey } from '../src/keys/secret.js';
 import { statsView } from '../src/keys/view.js';
-import { defaultLogger } from '../src/ops/logger.js';
+import { defaultLogger } from '../src/logger.js';
 import { lookupKey } from './gate.js';
 import { windowFor, type TokenGateOptions } from './options.js';
 import { errorBodyFor, rejections, type Rejection } from './reject.js';

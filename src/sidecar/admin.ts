@@ -5,7 +5,7 @@ import { errorBody, type ErrorFields } from '../../middleware/reject.js';
 import { ConflictError, NotFoundError, StorageError, ValidationError } from '../errors.js';
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView } from '../keys/view.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import type { Storage } from '../storage/types.js';
 
 export interface AdminOptions {
