@@ -5,7 +5,7 @@ import express, { type Express, type RequestHandler } from 'express';
 import { Gauge } from 'prom-client';
 import { tokenGate, type TokenGateMiddleware } from '../../middleware/gate.js';
 import { statsHandler } from '../../middleware/stats.js';
-import { errorBody } from '../../middleware/reject.js';
+import { errorBody } from '../http/error-body.js';
 import { healthHandler, metricsHandler, readyHandler } from '../../middleware/ops.js';
 import { scheduleBackups, type BackupSchedule } from '../ops/backup-schedule.js';
 import { monitorStorage, type StorageMonitor } from '../ops/health.js';
