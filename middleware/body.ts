@@ -1,5 +1,6 @@
 // Reads the request body for the estimate, then puts it back so later handlers read it unchanged.
-import type { Request, Response } from 'express';
+import type { Request } from 'express';
+import { hasBody, parseJsonObject } from '../src/http/request-body.js';
 
 export interface RequestBody {
   /** Size of the body in bytes. */
@@ -77,36 +78,6 @@ export async function readRequestBody(req: Request, rules: BodyRules): Promise<R
   return { bytes: raw.length, json: parseJsonObject(raw) };
 }
 
-/** Whether the request declares a body (a length above zero, or a transfer coding). */
-export function hasBody(req: Request): boolean {
-  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length']) > 0;
-}
-
-/** How long an upload answered before its body arrived may go on before its connection is closed. */
-export const LINGER_MS = 2000;
-
-/** A declared body up to this size is left to finish after a refusal (Node drops it), so a keep-alive client can reuse its connection. */
-const SMALL_BODY_BYTES = 1024 * 1024;
-
-/**
- * Closes the connection of a request answered before its body arrived, LINGER_MS after the answer
- * unless the body has arrived by then (Node reads and drops it). Closing at once would reset the
- * connection with the answer perhaps still unread by a client busy uploading. A large declared
- * body is not even read meanwhile: its client cannot be done with the connection anyway.
- */
-export function closeUnfinishedUpload(req: Request, res: Response): void {
-  if (!hasBody(req) || req.complete) return;
-  // Held now: a request stream read to its end (or destroyed) lets go of its socket; the response holds it until it finishes.
-  const socket = (req.socket as Request['socket'] | null) ?? res.socket;
-  res.once('finish', () => {
-    if (req.complete || !socket) return;
-    if (Number(req.headers['content-length']) > SMALL_BODY_BYTES) setImmediate(() => socket.pause());
-    setTimeout(() => {
-      if (!req.complete) socket.destroy();
-    }, LINGER_MS).unref();
-  });
-}
-
 function parsedBody(req: Request): RequestBody {
   const body: unknown = req.body;
   const declared = Number(req.headers['content-length']);
@@ -114,19 +85,6 @@ function parsedBody(req: Request): RequestBody {
   if (typeof body === 'string') return { bytes: Buffer.byteLength(body), json: undefined };
   const bytes = Number.isSafeInteger(declared) && declared >= 0 ? declared : Buffer.byteLength(JSON.stringify(body) ?? '');
   return { bytes, json: body };
-}
-
-/** The body parsed, when it is a JSON object (a UTF-8 byte order mark before it is allowed); else undefined. */
-export function parseJsonObject(raw: Buffer): Record<string, unknown> | undefined {
-  // Only a body that opens like a JSON object is parsed: the estimate needs its top-level fields.
-  let i = raw[0] === 0xef && raw[1] === 0xbb && raw[2] === 0xbf ? 3 : 0;
-  while (i < raw.length && (raw[i] === 0x20 || raw[i] === 0x0a || raw[i] === 0x0d || raw[i] === 0x09)) i++;
-  if (raw[i] !== 0x7b) return undefined;
-  try {
-    return JSON.parse(raw.toString('utf8', i)) as Record<string, unknown>;
-  } catch {
-    return undefined;
-  }
 }
 
 function readAndRestore(req: Request, { limit, timeoutMs, memory }: BodyRules): Promise<Buffer> {

@@ -4,11 +4,12 @@ import { formatDuration } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 import { openedWindow } from '../src/storage/opened-window.js';
 import type { Storage } from '../src/storage/types.js';
-import type { Logger } from '../src/ops/logger.js';
-import { defaultLogger } from '../src/ops/logger.js';
+import type { Logger } from '../src/types.js';
+import { defaultLogger } from '../src/logger.js';
 import type { TokenGateMetrics } from '../src/ops/metrics.js';
 import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
+import { DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT_MS, defaultBodyMemoryLimit } from '../src/http/request-body.js';
 import type { RequestBody } from './body.js';
 import { sendRejection, type RejectionHandler } from './reject.js';
 
@@ -67,7 +68,6 @@ export interface TokenGateOptions {
   metrics?: TokenGateMetrics;
 }
 
-export const DEFAULT_BODY_MEMORY_LIMIT = 100 * 1024 * 1024;
 /** setTimeout's largest delay. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -92,11 +92,11 @@ export function resolveOptions(options: TokenGateOptions): GateConfig {
   if (!options?.storage) throw new TypeError('tokenGate: the `storage` option is required (await createStorage())');
   const windowMs = windowFor(options.storage, options.windowMs, 'tokenGate');
   if (!Number.isSafeInteger(windowMs) || windowMs < 60_000) throw new TypeError('tokenGate: `windowMs` must be an integer of at least 60000');
-  const bodyLimit = options.bodyLimit ?? 10 * 1024 * 1024;
+  const bodyLimit = options.bodyLimit ?? DEFAULT_BODY_LIMIT;
   if (!Number.isSafeInteger(bodyLimit) || bodyLimit < 0) throw new TypeError('tokenGate: `bodyLimit` must be a non-negative integer');
-  const bodyTimeoutMs = options.bodyTimeoutMs ?? 60_000;
+  const bodyTimeoutMs = options.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   if (!Number.isSafeInteger(bodyTimeoutMs) || bodyTimeoutMs < 1 || bodyTimeoutMs > MAX_TIMER_MS) throw new TypeError(`tokenGate: \`bodyTimeoutMs\` must be an integer from 1 to ${MAX_TIMER_MS}`);
-  const bodyMemoryLimit = options.bodyMemoryLimit ?? Math.max(DEFAULT_BODY_MEMORY_LIMIT, bodyLimit);
+  const bodyMemoryLimit = options.bodyMemoryLimit ?? defaultBodyMemoryLimit(bodyLimit);
   if (!Number.isSafeInteger(bodyMemoryLimit) || bodyMemoryLimit < bodyLimit) throw new TypeError('tokenGate: `bodyMemoryLimit` must be an integer of at least `bodyLimit`');
   return {
     ...options,

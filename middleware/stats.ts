@@ -2,10 +2,11 @@
 import type { RequestHandler } from 'express';
 import { digestKey } from '../src/keys/secret.js';
 import { statsView } from '../src/keys/view.js';
-import { defaultLogger } from '../src/ops/logger.js';
+import { defaultLogger } from '../src/logger.js';
 import { lookupKey } from './gate.js';
 import { windowFor, type TokenGateOptions } from './options.js';
-import { errorBodyFor, rejections, type Rejection } from './reject.js';
+import { rejections, type Rejection } from './reject.js';
+import { errorBodyFor } from '../src/http/error-body.js';
 
 export type StatsOptions = Pick<TokenGateOptions, 'storage' | 'windowMs' | 'getKey' | 'allowQueryKey' | 'now' | 'logger'>;
 

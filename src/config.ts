@@ -2,6 +2,7 @@
 import { Cron } from 'croner';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
+import { DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT_MS } from './http/request-body.js';
 
 const MIN_ADMIN_TOKEN_LENGTH = 16;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -118,8 +119,8 @@ const sidecarShape = {
       .optional(),
   ),
   UPSTREAM_TIMEOUT_MS: integer(1, 2_147_483_647, 600_000),
-  BODY_LIMIT: integer(0, undefined, 10 * 1024 * 1024),
-  BODY_TIMEOUT_MS: integer(1, 2_147_483_647, 60_000),
+  BODY_LIMIT: integer(0, undefined, DEFAULT_BODY_LIMIT),
+  BODY_TIMEOUT_MS: integer(1, 2_147_483_647, DEFAULT_BODY_TIMEOUT_MS),
   BODY_MEMORY_LIMIT: optionalInteger(0),
   OVERRIDE_MODEL: flag(),
   INCLUDE_STREAM_USAGE: flag(),

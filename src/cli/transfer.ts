@@ -3,7 +3,7 @@ import { Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { StorageError } from '../errors.js';
 import { writeBackup } from '../ops/backup.js';
-import { writePrivateFile } from '../ops/private-files.js';
+import { writePrivateFile } from '../private-files.js';
 import { DEFAULT_WINDOW_MS, countsAfter } from '../quota/window.js';
 import type { ImportOutcome } from '../storage/admin.js';
 import { loadKeyFile, type ParsedKeyFile } from '../storage/key-file.js';

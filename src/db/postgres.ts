@@ -6,7 +6,7 @@ import { randomizeDerivedIdsPostgres } from './random-ids.js';
 import * as schema from './schema/postgres.js';
 import { migrationsFolder, schemaTag } from './migrations.js';
 import { checkDriver, postgres } from './postgres-driver.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 
 export type PostgresDb = PostgresJsDatabase<typeof schema>;
 

@@ -3,7 +3,7 @@ import type Database from 'better-sqlite3';
 import { getTableColumns } from 'drizzle-orm';
 import type postgres from 'postgres';
 import { generateKeyId } from '../keys/secret.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import * as pgSchema from './schema/postgres.js';
 import * as sqliteSchema from './schema/sqlite.js';
 import { KEY_OWNED } from './tables.js';

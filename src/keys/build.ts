@@ -1,5 +1,5 @@
 // A new key's record from validated input: the id, the secret, its digest and display prefix.
-import type { KeyRecord } from '../storage/types.js';
+import type { KeyRecord } from '../types.js';
 import { digestKey, generateKey, generateKeyId, keyPrefix } from './secret.js';
 import { validateNewKey, type KeyPatch, type NewKey } from './validate.js';
 

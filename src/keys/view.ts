@@ -1,7 +1,7 @@
 // The JSON shapes of a key that users see: masked record, and the /stats view of the caller's key.
 import { maskKey } from './secret.js';
 import { remainingTokens } from '../quota/admission.js';
-import type { KeyRecord, WindowUsage } from '../storage/types.js';
+import type { KeyRecord, WindowUsage } from '../types.js';
 
 export interface KeyView {
   id: string;

@@ -5,7 +5,7 @@ import { Cron } from 'croner';
 import { cronPattern } from '../config.js';
 import type { AdminStore } from '../storage/admin.js';
 import { listBackups, writeBackup } from './backup.js';
-import type { Logger } from './logger.js';
+import type { Logger } from '../types.js';
 
 export interface BackupScheduleOptions {
   /** Opens the store to back up; each run opens it and closes it again. */

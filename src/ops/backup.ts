@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip } from 'node:zlib';
 import { TokenGateError } from '../errors.js';
-import { PRIVATE_FILE_MODE } from './private-files.js';
+import { PRIVATE_FILE_MODE } from '../private-files.js';
 import { TABLE_NAMES, type TableName } from '../db/tables.js';
 import { isTableName, rowProblem, type AdminStore, type TableRow } from '../storage/admin.js';
 

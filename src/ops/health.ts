@@ -1,7 +1,7 @@
 // monitorStorage(): pings the store in the background, so /healthz, /readyz and scrapes never wait on it.
 import { performance } from 'node:perf_hooks';
 import type { Storage, StorageHealth } from '../storage/types.js';
-import type { Logger } from './logger.js';
+import type { Logger } from '../types.js';
 import type { TokenGateMetrics } from './metrics.js';
 
 export interface MonitorOptions {

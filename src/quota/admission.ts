@@ -1,5 +1,5 @@
 // The admission decision: admit on a full or partial reservation, or refuse and say when to retry.
-import type { Admission, AdmitRequest, Reservation, WindowUsage } from '../storage/types.js';
+import type { Admission, AdmitRequest, Reservation, WindowUsage } from '../types.js';
 import type { Bucket } from './window.js';
 import { msUntilLeaves } from './window.js';
 

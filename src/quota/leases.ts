@@ -1,6 +1,6 @@
 // Shares of keys' budgets this process holds in PostgreSQL, and the requests admitted against them here.
 import { randomUUID } from 'node:crypto';
-import type { Reservation, WindowUsage } from '../storage/types.js';
+import type { Reservation, WindowUsage } from '../types.js';
 
 /** A lease stops admitting once its view of the window is this old: the next admission reads the database again. */
 export const LEASE_VIEW_MS = 2_000;

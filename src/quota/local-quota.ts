@@ -3,7 +3,7 @@
 import { performance } from 'node:perf_hooks';
 import { StorageError } from '../errors.js';
 import { validateCharge } from '../keys/validate.js';
-import type { Admission, AdmitRequest, Reservation, UsageRecord, WindowUsage } from '../storage/types.js';
+import type { Admission, AdmitRequest, Reservation, UsageRecord, WindowUsage } from '../types.js';
 import { GroupCommit } from './group-commit.js';
 import { KeyWindow } from './key-window.js';
 import { ReservationBook } from './reservations.js';

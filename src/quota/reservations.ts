@@ -1,5 +1,5 @@
 // Reservations held in this process: per-key totals, whether a partial one is in flight, and admission against them.
-import type { Admission, AdmitRequest } from '../storage/types.js';
+import type { Admission, AdmitRequest } from '../types.js';
 import { judge, refusal, type Held, type Recorded } from './admission.js';
 import type { Bucket } from './window.js';
 

@@ -1,11 +1,11 @@
 // The admin API: /admin/keys create, list, show, update, delete, behind a Bearer admin token.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response, type Router } from 'express';
-import { errorBody, type ErrorFields } from '../../middleware/reject.js';
+import { errorBody, type ErrorFields } from '../http/error-body.js';
 import { ConflictError, NotFoundError, StorageError, ValidationError } from '../errors.js';
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView } from '../keys/view.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import type { Storage } from '../storage/types.js';
 
 export interface AdminOptions {

@@ -1,7 +1,7 @@
 // The sidecar's settings, from the environment as src/config.ts parses it.
-import { DEFAULT_BODY_MEMORY_LIMIT } from '../../middleware/options.js';
 import { readServeEnvironment, storageForWindow, type BackupConfig, type LogLevel, type StorageSettings } from '../config.js';
 import { ConfigError } from '../errors.js';
+import { defaultBodyMemoryLimit } from '../http/request-body.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 
 export interface SidecarConfig {
@@ -54,7 +54,7 @@ export function loadSidecarConfig(env: NodeJS.ProcessEnv = process.env): Sidecar
     upstreamTimeoutMs: value.UPSTREAM_TIMEOUT_MS,
     bodyLimit: value.BODY_LIMIT,
     bodyTimeoutMs: value.BODY_TIMEOUT_MS,
-    bodyMemoryLimit: value.BODY_MEMORY_LIMIT ?? Math.max(DEFAULT_BODY_MEMORY_LIMIT, value.BODY_LIMIT),
+    bodyMemoryLimit: value.BODY_MEMORY_LIMIT ?? defaultBodyMemoryLimit(value.BODY_LIMIT),
     overrideModel: value.OVERRIDE_MODEL,
     includeStreamUsage: value.INCLUDE_STREAM_USAGE,
     allowQueryKey: value.ALLOW_QUERY_KEY,

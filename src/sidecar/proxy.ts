@@ -2,9 +2,10 @@
 import { pipeline } from 'node:stream';
 import type { Request, RequestHandler, Response } from 'express';
 import { Agent, type Dispatcher } from 'undici';
-import { closeUnfinishedUpload, hasBody } from '../../middleware/body.js';
-import { errorBodyFor, type ErrorFields } from '../../middleware/reject.js';
-import { defaultLogger, type Logger } from '../ops/logger.js';
+import { closeUnfinishedUpload, DEFAULT_BODY_LIMIT, hasBody } from '../http/request-body.js';
+import { errorBodyFor, type ErrorFields } from '../http/error-body.js';
+import { defaultLogger } from '../logger.js';
+import type { Logger } from '../types.js';
 import { decodableAcceptEncoding, endToEnd, upstreamRequestHeaders, withoutQueryKey, type HeaderMap, type KeyStyle } from './headers.js';
 import { rewriteBody, rewriteMayApply, type RewriteRules } from './rewrite.js';
 import { forwardingProblem, refuse } from './target.js';
@@ -54,7 +55,7 @@ export function proxy(options: ProxyOptions): ProxyHandler {
     authHeader: options.authHeader,
     overrideModel: options.overrideModel ?? false,
     includeStreamUsage: options.includeStreamUsage ?? false,
-    bodyLimit: options.bodyLimit ?? 10 * 1024 * 1024,
+    bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
     logger: options.logger ?? defaultLogger(),
   };
   const handler: RequestHandler = (req, res) => {

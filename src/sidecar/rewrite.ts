@@ -1,5 +1,5 @@
 // Request-body rewrites that no client input switches off: the key's model, usage on OpenAI streams.
-import { parseJsonObject } from '../../middleware/body.js';
+import { parseJsonObject } from '../http/request-body.js';
 
 export interface RewriteRules {
   /** Set `model` to this (the key's model), when given. */

@@ -1,8 +1,8 @@
 // Which requests may be forwarded: plain paths that stay inside the upstream's own path, no upgrades.
 import type { IncomingMessage } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
-import { closeUnfinishedUpload } from '../../middleware/body.js';
-import { errorBody, errorBodyFor, type ErrorFields } from '../../middleware/reject.js';
+import { closeUnfinishedUpload } from '../http/request-body.js';
+import { errorBody, errorBodyFor, type ErrorFields } from '../http/error-body.js';
 
 export interface Refusal extends ErrorFields {
   status: 400 | 405 | 501;

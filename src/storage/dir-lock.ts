@@ -1,6 +1,6 @@
 // One process per file store: the lock file `lock` in its directory.
 import { join } from 'node:path';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { lockFile, type HeldLock } from './lock-file.js';
 
 export type DirectoryLock = HeldLock;

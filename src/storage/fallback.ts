@@ -3,7 +3,7 @@
 import { derivedDigestPrefix } from '../db/random-ids.js';
 import pRetry from 'p-retry';
 import { StorageError } from '../errors.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, MirrorStorage, Reservation, SharedStorage, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';

@@ -2,7 +2,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { GroupCommit } from '../quota/group-commit.js';
 import type { UsageRecord } from './types.js';
 

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { linkSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ConfigError } from '../errors.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 
 /** The owner touches the lock this often; an owner on another host counts as gone after STALE_MS. */
 const HEARTBEAT_MS = 5_000;

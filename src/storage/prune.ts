@@ -2,7 +2,7 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type Database from 'better-sqlite3';
 import type postgres from 'postgres';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { BUCKET_MS } from '../quota/window.js';
 
 /** How long a usage record's id is kept by default: a journal written during a week-long outage still replays exactly once. */

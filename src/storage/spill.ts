@@ -2,7 +2,7 @@
 // held too long): the journal, replayed into the database each second until it takes it.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { lockDirectory, type DirectoryLock } from './dir-lock.js';
 import { Journal } from './journal.js';
 import type { ApplyOutcome, Overflow } from '../quota/local-quota.js';

@@ -5,7 +5,7 @@ import { derivedDigestPrefix } from '../db/random-ids.js';
 import { StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, healthProbes, keyColumns, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
-import type { Logger } from '../ops/logger.js';
+import type { Logger } from '../types.js';
 import { LocalQuota, type ApplyOutcome } from '../quota/local-quota.js';
 import { bucketStart } from '../quota/window.js';
 import type { KeyPatch, NewKey } from '../keys/validate.js';

@@ -1,91 +1,9 @@
 // The Storage interface: everything the gate (QuotaStore) and the tooling (KeyStore) ask of a store.
 import type { KeyPatch, NewKey } from '../keys/validate.js';
+import type { KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth } from '../types.js';
 import type { SnapshotKey } from './snapshot.js';
 
-export type { KeyPatch, NewKey };
-
-/** A key as stored; times are milliseconds since the epoch. The plaintext key is not part of it. */
-export interface KeyRecord {
-  id: string;
-  keyPrefix: string;
-  name: string;
-  model: string | null;
-  tokenLimit: number;
-  expiresAt: number;
-  createdAt: number;
-  lastUsedAt: number | null;
-  totalLifetimeTokens: number;
-  totalRequests: number;
-}
-
-export interface CreatedKey {
-  record: KeyRecord;
-  /** The plaintext key: shown once, never stored. */
-  key: string;
-}
-
-/** A key's rolling window as seen at one instant. */
-export interface WindowUsage {
-  /** Tokens recorded in buckets that still count. */
-  used: number;
-  /** Tokens reserved by requests in flight. */
-  reserved: number;
-  /** Start of the oldest bucket that still counts, if any. */
-  oldestBucketStart: number | undefined;
-}
-
-export interface AdmitRequest {
-  keyId: string;
-  tokenLimit: number;
-  /** Tokens this request is expected to use. */
-  estimate: number;
-  /** Unique id of this request: its reservation and, later, its usage record. */
-  requestId: string;
-  now: number;
-  windowMs: number;
-}
-
-export interface Reservation {
-  id: string;
-  keyId: string;
-  tokens: number;
-  partial: boolean;
-}
-
-export type Admission =
-  | { admitted: true; reservation: Reservation; window: WindowUsage }
-  | { admitted: false; window: WindowUsage; retryAfterMs: number };
-
-/** What a finished request used; `id` makes applying it twice a no-op. */
-export interface UsageRecord {
-  id: string;
-  keyId: string;
-  tokens: number;
-  /** When the usage happened; decides its bucket. */
-  at: number;
-}
-
-/**
- * Where usage records go: `ok`, where they belong; `journal`, to the journal because the database
- * refuses them (replayed when it takes writes again); `failing`, nowhere durable (kept in memory and
- * retried), and nothing more is admitted until a write succeeds.
- */
-export type RecordingState = 'ok' | 'journal' | 'failing';
-
-/** How a store is doing, for /healthz and metrics. */
-export interface StorageHealth {
-  /** `fallback` while requests are decided from the file store because the database is unreachable. */
-  mode: 'primary' | 'fallback';
-  recording: RecordingState;
-  /** Usage records on disk in the journal, waiting to be replayed into the database. */
-  journalPendingRecords: number;
-  /** Journal files set aside (never deleted) because a line failed its checksum or a record was refused on replay. */
-  quarantinedFiles: string[];
-  /** Usage records refused since start: by the database (then journaled), and by the journal too. */
-  recordingFailures: { database: number; journal: number };
-  lastFailure: { at: number; message: string } | null;
-  lastReplay: { at: number; records: number } | null;
-}
+export type { KeyPatch, NewKey, KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth };
 
 /** What the gate asks of a store for each request: the key, admission, usage and the window it leaves. */
 export interface QuotaStore {

@@ -5,7 +5,7 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProxyApp } from '../../examples/express-proxy/app.js';
 import { monitorStorage, type StorageMonitor } from '../../src/ops/health.js';
-import { createLogger } from '../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
 import { createMetrics, type TokenGateMetrics } from '../../src/ops/metrics.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';

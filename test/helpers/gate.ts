@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { createProxyApp } from '../../examples/express-proxy/app.js';
 import { createStorage } from '../../src/storage/create.js';
-import { createLogger } from '../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
 import type { Storage, KeyRecord } from '../../src/storage/types.js';
 import type { TokenGateOptions } from '../../middleware/options.js';
 import type { Upstream } from './upstream.js';

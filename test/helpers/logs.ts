@@ -1,6 +1,7 @@
 // A pino logger whose lines a test can read back.
 import { Writable } from 'node:stream';
-import { createLogger, type Logger } from '../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
+import type { Logger } from '../../src/types.js';
 
 export const WARN = 40;
 export const ERROR = 50;

@@ -7,7 +7,7 @@ import { ConfigError } from '../../src/errors.js';
 import { readEnvironment } from '../../src/config.js';
 import { scheduleBackups } from '../../src/ops/backup-schedule.js';
 import { BackupError, backupFileName, restoreBackup, verifyBackup, writeBackup } from '../../src/ops/backup.js';
-import type { Logger } from '../../src/ops/logger.js';
+import type { Logger } from '../../src/types.js';
 import type { AdminStore } from '../../src/storage/admin.js';
 import { createStorage, openAdminStore } from '../../src/storage/create.js';
 import { tempDir } from '../helpers/gate.js';

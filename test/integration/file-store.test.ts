@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createProxyApp } from '../../examples/express-proxy/app.js';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../../src/errors.js';
 import { digestKey } from '../../src/keys/secret.js';
-import type { Logger } from '../../src/ops/logger.js';
+import type { Logger } from '../../src/types.js';
 import { bucketStart } from '../../src/quota/window.js';
 import { createStorage } from '../../src/storage/create.js';
 import { FileStorage } from '../../src/storage/file.js';

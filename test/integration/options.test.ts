@@ -7,7 +7,7 @@ import { tokenGate } from '../../middleware/gate.js';
 import type { TokenGateOptions } from '../../middleware/options.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
-import { createLogger } from '../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
 import { PassThrough } from 'node:stream';
 import { tempDbPath } from '../helpers/gate.js';
 

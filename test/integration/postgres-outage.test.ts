@@ -7,7 +7,7 @@ import { createProxyApp } from '../../examples/express-proxy/app.js';
 import postgres from 'postgres';
 import { StorageError } from '../../src/errors.js';
 import { digestKey } from '../../src/keys/secret.js';
-import { createLogger } from '../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { tempDir, quietLogger } from '../helpers/gate.js';

@@ -11,7 +11,7 @@ import { createProxyApp } from '../../examples/express-proxy/app.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { StorageError } from '../../src/errors.js';
-import { createLogger } from '../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
 import { tempDir, quietLogger } from '../helpers/gate.js';
 import { captureLogs, ERROR } from '../helpers/logs.js';
 import { freshDatabase } from '../helpers/postgres.js';

@@ -2,7 +2,8 @@
 import type { IncomingMessage } from 'node:http';
 import type { Response } from 'express';
 import { describe, expect, it } from 'vitest';
-import { errorBodyFor, rejections, setRetryHeaders } from '../../../middleware/reject.js';
+import { rejections, setRetryHeaders } from '../../../middleware/reject.js';
+import { errorBodyFor } from '../../../src/http/error-body.js';
 
 const request = (headers: Record<string, string> = {}): IncomingMessage => ({ headers }) as IncomingMessage;
 

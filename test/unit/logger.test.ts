@@ -1,7 +1,7 @@
 // The logger's redaction: keys, tokens and credential headers never reach the output.
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../../../src/ops/logger.js';
+import { createLogger } from '../../src/logger.js';
 
 describe('createLogger', () => {
   it('redacts keys, tokens and credential headers at the top level and one level down', () => {

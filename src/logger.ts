@@ -1,9 +1,6 @@
 // Structured JSON logs (pino), with every place a key or token could appear redacted.
 import { pino, type Logger as PinoLogger, type DestinationStream } from 'pino';
-import { logLevel } from '../config.js';
-
-/** What tokengate logs through: any pino logger fits. */
-export type Logger = Pick<PinoLogger, 'debug' | 'info' | 'warn' | 'error'>;
+import { logLevel } from './config.js';
 
 // Top level and one level down (`{ key }`, `{ created: { key } }`), and request headers wherever logged.
 const SECRETS = ['key', 'apiKey', 'api_key', 'adminToken', 'admin_token', 'token', 'password', 'authorization', 'x-api-key'];
