@@ -124,12 +124,11 @@ describe('SQLite write lock held by another connection', () => {
     expect(stalls.healthzMaxMs, JSON.stringify(stalls)).toBeLessThan(100);
 
     // Once the lock is released, every request that was served is charged: none was dropped.
-    const deadline = Date.now() + 10_000;
-    let stored = await storage.getKey(record.id);
-    while ((stored?.totalRequests ?? 0) < served && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-      stored = await storage.getKey(record.id);
-    }
-    expect({ requests: stored?.totalRequests, tokens: stored?.totalLifetimeTokens }).toEqual({ requests: served, tokens: served * TOKENS });
+    await expect
+      .poll(async () => {
+        const stored = await storage.getKey(record.id);
+        return { requests: stored?.totalRequests, tokens: stored?.totalLifetimeTokens };
+      }, { timeout: 10_000, interval: 50 })
+      .toEqual({ requests: served, tokens: served * TOKENS });
   });
 });
