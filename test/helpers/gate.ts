@@ -1,7 +1,4 @@
 // Starts the example proxy (the real one users copy) on loopback, gated by tokenGate on a temp SQLite file.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
@@ -10,6 +7,7 @@ import { createStorage } from '../../src/storage/create.js';
 import { createLogger } from '../../src/logger.js';
 import type { Storage, KeyRecord } from '../../src/storage/types.js';
 import type { TokenGateOptions } from '../../middleware/options.js';
+import { tempDbPath } from './temp.js';
 import type { Upstream } from './upstream.js';
 
 export interface Clock {
@@ -35,13 +33,8 @@ export interface Gate {
   close(): Promise<void>;
 }
 
-export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'tokengate-'));
-}
-
-export function tempDbPath(): string {
-  return join(tempDir(), 'tokengate.db');
-}
+// Most test files take their temp directories from here, next to the gate that uses them.
+export { tempDbPath, tempDir } from './temp.js';
 
 /** A logger that keeps its lines to itself (for tests that do not read them). */
 export const quietLogger = () => createLogger(new Writable({ write: (_chunk, _encoding, done) => done() }));

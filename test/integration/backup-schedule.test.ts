@@ -2,7 +2,7 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
 import { readEnvironment } from '../../src/config.js';
 import { scheduleBackups } from '../../src/ops/backup-schedule.js';
@@ -17,14 +17,6 @@ function recordingLogger(): Logger & { lines: { level: string; fields: Record<st
   const lines: { level: string; fields: Record<string, unknown> }[] = [];
   const at = (level: string) => (fields: unknown) => void lines.push({ level, fields: fields as Record<string, unknown> });
   return { lines, debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error') } as Logger & { lines: typeof lines };
-}
-
-async function until(condition: () => boolean, what: string, deadlineMs = 30_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
 }
 
 async function seededSqlite(): Promise<string> {
@@ -61,7 +53,7 @@ describe('scheduleBackups', () => {
     };
     const schedule = scheduleBackups({ open, schedule: '*/1 * * * * *', dir, retain: 2, logger, onSuccess: (at) => successes.push(at) });
     try {
-      await until(() => successes.length >= 4, 'four scheduled backups');
+      await vi.waitUntil(() => successes.length >= 4, { timeout: 30_000, interval: 25 }); // four scheduled backups
     } finally {
       await schedule.stop();
     }
@@ -97,7 +89,7 @@ describe('scheduleBackups', () => {
     };
     const schedule = scheduleBackups({ open, schedule: '*/1 * * * * *', dir, retain: 5, logger, onSuccess: (at) => successes.push(at) });
     try {
-      await until(() => successes.length >= 1, 'a backup after the failed one');
+      await vi.waitUntil(() => successes.length >= 1, { timeout: 30_000, interval: 25 }); // a backup after the failed one
     } finally {
       await schedule.stop();
     }

@@ -1,19 +1,16 @@
 // The built `tokengate` CLI run as users run it: a child process on a temp SQLite file.
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
 import { digestKey } from '../../src/keys/secret.js';
 import type { KeyView } from '../../src/keys/view.js';
 import { ROOT, cli, expectFailure, requireBuiltCli } from '../helpers/cli.js';
-
-const dirs: string[] = [];
+import { tempDir } from '../helpers/temp.js';
 
 /** A fresh directory and a database path inside it (the file does not exist yet). */
 function freshDb(): { dir: string; dbPath: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'tokengate-cli-'));
-  dirs.push(dir);
+  const dir = tempDir();
   return { dir, dbPath: join(dir, 'tokengate.db') };
 }
 
@@ -33,10 +30,6 @@ function allBytes(dir: string): Buffer {
 }
 
 beforeAll(requireBuiltCli);
-
-afterAll(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
 
 describe('tokengate keys create', () => {
   it('prints only the new key on stdout, a one-line summary on stderr, and the key authenticates', async () => {

@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import express from 'express';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { tokenGate } from '../../middleware/gate.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
@@ -56,7 +56,7 @@ describe('memory while usage is recorded', () => {
       const response = await fetch(url, { method: 'POST', headers: { authorization: `Bearer ${key}`, connection: 'close' }, body: '{}' });
       expect(await response.text()).toContain('total_tokens');
     }
-    while (waiting < 3) await new Promise((resolve) => setTimeout(resolve, 5));
+    await vi.waitUntil(() => waiting >= 3, { timeout: 5000, interval: 5 });
 
     for (let i = 0; i < 5 && refs.some((ref) => ref.deref() !== undefined); i++) {
       await new Promise((resolve) => setTimeout(resolve, 10));

@@ -1,10 +1,7 @@
 // Retention: pruning keeps usage_records and usage_buckets bounded and never drops what still counts, on real SQLite and PostgreSQL.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { readEnvironment } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { createStorage, describeUrl } from '../../src/storage/create.js';
@@ -16,21 +13,11 @@ import { newRecordId } from '../../src/usage/record-id.js';
 import { cli, expectFailure, requireBuiltCli } from '../helpers/cli.js';
 import { quietLogger } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';
+import { tempDbPath } from '../helpers/temp.js';
 
 const MINUTE = 60_000;
 const DAY = 24 * 60 * MINUTE;
 const START = Date.parse('2030-01-01T00:00:00Z');
-
-const dirs: string[] = [];
-afterAll(() => {
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function freshDbPath(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tokengate-prune-'));
-  dirs.push(dir);
-  return join(dir, 'tokengate.db');
-}
 
 /** Reads the tables behind a store's back, on a connection of its own. */
 interface Peek {
@@ -52,7 +39,7 @@ interface Backend {
 const backends: Backend[] = [
   {
     name: 'sqlite',
-    fresh: async () => ({ databasePath: freshDbPath() }),
+    fresh: async () => ({ databasePath: tempDbPath() }),
     peek: ({ databasePath }) => {
       const db = new Database(databasePath!);
       return {
@@ -198,7 +185,7 @@ for (const backend of backends) {
 
 describe('which stores prune', () => {
   it('a store opened by createStorage() prunes, one opened with prune: false (the CLI key commands) does not', async () => {
-    const databasePath = freshDbPath();
+    const databasePath = tempDbPath();
     const gate = await createStorage({ databasePath, logger: quietLogger() });
     await gate.close();
     const tool = await createStorage({ databasePath, prune: false, logger: quietLogger() });
@@ -252,7 +239,7 @@ describe('tokengate db prune', () => {
   }
 
   it('prunes an SQLite file by hand, names it, and reports the counts (also as JSON)', async () => {
-    const databasePath = freshDbPath();
+    const databasePath = tempDbPath();
     const { recent } = await seed({ databasePath });
     const run = cli(databasePath, ['db', 'prune']);
     expect(run.stderr).toBe('');
@@ -281,13 +268,13 @@ describe('tokengate db prune', () => {
   });
 
   it('refuses a RECORD_RETENTION that is not a duration, or shorter than the window, naming the variable', () => {
-    const databasePath = freshDbPath();
+    const databasePath = tempDbPath();
     expectFailure(cli(databasePath, ['db', 'prune'], { RECORD_RETENTION: '604800000' }), /RECORD_RETENTION must be a duration such as 90s, 30m, 12h or 7d/);
     expectFailure(cli(databasePath, ['db', 'prune', '--window', '7d'], { RECORD_RETENTION: '3d' }), /RECORD_RETENTION must be at least the window \(7d\)/);
   });
 
   it('has --help', () => {
-    const run = cli(freshDbPath(), ['db', 'prune', '--help']);
+    const run = cli(tempDbPath(), ['db', 'prune', '--help']);
     expect(run.status).toBe(0);
     expect(run.stdout).toMatch(/RECORD_RETENTION/);
     expect(run.stdout).toMatch(/--window <duration>/);

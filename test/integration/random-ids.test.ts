@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { digestKey } from '../../src/keys/secret.js';
@@ -93,7 +93,7 @@ describe('keys with digest-derived ids', () => {
 
     opened.push(await createStorage({ databasePath, logger: quietLogger() }));
     const storageNow = opened[0]!;
-    for (let i = 0; i < 200 && storageNow.health().recording !== 'ok'; i++) await new Promise((resolve) => setTimeout(resolve, 25));
+    await vi.waitUntil(() => storageNow.health().recording === 'ok', { timeout: 5000, interval: 25 });
     const found = await storageNow.findKeyByDigest(digestKey(KEY));
     expect(found).toMatchObject({ totalLifetimeTokens: 940, totalRequests: 2 });
     expect(found!.id).not.toBe(derivedId);

@@ -1,13 +1,13 @@
 // `tokengate restore` refuses every impossible row even when the manifest agrees with it, changes nothing when it does, and takes backups of an older schema with the same columns.
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createStorage, openAdminStore } from '../../src/storage/create.js';
 import { writeBackup } from '../../src/ops/backup.js';
 import { cli, expectFailure, requireBuiltCli } from '../helpers/cli.js';
+import { tempDir } from '../helpers/temp.js';
 import { schemaTag } from '../../src/db/migrations.js';
 
 type Row = Record<string, unknown>;
@@ -16,21 +16,12 @@ interface Entry {
   row: Row;
 }
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
-function scratch(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tokengate-restore-'));
-  dirs.push(dir);
-  return dir;
-}
 
 beforeAll(requireBuiltCli);
 
 /** A store with two keys, usage buckets and records, and a backup of it. */
 async function seeded(): Promise<{ dir: string; dbPath: string; backup: string }> {
-  const dir = scratch();
+  const dir = tempDir();
   const dbPath = join(dir, 'tokengate.db');
   const storage = await createStorage({ databasePath: dbPath, lock: false, prune: false });
   for (const name of ['alice', 'bob']) {

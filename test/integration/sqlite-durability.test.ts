@@ -1,11 +1,11 @@
 // The SQLite file under real processes: survives SIGKILL, creates its directory, refuses a read-only one clearly.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
+import { tempDbPath, tempDir } from '../helpers/temp.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const SERVER = join(import.meta.dirname, '../../examples/express-proxy/server.js');
@@ -18,12 +18,13 @@ describe('SQLite durability', () => {
   afterAll(() => upstream.close());
 
   it('keeps every recorded request when the gate process is killed between requests', async () => {
-    const dbPath = join(mkdtempSync(join(tmpdir(), 'tokengate-kill-')), 'tokengate.db');
+    const dbPath = tempDbPath();
     const setup = await createStorage({ databasePath: dbPath });
     const { key, record } = await setup.createKey({ name: 'k', tokenLimit: 1_000_000, expiresAt: Date.now() + 3600_000 });
     await setup.close();
 
     const child = spawn(process.execPath, [SERVER], { env: { ...process.env, UPSTREAM_URL: upstream.url, DATABASE_PATH: dbPath, PORT: '0', LOG_LEVEL: 'warn' } });
+    onTestFinished(() => void child.kill('SIGKILL')); // should an assertion fail before the kill below
     const [line] = (await once(child.stdout, 'data')) as [Buffer];
     const base = /http:\/\/localhost:(\d+)/.exec(line.toString())![0];
     const requests = 12;
@@ -48,7 +49,7 @@ describe('SQLite durability', () => {
   });
 
   it('creates a missing data directory', async () => {
-    const dbPath = join(mkdtempSync(join(tmpdir(), 'tokengate-dir-')), 'a', 'b', 'tokengate.db');
+    const dbPath = join(tempDir(), 'a', 'b', 'tokengate.db');
     const storage = await createStorage({ databasePath: dbPath });
     await storage.createKey({ name: 'k', tokenLimit: 1, expiresAt: Date.now() + 1000 });
     await storage.close();
@@ -56,7 +57,7 @@ describe('SQLite durability', () => {
   });
 
   it('refuses a read-only data directory with one clear line, at start', () => {
-    const readOnly = join(mkdtempSync(join(tmpdir(), 'tokengate-ro-')), 'ro');
+    const readOnly = join(tempDir(), 'ro');
     mkdirSync(readOnly, { mode: 0o555 });
     const env = { ...process.env, UPSTREAM_URL: upstream.url, DATABASE_PATH: join(readOnly, 'tokengate.db'), PORT: '0' };
     // Permissions do not stop root, a read-only file system does: as root, mount one over the

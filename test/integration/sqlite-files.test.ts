@@ -1,7 +1,7 @@
 // The SQLite file as an operator meets it: one gate per file (real `tokengate serve` processes), files that are not tokengate's refused untouched, read-only files, owner-only modes.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -10,9 +10,9 @@ import { createStorage } from '../../src/storage/create.js';
 import { cli, CLI, expectFailure, requireBuiltCli } from '../helpers/cli.js';
 import { quietLogger } from '../helpers/gate.js';
 import { runSidecarToExit, startSidecar, type Sidecar } from '../helpers/sidecar.js';
+import { tempDir } from '../helpers/temp.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 
-const dirs: string[] = [];
 const sidecars: Sidecar[] = [];
 let upstream: Upstream;
 let umask: number;
@@ -28,14 +28,7 @@ afterAll(async () => {
 });
 afterEach(async () => {
   for (const sidecar of sidecars.splice(0)) await sidecar.stop();
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
 });
-
-function scratch(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'tokengate-files-'));
-  dirs.push(dir);
-  return dir;
-}
 
 async function gate(dir: string): Promise<Sidecar> {
   const sidecar = await startSidecar({ UPSTREAM_URL: upstream.url }, dir);
@@ -53,7 +46,7 @@ function deadPid(): number {
 
 describe('one gate per SQLite file', () => {
   it('refuses a second gate on the file in one line naming the file and the owner, while the key commands run alongside', async () => {
-    const dir = scratch();
+    const dir = tempDir();
     const first = await gate(dir);
     const lock = JSON.parse(readFileSync(`${first.dbPath}.lock`, 'utf8')) as { pid: number; host: string };
     expect(lock).toMatchObject({ pid: first.process.pid, host: hostname() });
@@ -81,7 +74,7 @@ describe('one gate per SQLite file', () => {
   });
 
   it('takes over a lock left by a process that is gone, and removes its lock when it stops', async () => {
-    const dir = scratch();
+    const dir = tempDir();
     const dbPath = join(dir, 'tokengate.db');
     const killed = await gate(dir);
     killed.process.kill('SIGKILL');
@@ -112,7 +105,7 @@ describe('files that are not a tokengate database', () => {
   ];
 
   it.each(cases)('refuses %s with a ConfigError, the gate and the CLI alike, and leaves it byte for byte', async (_what, make, message) => {
-    const dir = scratch();
+    const dir = tempDir();
     const path = join(dir, 'data.db');
     make(path);
     const bytes = readFileSync(path);
@@ -134,7 +127,7 @@ describe('files that are not a tokengate database', () => {
 
   const asRoot = process.getuid?.() === 0;
   it.skipIf(!asRoot)('refuses a database file on a read-only mount as read-only, not with a failed write', async () => {
-    const dir = scratch();
+    const dir = tempDir();
     const path = join(dir, 'tokengate.db');
     const storage = await createStorage({ databasePath: path, logger: quietLogger() });
     await storage.createKey({ name: 'a', tokenLimit: 10, expiresAt: Date.now() + 86_400_000 });
@@ -162,7 +155,7 @@ describe('files that are not a tokengate database', () => {
 
 describe('file modes', () => {
   it('creates the database, its -wal and -shm, backups and exports 0600 under umask 022', async () => {
-    const dir = scratch();
+    const dir = tempDir();
     const dbPath = join(dir, 'tokengate.db');
     const storage = await createStorage({ databasePath: dbPath, logger: quietLogger() });
     await storage.createKey({ name: 'a', tokenLimit: 10, expiresAt: Date.now() + 86_400_000 });
@@ -190,7 +183,7 @@ describe('file modes', () => {
 
 describe('tokengate db migrate on SQLite', () => {
   it('names the file, and says how many migrations it applied', () => {
-    const dir = scratch();
+    const dir = tempDir();
     const dbPath = join(dir, 'tokengate.db');
     const migrations = (JSON.parse(readFileSync(join(import.meta.dirname, '../../drizzle/sqlite/meta/_journal.json'), 'utf8')) as { entries: { tag: string }[] }).entries;
     const latest = migrations.at(-1)!.tag;

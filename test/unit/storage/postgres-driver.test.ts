@@ -1,17 +1,12 @@
 // The start-up check of the PostgreSQL driver: the copy tokengate ships passes, one without the fix is refused.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { checkDriver, driverProblem } from '../../../src/db/postgres-driver.js';
+import { tempDir } from '../../helpers/temp.js';
 
 const shipped = join(dirname(fileURLToPath(import.meta.resolve('#postgres'))), 'connection.js');
-let dir: string | undefined;
-afterEach(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-  dir = undefined;
-});
 
 describe('the PostgreSQL driver check', () => {
   it('passes the copy tokengate ships', () => {
@@ -20,7 +15,7 @@ describe('the PostgreSQL driver check', () => {
   });
 
   it('names a copy without the fix, and one it cannot read', () => {
-    dir = mkdtempSync(join(tmpdir(), 'tokengate-driver-'));
+    const dir = tempDir();
     const unfixed = join(dir, 'connection.js');
     // The fix's guard removed: what the registry's postgres.js 3.4.9 has.
     writeFileSync(unfixed, readFileSync(shipped, 'utf8').replace(/\n\s+if \(!socket\) \{[^]*?\n\s+\}\n(\s+const x = socket\.write)/, '\n$1'));
