@@ -1,12 +1,14 @@
 // Where a CLI run points (a fresh SQLite file or PostgreSQL database), and the old gateway's key file to import into it.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { createStorage, type StorageConfig } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { cli, cliAsync, type Run } from './cli.js';
 import { quietLogger } from './gate.js';
 import { freshDatabase } from './postgres.js';
 import { tempDir } from './temp.js';
+import { json, startUpstream, type Upstream } from './upstream.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -28,6 +30,22 @@ export function sqliteTarget(): Target {
 export async function postgresTarget(): Promise<Target> {
   const databaseUrl = await freshDatabase();
   return { name: 'postgres', env: { DATABASE_URL: databaseUrl, BACKUP_DIR: join(tempDir(), 'backups') }, config: { databaseUrl, fallback: false, logger: quietLogger() } };
+}
+
+/** Both stores, for `describe.each` / `it.each`: a name and a way to make a fresh target. */
+export const targets: [string, () => Promise<Target>][] = [
+  ['sqlite', async () => sqliteTarget()],
+  ['postgres', postgresTarget],
+];
+
+/** An upstream answering 10 tokens of usage to every request, up for the whole test file. */
+export function usageUpstream(): () => Upstream {
+  let upstream: Upstream | undefined;
+  beforeAll(async () => {
+    upstream = await startUpstream(json({ id: 'x', usage: { prompt_tokens: 4, completion_tokens: 6, total_tokens: 10 } }));
+  });
+  afterAll(() => upstream?.close());
+  return () => upstream!;
 }
 
 export const run = (target: Target, args: string[]): Run => cli(target.env.DATABASE_PATH ?? '', args, target.env);

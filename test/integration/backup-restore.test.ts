@@ -2,27 +2,20 @@
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/ops/backup.js';
 import { createStorage } from '../../src/storage/create.js';
 import { expectFailure, requireBuiltCli } from '../helpers/cli.js';
-import { generate, postgresTarget, run, runAsync, sqliteTarget, storeState, withStore, writeKeyFile, type Target } from '../helpers/cli-targets.js';
+import { generate, postgresTarget, run, runAsync, sqliteTarget, storeState, withStore, writeKeyFile, targets, usageUpstream, type Target } from '../helpers/cli-targets.js';
 import { post, quietLogger, startGate } from '../helpers/gate.js';
 import { tempDir } from '../helpers/temp.js';
-import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
 beforeAll(requireBuiltCli);
 
-let upstream: Upstream;
-beforeAll(async () => {
-  upstream = await startUpstream(json({ id: 'x', usage: { prompt_tokens: 4, completion_tokens: 6, total_tokens: 10 } }));
-});
-afterAll(async () => {
-  await upstream.close();
-});
+const upstream = usageUpstream();
 
 /** Sums over the whole store, straight from its tables. */
 async function totals(target: Target): Promise<{ keys: number; lifetime: number; requests: number }> {
@@ -40,13 +33,10 @@ function backupJson(target: Target, outDir?: string): { path: string; manifest: 
 }
 
 describe('tokengate backup and restore', () => {
-  it.each([
-    ['sqlite', async () => sqliteTarget()],
-    ['postgres', postgresTarget],
-  ])('backs up %s while a gate records usage; the restored store equals the backup', async (_name, makeTarget) => {
+  it.each(targets)('backs up %s while a gate records usage; the restored store equals the backup', async (_name, makeTarget) => {
     const target = await makeTarget();
     const storage = await createStorage({ ...target.config, logger: quietLogger(), fallback: false });
-    const gate = await startGate(upstream, { now: () => Date.now() }, storage);
+    const gate = await startGate(upstream(), { now: () => Date.now() }, storage);
     const keys = await Promise.all(Array.from({ length: 4 }, () => storage.createKey({ name: 'traffic', tokenLimit: 10_000_000, expiresAt: Date.now() + DAY })));
     let stop = false;
     let sent = 0;

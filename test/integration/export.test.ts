@@ -3,16 +3,13 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { expectFailure, requireBuiltCli } from '../helpers/cli.js';
-import { generate, postgresTarget, run, sqliteTarget, writeKeyFile } from '../helpers/cli-targets.js';
+import { generate, run, sqliteTarget, targets, writeKeyFile } from '../helpers/cli-targets.js';
 import { tempDir } from '../helpers/temp.js';
 
 beforeAll(requireBuiltCli);
 
 describe('tokengate export', () => {
-  it.each([
-    ['sqlite', async () => sqliteTarget()],
-    ['postgres', postgresTarget],
-  ])('writes the old format from %s without plaintext keys, with the usage inside the window', async (_name, makeTarget) => {
+  it.each(targets)('writes the old format from %s without plaintext keys, with the usage inside the window', async (_name, makeTarget) => {
     const target = await makeTarget();
     const now = Date.now();
     const generated = generate(now, 12);

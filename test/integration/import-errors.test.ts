@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import postgres from 'postgres';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { cli, expectFailure, requireBuiltCli } from '../helpers/cli.js';
-import { generate, postgresTarget, run, sqliteTarget, storeState, withStore, writeKeyFile, type Target } from '../helpers/cli-targets.js';
+import { generate, run, sqliteTarget, storeState, targets, withStore, writeKeyFile, type Target } from '../helpers/cli-targets.js';
 import { tempDir } from '../helpers/temp.js';
 
 const DAY = 24 * 3_600_000;
@@ -28,10 +28,7 @@ async function refuseKeyNamed(target: Target, name: string): Promise<void> {
   await sql.end();
 }
 
-describe.each([
-  ['sqlite', async () => sqliteTarget()],
-  ['postgres', postgresTarget],
-])('tokengate import into %s is one transaction', (_name, makeTarget) => {
+describe.each(targets)('tokengate import into %s is one transaction', (_name, makeTarget) => {
   it('a write failing halfway leaves nothing of the import behind', async () => {
     const target = await makeTarget();
     const generated = generate(Date.now(), 600);

@@ -1,12 +1,11 @@
 // tokengate import of 1 000 keys of the old gateway's key file, through the built CLI, into SQLite and PostgreSQL.
 import { readdirSync, readFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { digestKey } from '../../src/keys/secret.js';
 import { createStorage } from '../../src/storage/create.js';
 import { expectFailure, requireBuiltCli } from '../helpers/cli.js';
-import { generate, postgresTarget, run, sqliteTarget, storeState, withStore, writeKeyFile, type Generated, type Target } from '../helpers/cli-targets.js';
+import { generate, postgresTarget, run, sqliteTarget, storeState, withStore, writeKeyFile, type Generated, targets, usageUpstream, type Target } from '../helpers/cli-targets.js';
 import { post, quietLogger, startGate } from '../helpers/gate.js';
-import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
 interface ImportReport {
   dry_run: boolean;
@@ -28,18 +27,9 @@ function importJson(target: Target, args: string[]): ImportReport {
 
 beforeAll(requireBuiltCli);
 
-let upstream: Upstream;
-beforeAll(async () => {
-  upstream = await startUpstream(json({ id: 'x', usage: { prompt_tokens: 4, completion_tokens: 6, total_tokens: 10 } }));
-});
-afterAll(async () => {
-  await upstream.close();
-});
+const upstream = usageUpstream();
 
-describe.each([
-  ['sqlite', async () => sqliteTarget()],
-  ['postgres', postgresTarget],
-])('tokengate import of 1 000 keys into %s', (_name, makeTarget) => {
+describe.each(targets)('tokengate import of 1 000 keys into %s', (_name, makeTarget) => {
   let target: Target;
   let generated: Generated[];
   let file: string;
@@ -93,7 +83,7 @@ describe.each([
 
   it('imported keys authenticate through the gate with their old plaintext, and their quota reflects imported usage', async () => {
     const storage = await createStorage({ ...target.config, logger: quietLogger(), fallback: false });
-    const gate = await startGate(upstream, { now: () => Date.now() }, storage);
+    const gate = await startGate(upstream(), { now: () => Date.now() }, storage);
     try {
       for (const i of [1, 2, 7, 555, 999]) {
         const response = await post(gate, generated[i]!.plaintext);
