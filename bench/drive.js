@@ -1,7 +1,7 @@
 // @ts-check
 // The load: autocannon POSTs chat completions (JSON or SSE) spread over the bench keys, each
 // connection sending its next request as soon as the last one is answered; reports throughput,
-// latency and the target's CPU time per request.
+// latency and the CPU time per request of the target (and of its database server, if it has one).
 import autocannon from 'autocannon';
 import { benchKeys } from './keys.js';
 
@@ -17,16 +17,18 @@ const STREAM_REQUEST = JSON.stringify({ ...JSON.parse(REQUEST), stream: true, st
  */
 
 /**
- * Drives `target` with `load`; its CPU time is read before and after.
+ * Drives `target` with `load`; its CPU time (and its database server's) is read before and after.
  * @param {import('./processes.js').BenchProcess} target
  * @param {Load} load
+ * @param {{ cpuMicros(): number }} [database] the PostgreSQL server the target uses
  */
-export async function drive(target, { stream, connections, seconds, amount }) {
+export async function drive(target, { stream, connections, seconds, amount }, database) {
   const keys = benchKeys();
   let next = 0;
   /** @type {number[]} */
   const latencies = [];
   const cpuBefore = target.cpuMicros();
+  const databaseCpuBefore = database?.cpuMicros();
   // Without a callback, autocannon returns its running instance, an EventEmitter that is also a promise.
   const run = /** @type {Promise<autocannon.Result> & import('node:events').EventEmitter} */ (
     /** @type {unknown} */ (
@@ -47,6 +49,7 @@ export async function drive(target, { stream, connections, seconds, amount }) {
   });
   const result = await run;
   const cpu = target.cpuMicros() - cpuBefore;
+  const databaseCpu = database && databaseCpuBefore !== undefined ? database.cpuMicros() - databaseCpuBefore : null;
   const answered = result['2xx'];
   return {
     requestsPerSecond: Math.round(answered / (result.duration || 1)),
@@ -55,6 +58,7 @@ export async function drive(target, { stream, connections, seconds, amount }) {
     requests: result.requests.total,
     failures: result.errors + result.timeouts + result.non2xx,
     cpuUsPerRequest: answered > 0 ? Math.round(cpu / answered) : null,
+    databaseCpuUsPerRequest: databaseCpu !== null && answered > 0 ? Math.round(databaseCpu / answered) : null,
     cpuBusy: Number((cpu / 1e6 / (result.duration || 1)).toFixed(2)),
   };
 }

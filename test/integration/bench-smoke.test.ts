@@ -14,6 +14,7 @@ interface ProxyRow {
   cpuUsPerRequest: number;
   alone: { p99Ms: number };
   peakRssMiB: number;
+  databaseCpuUsPerRequest: number | null;
 }
 
 describe('npm run bench -- --smoke', () => {
@@ -28,6 +29,10 @@ describe('npm run bench -- --smoke', () => {
       'gate, PostgreSQL JSON',
       'sidecar, SQLite JSON',
       'gate, file fallback (PostgreSQL down) JSON',
+      'rate-limiter-flexible, SQLite JSON',
+      'rate-limiter-flexible, PostgreSQL JSON',
+      'rate-limiter-flexible, SQLite (answer reused 2 s) JSON',
+      'rate-limiter-flexible, PostgreSQL (answer reused 2 s) JSON',
       'bare proxy SSE',
       'gate, SQLite SSE',
       'sidecar, SQLite SSE',
@@ -38,6 +43,8 @@ describe('npm run bench -- --smoke', () => {
       expect(row.cpuUsPerRequest, row.variant).toBeGreaterThan(0);
       expect(row.alone.p99Ms, row.variant).toBeGreaterThan(0);
       expect(row.peakRssMiB, row.variant).toBeGreaterThan(0);
+      // The PostgreSQL server's CPU is measured for the rows that use it, and only for them.
+      expect(typeof row.databaseCpuUsPerRequest, row.variant).toBe(row.variant.includes('PostgreSQL') && !row.variant.includes('down') ? 'number' : 'object');
     }
     expect(result.scale.map((row) => `${row.backend} ${row.keys}`)).toEqual(['sqlite 1', 'sqlite 1', 'sqlite 100', 'sqlite 100', 'postgres 1', 'postgres 1', 'postgres 100', 'postgres 100']);
     for (const row of result.scale) {
