@@ -52,7 +52,7 @@ export class FallbackStorage implements Storage {
   private refreshing: Promise<void> = Promise.resolve();
   /** Reservations the database holds for requests in flight here. */
   private readonly heldInDatabase = new Set<string>();
-  /** Reservations given back while the database was unreachable: deleted there on recovery. */
+  /** Reservations given back while the database was unreachable, or maybe left by an admission it never answered: deleted there on recovery. */
   private readonly unreleased = new Map<string, Reservation>();
   private readonly refresher: NodeJS.Timeout;
   /** Records neither the database nor the journal took: in memory only, retried each second. */
@@ -139,8 +139,13 @@ export class FallbackStorage implements Storage {
     const abandon = (late: Admission): void => {
       if (late.admitted) void this.primary.release(late.reservation).catch(() => this.unreleased.set(late.reservation.id, late.reservation));
     };
+    const asked = this.mode === 'primary';
     const admission = await this.attempt(() => this.primary.admit(request), abandon);
-    if (admission === DOWN) return this.file.admit(request);
+    if (admission === DOWN) {
+      // The database may have committed the reservation even though its answer was lost: deleted on recovery.
+      if (asked) this.unreleased.set(request.requestId, { id: request.requestId, keyId: request.keyId, tokens: request.estimate, partial: false });
+      return this.file.admit(request);
+    }
     if (admission.admitted) this.heldInDatabase.add(admission.reservation.id);
     return admission;
   }

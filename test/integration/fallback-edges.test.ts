@@ -1,6 +1,8 @@
 // The file fallback at its edges: a database host that no longer resolves, reservations given back
-// during an outage, and a snapshot refresh slower than a request may wait.
+// during an outage, an admission committed as the database went away, and a slow snapshot refresh.
 import { randomUUID } from 'node:crypto';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestKey } from '../../src/keys/secret.js';
@@ -69,6 +71,76 @@ describe('a reservation given back while the database is down', () => {
       await direct.end();
     }
     expect(await storage.windowUsage(record.id, Date.now(), WINDOW)).toMatchObject({ used: 0, reserved: 0 });
+  });
+});
+
+/**
+ * A TCP relay to PostgreSQL that can lose a commit's answer: once armed, the first COMMIT goes to the
+ * server but its reply never comes back, and every connection is cut until restore() (an outage that
+ * began between the server committing and the client hearing of it).
+ */
+async function commitLosingRelay(target: string): Promise<{ url: string; arm: () => void; restore: () => void; close: () => Promise<void> }> {
+  const upstream = new URL(target);
+  const clients = new Set<net.Socket>();
+  let armed = false;
+  let down = false;
+  const relay = net.createServer((client) => {
+    clients.add(client);
+    const server = net.connect(Number(upstream.port), upstream.hostname);
+    client.on('data', (chunk: Buffer) => {
+      server.write(chunk);
+      if (!armed || !/commit/i.test(chunk.toString('latin1'))) return;
+      armed = false;
+      down = true;
+      relay.close(); // refused, as a stopped server's port is
+      for (const socket of clients) socket.destroy(); // the server still reads the COMMIT (ended after it) and commits
+    });
+    server.on('data', (chunk: Buffer) => void (down || client.write(chunk)));
+    client.on('close', () => (clients.delete(client), server.end()));
+    server.on('close', () => client.destroy());
+    client.on('error', () => undefined);
+    server.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  const { port } = relay.address() as AddressInfo;
+  const url = new URL(target);
+  url.port = String(port);
+  return {
+    url: url.toString(),
+    arm: () => (armed = true),
+    restore: () => {
+      down = false;
+      relay.listen(port, '127.0.0.1');
+    },
+    close: () => new Promise((resolve) => relay.close(() => resolve())),
+  };
+}
+
+describe('an admission the database committed as it went away', () => {
+  it('has its reservation deleted there when the database is back, though the answer never came', async () => {
+    const url = await freshDatabase();
+    const relay = await commitLosingRelay(url);
+    const storage = await createStorage({ databaseUrl: relay.url, fallbackDir: tempDir(), fallbackTimeoutMs: 1000, connectTimeoutSeconds: 2, logger: quietLogger() });
+    const direct = postgres(url, { max: 1, onnotice: () => undefined });
+    try {
+      // 600 of 1000 is too near the limit for a lease: the request gets a reservation row of its own.
+      const { record } = await storage.createKey({ name: 'unanswered', tokenLimit: 1000, expiresAt: Date.now() + HOUR });
+      relay.arm();
+      const admission = await storage.admit({ keyId: record.id, tokenLimit: 1000, estimate: 600, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW });
+      if (!admission.admitted) throw new Error('expected an admission');
+      expect(storage.health().mode).toBe('fallback'); // decided by the files
+      expect(await direct`select id from reservations where id = ${admission.reservation.id}`).toHaveLength(1);
+      await storage.release(admission.reservation); // the client went away before any byte
+
+      relay.restore();
+      await expect.poll(() => storage.health().mode, { timeout: 20_000, interval: 100 }).toBe('primary');
+      expect(await direct`select id from reservations where not starts_with(id, 'lease:')`).toEqual([]);
+      expect(await storage.windowUsage(record.id, Date.now(), WINDOW)).toMatchObject({ used: 0, reserved: 0 });
+    } finally {
+      await direct.end();
+      await storage.close();
+      await relay.close();
+    }
   });
 });
 
