@@ -5,7 +5,7 @@
 // bench/results/latest.{json,md}. Options: see README's "Benchmark" and docs/benchmarks.md.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -72,7 +72,15 @@ async function freshDatabase(serverUrl) {
   return url.toString();
 }
 
-const tempDir = () => mkdtempSync(join(tmpdir(), 'tokengate-bench-'));
+// Every file store of the run lives under one directory, removed when the run ends, failed or not.
+// (The PostgreSQL servers' data directories are their own: pg-server.js removes them on close.)
+const runDir = mkdtempSync(join(tmpdir(), 'tokengate-bench-'));
+let tempDirs = 0;
+const tempDir = () => {
+  const dir = join(runDir, String(++tempDirs));
+  mkdirSync(dir);
+  return dir;
+};
 
 /**
  * @param {import('./processes.js').BenchProcess} target
@@ -197,13 +205,14 @@ async function main() {
     );
     for (const target of targets.splice(0)) await target.stop();
     unpinBenchmark(pin);
-    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500, pastRecords: smoke ? 1000 : 1_000_000 });
+    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), tempDir, keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500, pastRecords: smoke ? 1000 : 1_000_000 });
     writeReport(args.out, { settings: { ...settings, pinned: pin.prefix.length > 0 }, proxy: summary, scale });
   } finally {
     for (const target of targets) await target.stop();
     await upstream.stop();
     await doomed.close();
     await pg.close();
+    rmSync(runDir, { recursive: true, force: true });
   }
 }
 

@@ -2,8 +2,6 @@
 // The scale run: lookup, admission and recording on one hot key among 1, 10^4 and 10^5 keys, with an
 // empty history and with a dense one (5 hours of minute buckets, and 10^6 earlier usage records),
 // straight against each store.
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
@@ -18,14 +16,14 @@ const HOT_KEY = 'tg-bench-hot-key';
 const RECORDING_LOOPS = 32;
 
 /**
- * @param {{ databaseUrl: () => Promise<string>, keyCounts: number[], measureMs: number, pastRecords: number }} options
+ * @param {{ databaseUrl: () => Promise<string>, tempDir: () => string, keyCounts: number[], measureMs: number, pastRecords: number }} options
  */
-export async function runScale({ databaseUrl, keyCounts, measureMs, pastRecords }) {
+export async function runScale({ databaseUrl, tempDir, keyCounts, measureMs, pastRecords }) {
   const rows = [];
   for (const backend of ['sqlite', 'postgres']) {
     for (const keys of keyCounts) {
       for (const history of ['empty', 'dense']) {
-        const store = backend === 'sqlite' ? await sqliteStore() : await postgresStore(await databaseUrl());
+        const store = backend === 'sqlite' ? await sqliteStore(tempDir()) : await postgresStore(await databaseUrl());
         try {
           await store.fill(keys, history === 'dense' ? pastRecords : 0);
           rows.push({ backend, keys, history, pastRecords: history === 'dense' ? pastRecords : 0, ...(await measure(store.storage, measureMs)) });
@@ -53,8 +51,9 @@ function hotKeyRow(now) {
   return { id: 'key_hot', hash: digestKey(HOT_KEY), now };
 }
 
-async function sqliteStore() {
-  const path = join(mkdtempSync(join(tmpdir(), 'tokengate-bench-')), 'scale.db');
+/** @param {string} dir */
+async function sqliteStore(dir) {
+  const path = join(dir, 'scale.db');
   const storage = await createStorage({ databasePath: path, logger: logger() });
   return {
     storage,

@@ -1,6 +1,7 @@
 // The benchmark in miniature (a few hundred requests per variant), so that it keeps working.
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { tempDir } from '../helpers/gate.js';
@@ -18,7 +19,9 @@ interface ProxyRow {
 }
 
 describe('npm run bench -- --smoke', () => {
-  it('drives every variant without a failed request and writes the JSON and Markdown tables', () => {
+  it('drives every variant without a failed request, writes the JSON and Markdown tables and leaves no file store behind', () => {
+    const benchDirs = () => new Set(readdirSync(tmpdir()).filter((name) => name.startsWith('tokengate-bench-')));
+    const before = benchDirs();
     const out = tempDir();
     const run = spawnSync(process.execPath, ['bench/run.js', '--smoke', '--out', out], { cwd: join(import.meta.dirname, '../..'), encoding: 'utf8', timeout: 150_000 });
     expect(run.status, run.stderr).toBe(0);
@@ -52,5 +55,6 @@ describe('npm run bench -- --smoke', () => {
       expect(row.recordsPerSecond).toBeGreaterThan(0);
     }
     expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| gate, SQLite | JSON | ');
+    expect([...benchDirs()].filter((name) => !before.has(name))).toEqual([]);
   }, 180_000);
 });
