@@ -23,7 +23,7 @@ function fail(message) {
 // From scratch, so that no file of an earlier build (a source map, a deleted module) is packed.
 rmSync(dist, { recursive: true, force: true });
 
-// postgres.js 3.4.9 (the latest) can crash the process when a connection closes while a write
+// postgres.js 3.4.9 (and 3.4.10, the latest 3.x) can crash the process when a connection closes while a write
 // waits (porsager/postgres#1154, #1208). npm runs no patch step when a user installs tokengate, so
 // the patched driver ships inside the package: its ES module sources (no dependencies, Unlicense),
 // imported through "#postgres" in package.json. Types still come from the `postgres` dependency.

@@ -329,8 +329,14 @@ describe('the installed package', () => {
     const tree = join(work, 'unpatched');
     cpSync(join(ROOT, '.ci/build.js'), join(tree, '.ci/build.js'));
     cpSync(join(ROOT, '.patches'), join(tree, '.patches'), { recursive: true });
-    cpSync(join(project, 'node_modules/postgres'), join(tree, 'node_modules/postgres'), { recursive: true });
     const patch = readdirSync(join(ROOT, '.patches')).find((name) => name.startsWith('postgres+')) ?? '';
+    // The registry's driver of the very version the patch is for, not whatever newer 3.x a user's
+    // install resolves: that one is refused for its version before its sources are looked at.
+    const patchedVersion = /^postgres\+(.+)\.patch$/.exec(patch)?.[1] ?? '';
+    writeFileSync(join(tree, 'package.json'), '{"private":true}\n');
+    const fetched = await run('npm', ['install', `postgres@${patchedVersion}`, '--no-save', '--prefer-offline', '--ignore-scripts'], tree);
+    expect(fetched.status, fetched.stderr).toBe(0);
+    expect((JSON.parse(readFileSync(join(tree, 'node_modules/postgres/package.json'), 'utf8')) as { version: string }).version).toBe(patchedVersion);
     const unpatched = await node(['.ci/build.js'], tree);
     expect(unpatched).toMatchObject({ status: 1, stdout: '' });
     expect(unpatched.stderr).toBe(`build: node_modules/postgres/src/connection.js lacks the fix of .patches/${patch} (\`npm ci\` applies it; or run \`npx patch-package --patch-dir .patches\`): refusing to ship an unpatched driver\n`);
@@ -341,5 +347,5 @@ describe('the installed package', () => {
     const newer = await node(['.ci/build.js'], tree);
     expect(newer.status).toBe(1);
     expect(newer.stderr).toMatch(new RegExp(`^build: node_modules/postgres is 3\\.99\\.0 but the fix is \\.patches/${patch.replace(/[.+]/g, '\\$&')}: `));
-  });
+  }, 120_000);
 });
