@@ -11,7 +11,10 @@ export const WHOLE_JSON_BYTES = 64 * 1024;
 /** The streaming parser holds one string or number whole; a longer one gives the body up. */
 export const MAX_JSON_VALUE_BYTES = 16 * 1024 * 1024;
 
-const BOM = [0xef, 0xbb, 0xbf];
+/** 3 when the bytes start with UTF-8's byte order mark, else 0. */
+function bomLength(bytes: Buffer): number {
+  return bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
+}
 
 export class JsonUsageReader {
   private chunks: Buffer[] = [];
@@ -37,8 +40,9 @@ export class JsonUsageReader {
     if (this.stream) return this.stream.end();
     let body: unknown;
     try {
-      // TextDecoder drops a leading byte order mark, which JSON.parse would refuse.
-      body = JSON.parse(new TextDecoder().decode(Buffer.concat(this.chunks)));
+      const kept = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size);
+      // Past a leading byte order mark, which JSON.parse would refuse.
+      body = JSON.parse(kept.toString('utf8', bomLength(kept)));
     } catch {
       // Invalid as a whole, but usage read before the break (a body cut short) is still what was used.
       return this.streamKept().end();
@@ -51,7 +55,7 @@ export class JsonUsageReader {
     const stream = new UsageStream(this.maxValueBytes);
     const kept = Buffer.concat(this.chunks);
     this.chunks = [];
-    stream.write(BOM.every((byte, at) => kept[at] === byte) ? kept.subarray(BOM.length) : kept);
+    stream.write(kept.subarray(bomLength(kept)));
     return stream;
   }
 }
