@@ -1,4 +1,4 @@
-// Group commit: what is queued within one turn of the event loop (or `gatherMs`) is written as one batch, one batch at a time.
+// Group commit: what is queued within one turn of the event loop is written as one batch, one batch at a time.
 
 export interface GroupCommitOptions<T> {
   /**
@@ -14,12 +14,6 @@ export interface GroupCommitOptions<T> {
   maxBatch?: number;
   /** Whether an item may join the batch `first` opened. Default: always. */
   together?(first: T, item: T): boolean;
-  /**
-   * How long the first item of a batch waits for others to join it, in ms. Default: 0 (the end of
-   * the current turn of the event loop). Every batch costs a transaction, a round trip and the
-   * pages it writes, whatever its size; a few ms gathers tens of records into one under load.
-   */
-  gatherMs?: number;
 }
 
 interface Entry<T> {
@@ -42,13 +36,8 @@ export class GroupCommit<T> {
   add(item: T): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ item, resolve, reject });
-      this.running ??= this.gathered().then(() => this.run());
+      this.running ??= new Promise<void>((turn) => setImmediate(turn)).then(() => this.run());
     });
-  }
-
-  private gathered(): Promise<void> {
-    const { gatherMs = 0 } = this.options;
-    return new Promise<void>((turn) => (gatherMs > 0 ? setTimeout(turn, gatherMs) : setImmediate(turn)));
   }
 
   /** Items queued and not yet written. */

@@ -67,19 +67,12 @@ interface Queued {
   reservationId: string;
 }
 
-/**
- * How long a record waits for others to share its transaction. A transaction costs far more than a
- * record in it (SQLite: about 63 µs of CPU for a lone record, 13 µs a record in a batch of 32); the
- * reservation stays held meanwhile, so the limit holds, and the client has had its response.
- */
-const GATHER_MS = 5;
-
 /** Thrown by a batch while the store refuses writes: its records go to the overflow untried. */
 const REFUSING = new StorageError('the store refuses writes', false);
 
 /**
  * Each busy key's window is kept in memory (read once, then moved by what this process records) and
- * the usage recorded within a few milliseconds is committed in one transaction. A record
+ * the usage recorded within one turn of the event loop is committed in one transaction. A record
  * counts in memory from its commit (or its overflow) on, and its reservation goes at that same
  * moment: the tokens are never counted twice nor missing.
  */
@@ -100,7 +93,6 @@ export class LocalQuota {
       write: (batch, alone) => this.write(batch, alone),
       isolates: (error) => error !== REFUSING && !adapter.wholeStore(error),
       failed: (queued, error) => this.refused(queued, error),
-      gatherMs: GATHER_MS,
     });
   }
 
@@ -111,7 +103,7 @@ export class LocalQuota {
     return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
   }
 
-  /** Queues the record for the transaction that commits within GATHER_MS. */
+  /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
   async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     try {
       validateCharge(record.tokens);

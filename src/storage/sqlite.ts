@@ -44,7 +44,7 @@ const inWindow = and(eq(usageBuckets.keyId, p('keyId')), gt(usageBuckets.bucketS
  *
  * The hot path stays off the disk where it can: keys found by digest are reused for a few seconds,
  * and the quota engine (LocalQuota) keeps each busy key's window in memory and commits the usage
- * recorded within a few milliseconds in one transaction; this class is its adapter.
+ * recorded within one turn of the event loop in one transaction; this class is its adapter.
  */
 export class SqliteStorage implements Storage {
   readonly backend = 'sqlite';
@@ -190,7 +190,7 @@ export class SqliteStorage implements Storage {
     return this.quota.admit(request);
   }
 
-  /** Queues the record for the transaction that commits within a few milliseconds (the journal takes what the database refuses). */
+  /** Queues the record for the transaction that commits at the end of this turn of the event loop (the journal takes what the database refuses). */
   settle(reservation: Reservation, record: UsageRecord): Promise<void> {
     return this.quota.settle(reservation, record);
   }

@@ -26,25 +26,6 @@ describe('GroupCommit', () => {
     expect(batches).toEqual([[1, 2, 3], [4, 5]]);
   });
 
-  it('with gatherMs, waits that long from the first item, so items of later turns join its batch', async () => {
-    const batches: number[][] = [];
-    const commits = new GroupCommit<number>({ write: (batch) => void batches.push([...batch]), isolates: () => true, gatherMs: 40 });
-    const added = [commits.add(1)];
-    await turn();
-    added.push(commits.add(2));
-    await new Promise((resolve) => setTimeout(resolve, 10));
-    added.push(commits.add(3));
-    expect(batches).toEqual([]); // still gathering
-    await Promise.all(added);
-    expect(batches).toEqual([[1, 2, 3]]);
-    // Without it, each turn's items are a batch of their own.
-    const eager = new GroupCommit<number>({ write: (batch) => void batches.push([...batch]), isolates: () => true });
-    const first = eager.add(4);
-    await turn();
-    await Promise.all([first, eager.add(5)]);
-    expect(batches.slice(1)).toEqual([[4], [5]]);
-  });
-
   it('keeps batches within maxBatch and within what may go together', async () => {
     const batches: string[][] = [];
     const commits = new GroupCommit<string>({
