@@ -23,10 +23,11 @@ function fail(message) {
 // From scratch, so that no file of an earlier build (a source map, a deleted module) is packed.
 rmSync(dist, { recursive: true, force: true });
 
-// postgres.js 3.4.9 (and 3.4.10, the latest 3.x) can crash the process when a connection closes while a write
-// waits (porsager/postgres#1154, #1208). npm runs no patch step when a user installs tokengate, so
-// the patched driver ships inside the package: its ES module sources (no dependencies, Unlicense),
-// imported through "#postgres" in package.json. Types still come from the `postgres` dependency.
+// postgres.js 3.4.9 (and 3.4.10, the latest 3.x) can crash the process when a connection closes
+// while a write waits (porsager/postgres#1154, #1208). npm runs no patch step when a user installs
+// tokengate, so the patched driver ships inside the package: its ES module sources (no
+// dependencies, Unlicense), imported through "#postgres" in package.json. Types still come from the
+// `postgres` dependency.
 const { version } = JSON.parse(readFileSync(join(driverDir, 'package.json'), 'utf8'));
 const patches = readdirSync(join(root, '.patches')).filter((name) => name.startsWith('postgres+'));
 if (patches.length !== 1) fail(`expected one postgres.js patch in .patches/, found ${patches.length}`);
