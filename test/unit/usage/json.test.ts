@@ -31,6 +31,7 @@ describe.each([
 
   it('reads a body that starts with a byte order mark', () => {
     expect(read('\uFEFF{"usage":{"total_tokens":3}}')).toEqual({ tokens: 3 });
+    expect(read('\uFEFF{"usage":{"total_tokens":3}}', undefined, 1024)).toEqual({ tokens: 3 }); // in one chunk
   });
 
   it('is not fooled by a caller reusing its buffer after the push', () => {
