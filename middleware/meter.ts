@@ -5,6 +5,7 @@ import { UsageTap, type Failure } from '../src/usage/tap.js';
 import { usageFromHeader } from '../src/usage/header.js';
 import { chargeFor, type Charge } from '../src/usage/charge.js';
 import type { UnreadableReason, UsageReading } from '../src/usage/tokens.js';
+import type { ResolvedWeights } from '../src/usage/weights.js';
 import type { Reservation, UsageRecord } from '../src/storage/types.js';
 import type { GateConfig } from './options.js';
 import { Delivery } from './delivery.js';
@@ -102,6 +103,7 @@ export function meterResponse(
   config: GateConfig,
   reservation: Reservation,
   requestBytes: number,
+  weights: ResolvedWeights,
   track: (settling: Promise<void>) => void,
 ): void {
   const body: BodySeen = { tap: undefined, failure: undefined };
@@ -122,7 +124,7 @@ export function meterResponse(
     done = true;
     const cut = { aborted, answered: res.headersSent, deliveredShare: aborted ? delivery.share() : 1 };
     delivery.stop();
-    track(recordUsage(readCharge(req, res, config, reservation, requestBytes, body, cut), config, reservation));
+    track(recordUsage(readCharge(req, res, config, reservation, { requestBytes, weights }, body, cut), config, reservation));
   };
   // On 'finish', so that settled() covers a response from its end on; on 'close' for one cut short.
   res.once('finish', () => settle(false));
@@ -167,7 +169,7 @@ async function readCharge(
   res: Response,
   config: GateConfig,
   reservation: Reservation,
-  requestBytes: number,
+  request: { requestBytes: number; weights: ResolvedWeights },
   body: BodySeen,
   ending: Ending,
 ): Promise<Reckoning> {
@@ -184,7 +186,7 @@ async function readCharge(
     ...ending,
     chargeFailedResponses: config.chargeFailedResponses,
     readings,
-    requestBytes,
+    ...request,
     responseBytes: seen.bytes,
     generatedText: seen.generatedText,
   });

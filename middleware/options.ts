@@ -9,6 +9,7 @@ import { defaultLogger } from '../src/logger.js';
 import type { TokenGateMetrics } from '../src/ops/metrics.js';
 import { DEFAULT_WINDOW_MS } from '../src/quota/window.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
+import { checkWeights, parseWeights, weightsResolver, type ResolvedWeights, type TokenWeights } from '../src/usage/weights.js';
 import { DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT_MS, defaultBodyMemoryLimit } from '../src/http/request-body.js';
 import type { RequestBody } from './body.js';
 import { sendRejection, type RejectionHandler } from './reject.js';
@@ -56,6 +57,14 @@ export interface TokenGateOptions {
    * connection is closed. At least `bodyLimit`. Default: 100 MiB, or `bodyLimit` when that is larger.
    */
   bodyMemoryLimit?: number;
+  /**
+   * What a token of each kind is charged by default: `{ cache_read: 0.1 }`, or the same as text,
+   * `input=1,output=1,cache_creation=1.25,cache_read=0.1` (the sidecar's `TOKEN_WEIGHTS`). A key's
+   * own weights override these kind by kind. The charge is the weighted sum, rounded up; usage
+   * without a split (a header, `getUsage`, `total_tokens` alone, an estimate) is input. A weight
+   * above 1 scales the reservation too. Default: every kind weighs 1, the exact count.
+   */
+  weights?: TokenWeights | string;
   /** The clock, in milliseconds since the epoch. Default: Date.now. */
   now?: () => number;
   /** Where warnings (unreadable upstream usage) and errors go; any pino logger. Default: JSON on stdout. */
@@ -72,7 +81,11 @@ export interface TokenGateOptions {
 const MAX_TIMER_MS = 2_147_483_647;
 
 type Unset = 'getKey' | 'skip' | 'getUsage' | 'metrics';
-export type GateConfig = Required<Omit<TokenGateOptions, Unset>> & Pick<TokenGateOptions, Unset>;
+export type GateConfig = Required<Omit<TokenGateOptions, Unset | 'weights'>> &
+  Pick<TokenGateOptions, Unset> & {
+    /** A key's weights (its own over the defaults), from its `tokenWeights`. */
+    weightsOf: (own: string | null) => ResolvedWeights;
+  };
 
 /**
  * The window a gate (or /stats) on `storage` uses: `windowMs`, else the one the storage was opened
@@ -88,6 +101,15 @@ export function windowFor(storage: Storage, windowMs: number | undefined, caller
   return window;
 }
 
+function defaultWeights(weights: TokenWeights | string | undefined): TokenWeights {
+  try {
+    if (weights === undefined) return {};
+    return typeof weights === 'string' ? parseWeights(weights, 'weights') : checkWeights(weights, 'weights');
+  } catch (error) {
+    throw new TypeError(`tokenGate: ${(error as Error).message}`);
+  }
+}
+
 export function resolveOptions(options: TokenGateOptions): GateConfig {
   if (!options?.storage) throw new TypeError('tokenGate: the `storage` option is required (await createStorage())');
   const windowMs = windowFor(options.storage, options.windowMs, 'tokenGate');
@@ -98,8 +120,10 @@ export function resolveOptions(options: TokenGateOptions): GateConfig {
   if (!Number.isSafeInteger(bodyTimeoutMs) || bodyTimeoutMs < 1 || bodyTimeoutMs > MAX_TIMER_MS) throw new TypeError(`tokenGate: \`bodyTimeoutMs\` must be an integer from 1 to ${MAX_TIMER_MS}`);
   const bodyMemoryLimit = options.bodyMemoryLimit ?? defaultBodyMemoryLimit(bodyLimit);
   if (!Number.isSafeInteger(bodyMemoryLimit) || bodyMemoryLimit < bodyLimit) throw new TypeError('tokenGate: `bodyMemoryLimit` must be an integer of at least `bodyLimit`');
+  const { weights, ...rest } = options;
   return {
-    ...options,
+    ...rest,
+    weightsOf: weightsResolver(defaultWeights(weights)),
     windowMs,
     bodyLimit,
     bodyTimeoutMs,

@@ -126,6 +126,8 @@ const sidecarShape = {
   INCLUDE_STREAM_USAGE: flag(),
   ALLOW_QUERY_KEY: flag(),
   SHUTDOWN_TIMEOUT_MS: integer(0, 2_147_483_647, 30_000),
+  /** Parsed where it is used (src/usage/weights.ts). */
+  TOKEN_WEIGHTS: text(),
 };
 
 /** Where the store is: the only variables createStorage() itself reads (CONTRACT section 1). */

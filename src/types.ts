@@ -13,6 +13,8 @@ export interface KeyRecord {
   lastUsedAt: number | null;
   totalLifetimeTokens: number;
   totalRequests: number;
+  /** What each kind of token is charged, over the gate's defaults (`cache_read=0.1`); null: the defaults. */
+  tokenWeights: string | null;
 }
 
 export interface CreatedKey {

@@ -4,6 +4,7 @@ import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView, type KeyView } from '../keys/view.js';
 import type { KeyRecord } from '../storage/types.js';
+import { formatWeights } from '../usage/weights.js';
 import { UsageError, note, printJson, printLine, printable, storeName, withStorage } from './shared.js';
 
 interface CreateOptions {
@@ -11,6 +12,7 @@ interface CreateOptions {
   limit: string;
   expires: string;
   model?: string;
+  weights?: string;
   key?: string;
   json?: boolean;
 }
@@ -20,6 +22,7 @@ interface UpdateOptions {
   limit?: string;
   expires?: string;
   model?: string;
+  weights?: string;
   json?: boolean;
 }
 
@@ -38,6 +41,7 @@ export function keysCommand(): Command {
     .requiredOption('--limit <tokens>', 'tokens allowed per rolling 5-hour window (a positive integer)')
     .requiredOption('--expires <date>', 'expiry in the future, an ISO 8601 date (midnight UTC) or date-time with a time zone (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)')
     .option('--model <model>', 'model label recorded with the key')
+    .option('--weights <weights>', "what each kind of token is charged, over the gate's TOKEN_WEIGHTS (e.g. cache_read=0.1,cache_creation=1.25)")
     .option('--key <key>', 'use this plaintext key (e.g. one being migrated) instead of a random one')
     .option('--json', 'print the key record with the plaintext key as one JSON object')
     .action(async (options: CreateOptions) => {
@@ -46,6 +50,7 @@ export function keysCommand(): Command {
         tokenLimit: parseLimit(options.limit),
         expiresAt: parseDate(options.expires, '--expires'),
         model: options.model === undefined || options.model === '' ? null : options.model,
+        tokenWeights: options.weights ?? null,
       };
       if (options.key !== undefined) input.key = options.key;
       asOptions(() => validateNewKey(input));
@@ -96,6 +101,7 @@ export function keysCommand(): Command {
     .option('--limit <tokens>', 'new tokens per rolling 5-hour window (a positive integer)')
     .option('--expires <date>', 'new expiry, an ISO 8601 date or date-time')
     .option('--model <model>', "new model label; --model '' clears it")
+    .option('--weights <weights>', "new token weights (e.g. cache_read=0.1); --weights '' clears them (the gate's TOKEN_WEIGHTS apply)")
     .option('--json', 'print the updated key as JSON')
     .action(async (id: string, options: UpdateOptions) => {
       const patch: KeyPatch = {};
@@ -103,7 +109,8 @@ export function keysCommand(): Command {
       if (options.limit !== undefined) patch.tokenLimit = parseLimit(options.limit);
       if (options.expires !== undefined) patch.expiresAt = parseDate(options.expires, '--expires');
       if (options.model !== undefined) patch.model = options.model === '' ? null : options.model;
-      if (Object.keys(patch).length === 0) throw new UsageError('nothing to update: give at least one of --name, --limit, --expires, --model');
+      if (options.weights !== undefined) patch.tokenWeights = options.weights;
+      if (Object.keys(patch).length === 0) throw new UsageError('nothing to update: give at least one of --name, --limit, --expires, --model, --weights');
       asOptions(() => validatePatch(patch));
       const record = await withStorage((storage) => storage.updateKey(id, patch));
       printKey(record, options.json);
@@ -135,6 +142,7 @@ const OPTION_FOR_FIELD: Record<string, string> = {
   token_limit_per_5h: '--limit',
   expiry_date: '--expires',
   model: '--model',
+  weights: '--weights',
   key: '--key',
 };
 
@@ -160,7 +168,7 @@ function printKey(record: KeyRecord, json: boolean | undefined): void {
   note(`store: ${storeName()}`);
   const entries = Object.entries(view);
   const width = Math.max(...entries.map(([label]) => label.length)) + 1;
-  for (const [label, value] of entries) printLine(`${`${label}:`.padEnd(width)} ${display(value)}`);
+  for (const [label, value] of entries) printLine(`${`${label}:`.padEnd(width)} ${display(typeof value === 'object' && value !== null ? formatWeights(value) : value)}`);
 }
 
 function display(value: string | number | null): string {

@@ -134,6 +134,7 @@ function exportEntry(key: SnapshotKey): Record<string, unknown> {
     last_used: iso(key.lastUsedAt),
     total_lifetime_tokens: key.totalLifetimeTokens,
     total_requests: key.totalRequests,
+    token_weights: key.tokenWeights,
     usage_windows: key.buckets.map(([start, tokens]) => ({ window_start: iso(start), tokens_used: tokens })),
   };
 }

@@ -22,6 +22,7 @@ export const VARIABLES: readonly Variable[] = [
   { name: "INCLUDE_STREAM_USAGE", default: "`false`", what: "true: ask OpenAI streams to report their usage" },
   { name: "ALLOW_QUERY_KEY", default: "`false`", what: "true: also accept the key as ?api_key=" },
   { name: "SHUTDOWN_TIMEOUT_MS", default: "`30000`", what: "how long in-flight requests may finish after SIGTERM" },
+  { name: "TOKEN_WEIGHTS", default: "every kind `1`", what: "what a token of each kind is charged, e.g. `cache_read=0.1,cache_creation=1.25`; keys may set their own" },
   { name: "DATABASE_URL", default: "—", what: "PostgreSQL connection URL; when set, PostgreSQL is the store" },
   { name: "DATABASE_PATH", default: "`./data/tokengate.db`", what: "the SQLite file when DATABASE_URL is unset" },
   { name: "DATABASE_POOL_SIZE", default: "`10`", what: "PostgreSQL: connections one instance opens at most" },

@@ -24,11 +24,12 @@ export function buildKey(input: NewKey, now: number): BuiltKey {
     lastUsedAt: null,
     totalLifetimeTokens: 0,
     totalRequests: 0,
+    tokenWeights: valid.tokenWeights ?? null,
   };
   return { record, key, keyHash: digestKey(key) };
 }
 
 /** The fields a patch sets, after validation; empty when it sets none. */
 export function patchChanges(patch: KeyPatch): KeyPatch {
-  return Object.fromEntries(Object.entries(patch).filter(([field, value]) => value !== undefined && ['name', 'tokenLimit', 'expiresAt', 'model'].includes(field)));
+  return Object.fromEntries(Object.entries(patch).filter(([field, value]) => value !== undefined && ['name', 'tokenLimit', 'expiresAt', 'model', 'tokenWeights'].includes(field)));
 }

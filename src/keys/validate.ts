@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { ValidationError } from '../errors.js';
 import { keyProblem } from './secret.js';
+import { formatWeights, parseWeights } from '../usage/weights.js';
 
 export const MAX_NAME_LENGTH = 200;
 export const MAX_MODEL_LENGTH = 200;
@@ -13,6 +14,8 @@ export interface NewKey {
   /** Expiry, milliseconds since the epoch. */
   expiresAt: number;
   model?: string | null;
+  /** Token weights over the gate's defaults, as `cache_read=0.1` (see parseWeights); null or absent: the defaults. */
+  tokenWeights?: string | null;
   /** A chosen plaintext key (for example an imported one); a random one is generated when absent. */
   key?: string;
 }
@@ -23,6 +26,8 @@ export interface KeyPatch {
   expiresAt?: number;
   /** `null` clears the model. */
   model?: string | null;
+  /** `null` clears the key's own weights: the gate's defaults apply. */
+  tokenWeights?: string | null;
 }
 
 export function validateNewKey(input: NewKey): NewKey {
@@ -30,6 +35,7 @@ export function validateNewKey(input: NewKey): NewKey {
   checkLimit(input.tokenLimit);
   checkExpiry(input.expiresAt);
   if (input.model != null) checkModel(input.model);
+  if (input.tokenWeights != null) input.tokenWeights = canonicalWeights(input.tokenWeights);
   if (input.key !== undefined) {
     const problem = keyProblem(input.key);
     if (problem) throw new ValidationError('key', problem);
@@ -47,6 +53,7 @@ export function validatePatch(patch: KeyPatch): KeyPatch {
   if (patch.tokenLimit !== undefined) checkLimit(patch.tokenLimit);
   if (patch.expiresAt !== undefined) checkExpiry(patch.expiresAt);
   if (patch.model != null) checkModel(patch.model);
+  if (patch.tokenWeights != null) patch.tokenWeights = canonicalWeights(patch.tokenWeights);
   return patch;
 }
 
@@ -92,6 +99,12 @@ function checkLimit(limit: unknown): void {
 
 function checkExpiry(expiresAt: unknown): void {
   if (typeof expiresAt !== 'number' || !Number.isFinite(expiresAt)) throw new ValidationError('expiry_date', 'must be a valid date');
+}
+
+/** Weights as stored: checked, in their canonical order; an empty text is no weights of the key's own. */
+function canonicalWeights(spec: unknown): string | null {
+  if (typeof spec !== 'string') throw new ValidationError('weights', 'must be text such as cache_read=0.1');
+  return spec.trim() === '' ? null : formatWeights(parseWeights(spec, 'weights'));
 }
 
 function checkModel(model: unknown): void {

@@ -2,6 +2,7 @@
 import { maskKey } from './secret.js';
 import { remainingTokens } from '../quota/admission.js';
 import type { KeyRecord, WindowUsage } from '../types.js';
+import { parseWeights, type TokenWeights } from '../usage/weights.js';
 
 export interface KeyView {
   id: string;
@@ -14,6 +15,8 @@ export interface KeyView {
   last_used: string | null;
   total_lifetime_tokens: number;
   total_requests: number;
+  /** The key's own token weights (over the gate's defaults); null when it has none. */
+  weights: TokenWeights | null;
 }
 
 export interface StatsView {
@@ -34,6 +37,7 @@ export interface StatsView {
   };
   total_lifetime_tokens: number;
   total_requests: number;
+  weights: TokenWeights | null;
 }
 
 const iso = (ms: number): string => new Date(ms).toISOString();
@@ -50,6 +54,7 @@ export function keyView(record: KeyRecord): KeyView {
     last_used: record.lastUsedAt === null ? null : iso(record.lastUsedAt),
     total_lifetime_tokens: record.totalLifetimeTokens,
     total_requests: record.totalRequests,
+    weights: record.tokenWeights === null ? null : parseWeights(record.tokenWeights, 'token_weights'),
   };
 }
 
@@ -79,5 +84,6 @@ export function statsView(record: KeyRecord, window: WindowUsage, now: number, w
     },
     total_lifetime_tokens: view.total_lifetime_tokens,
     total_requests: view.total_requests,
+    weights: view.weights,
   };
 }

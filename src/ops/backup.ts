@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip, createGzip } from 'node:zlib';
 import { TokenGateError } from '../errors.js';
 import { PRIVATE_FILE_MODE } from '../private-files.js';
+import { columnsAdded } from '../db/migrations.js';
 import { TABLE_NAMES, type TableName } from '../db/tables.js';
 import { isTableName, rowProblem, type AdminStore, type TableRow } from '../storage/admin.js';
 
@@ -185,6 +186,8 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
   const counts = emptyCounts();
   const totals = emptyTotals();
   let header: Header | undefined;
+  /** Columns the backup's schema had not: its rows leave them out, and they are restored null. */
+  let added = new Map<string, Set<string>>();
   const keyIds = new Set<string>();
   let pending: { bytes: Buffer; number: number } | undefined;
   let number = 0;
@@ -192,13 +195,14 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
     number++;
     if (!header) {
       header = checkHeader(path, parseLine(path, number, bytes));
+      added = (header.backend === 'sqlite' || header.backend === 'postgres' ? columnsAdded(header.backend, header.schema) : undefined) ?? new Map();
       hash.update(bytes).update('\n');
       continue;
     }
     // The last line is the manifest, outside the checksum: a row is taken once the next line shows it was not last.
     if (pending) {
       hash.update(pending.bytes).update('\n');
-      const entry = checkRow(path, pending.number, parseLine(path, pending.number, pending.bytes), keyIds);
+      const entry = checkRow(path, pending.number, parseLine(path, pending.number, pending.bytes), keyIds, added);
       tally(counts, totals, entry);
       yield entry;
     }
@@ -219,16 +223,17 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
 }
 
 /** Checks one row line; `keyIds` holds the keys read so far (they come first), which usage rows must belong to. */
-function checkRow(path: string, number: number, value: unknown, keyIds: Set<string>): TableRow {
+function checkRow(path: string, number: number, value: unknown, keyIds: Set<string>, added: Map<string, Set<string>>): TableRow {
   const entry = value as { table?: unknown; row?: unknown } | null;
   const table = entry?.table;
   if (!isTableName(table)) {
     const named = typeof table === 'string' ? `unknown table ${JSON.stringify(table.slice(0, 64))}` : 'no table';
     throw new BackupError(`${path} is refused: line ${number} names ${named}; a backup holds only ${TABLE_NAMES.join(', ')}`);
   }
-  const problem = rowProblem(table, entry?.row);
+  const problem = rowProblem(table, entry?.row, added.get(table));
   if (problem) throw new BackupError(`${path} is refused: line ${number} (${table}): ${problem}`);
   const row = (entry as TableRow).row;
+  for (const column of added.get(table) ?? []) row[column] ??= null;
   if (table === 'api_keys') keyIds.add(row.id as string);
   else if (!keyIds.has(row.key_id as string)) throw new BackupError(`${path} is refused: line ${number} (${table}): key_id ${JSON.stringify(row.key_id)} is not a key of this backup`);
   return entry as TableRow;

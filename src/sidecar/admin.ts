@@ -5,6 +5,7 @@ import { errorBody, type ErrorFields } from '../http/error-body.js';
 import { ConflictError, NotFoundError, StorageError, ValidationError } from '../errors.js';
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView } from '../keys/view.js';
+import { checkWeights, formatWeights } from '../usage/weights.js';
 import type { Logger } from '../types.js';
 import type { Storage } from '../storage/types.js';
 
@@ -18,8 +19,8 @@ export interface AdminOptions {
 /** Key fields are a few hundred bytes: a larger admin body is refused before it is parsed. */
 export const ADMIN_BODY_LIMIT = 16 * 1024;
 
-const CREATE_FIELDS = ['name', 'token_limit_per_5h', 'expiry_date', 'model', 'key'];
-const PATCH_FIELDS = ['name', 'token_limit_per_5h', 'expiry_date', 'model'];
+const CREATE_FIELDS = ['name', 'token_limit_per_5h', 'expiry_date', 'model', 'weights', 'key'];
+const PATCH_FIELDS = ['name', 'token_limit_per_5h', 'expiry_date', 'model', 'weights'];
 
 type Status = 400 | 401 | 404 | 405 | 409 | 413 | 415 | 500 | 503;
 
@@ -123,6 +124,7 @@ function newKeyFrom(body: unknown): NewKey {
     tokenLimit: fields.token_limit_per_5h as number,
     expiresAt: dateField(fields.expiry_date),
     model: modelField(fields.model),
+    tokenWeights: weightsField(fields.weights),
   };
   if (fields.key !== undefined) {
     if (typeof fields.key !== 'string') throw new ValidationError('key', 'must be a string');
@@ -139,6 +141,7 @@ function patchFrom(body: unknown): KeyPatch {
   if (fields.token_limit_per_5h !== undefined) patch.tokenLimit = fields.token_limit_per_5h as number;
   if (fields.expiry_date !== undefined) patch.expiresAt = dateField(fields.expiry_date);
   if ('model' in fields) patch.model = modelField(fields.model);
+  if ('weights' in fields) patch.tokenWeights = weightsField(fields.weights);
   if (Object.keys(patch).length === 0) throw new ValidationError('body', `give at least one of ${PATCH_FIELDS.join(', ')}`);
   return validatePatch(patch);
 }
@@ -151,6 +154,12 @@ function dateField(value: unknown): number {
 /** `null`, absent or "" mean no model, as `--model ''` does on the command line. */
 function modelField(value: unknown): string | null {
   return value === undefined || value === null || value === '' ? null : (value as string);
+}
+
+/** `{"cache_read": 0.1}` or the same as text (`"cache_read=0.1"`); `null`, absent or `{}` mean the gate's defaults. */
+function weightsField(value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  return typeof value === 'string' ? value : formatWeights(checkWeights(value, 'weights'));
 }
 
 /** zlib's failures: gzip and deflate name them Z_*, brotli ERR_*, and both carry a numeric errno. */

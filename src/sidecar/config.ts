@@ -3,6 +3,7 @@ import { readServeEnvironment, storageForWindow, type BackupConfig, type LogLeve
 import { ConfigError } from '../errors.js';
 import { defaultBodyMemoryLimit } from '../http/request-body.js';
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
+import { parseWeights, type TokenWeights } from '../usage/weights.js';
 
 export interface SidecarConfig {
   /** Where admitted requests go; the request path is appended to this URL's path. */
@@ -31,11 +32,21 @@ export interface SidecarConfig {
   allowQueryKey: boolean;
   /** How long in-flight requests may take to finish after SIGTERM before their connections are closed. */
   shutdownTimeoutMs: number;
+  /** What each kind of token is charged unless a key says otherwise (tokenGate's weights). */
+  tokenWeights: TokenWeights;
   /** Scheduled backups (BACKUP_SCHEDULE, BACKUP_DIR, BACKUP_RETAIN); none when BACKUP_SCHEDULE is unset. */
   backups: BackupConfig | undefined;
   /** The store's settings (createStorage() options), RECORD_RETENTION checked against the window. */
   storage: StorageSettings;
   logLevel: LogLevel | undefined;
+}
+
+function tokenWeights(spec: string | undefined): TokenWeights {
+  try {
+    return spec === undefined ? {} : parseWeights(spec, 'TOKEN_WEIGHTS');
+  } catch (error) {
+    throw new ConfigError((error as Error).message);
+  }
 }
 
 /** The sidecar's settings from `env`; throws a ConfigError whose message starts with the bad variable. */
@@ -59,6 +70,7 @@ export function loadSidecarConfig(env: NodeJS.ProcessEnv = process.env): Sidecar
     includeStreamUsage: value.INCLUDE_STREAM_USAGE,
     allowQueryKey: value.ALLOW_QUERY_KEY,
     shutdownTimeoutMs: value.SHUTDOWN_TIMEOUT_MS,
+    tokenWeights: tokenWeights(value.TOKEN_WEIGHTS),
     backups,
     // The sidecar's gate uses the default window.
     storage: storageForWindow(storage, DEFAULT_WINDOW_MS),

@@ -49,8 +49,8 @@ export function createSidecarApp(parts: SidecarParts): SidecarApp {
   app.get('/stats', statsHandler({ storage, allowQueryKey: config.allowQueryKey, logger }));
   app.all('/stats', onlyGet);
   app.use('/admin', adminRouter({ storage, adminToken: config.adminToken, logger }));
-  const { bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey } = config;
-  const gate = tokenGate({ storage, logger, metrics, bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey });
+  const { bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, tokenWeights: weights } = config;
+  const gate = tokenGate({ storage, logger, metrics, bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, weights });
   const proxy = createProxy({
     target: config.upstreamUrl,
     apiKey: config.upstreamApiKey,

@@ -6,6 +6,7 @@ import { apiKeys, usageBuckets } from '../db/schema/sqlite.js';
 import { BACKED_UP, rowOf, type TableName, type TableShape } from '../db/tables.js';
 import type { SnapshotKey, StoredKey } from './snapshot.js';
 import type { KeyRecord } from './types.js';
+import { parseWeights } from '../usage/weights.js';
 
 const BACKUP_TABLES = new Map(BACKED_UP.sqlite.map((shape) => [shape.name, shape]));
 
@@ -23,14 +24,18 @@ export function isTableName(name: unknown): name is TableName {
 
 /**
  * Why `row` cannot be a row of `table` (a missing, extra or mistyped column, a negative or
- * fractional number: every integer column is a count, a limit or a time), or undefined.
+ * fractional number: every integer column is a count, a limit or a time), or undefined. Columns in
+ * `added` (nullable ones added since the backup was made) may be missing: they are null.
  */
-export function rowProblem(table: TableName, row: unknown): string | undefined {
+export function rowProblem(table: TableName, row: unknown, added?: ReadonlySet<string>): string | undefined {
   if (typeof row !== 'object' || row === null || Array.isArray(row)) return 'not an object';
   const columns = BACKUP_TABLES.get(table)!.columns;
   for (const name of Object.keys(row)) if (!Object.hasOwn(columns, name)) return `unknown column ${JSON.stringify(name)}`;
   for (const [name, column] of Object.entries(columns)) {
-    if (!Object.hasOwn(row, name)) return `column ${name} is missing`;
+    if (!Object.hasOwn(row, name)) {
+      if (added?.has(name)) continue;
+      return `column ${name} is missing`;
+    }
     const value = (row as Row)[name];
     if (value === null && !column.notNull) continue;
     if (column.dataType !== 'number') {
@@ -38,7 +43,20 @@ export function rowProblem(table: TableName, row: unknown): string | undefined {
     } else if (!Number.isSafeInteger(value)) return `column ${name} is ${JSON.stringify(value)}, not an integer`;
     else if ((value as number) < 0) return `column ${name} is ${value as number}, a negative number`;
   }
-  if (table === 'api_keys' && (row as Row).token_limit_per_5h === 0) return 'column token_limit_per_5h is 0, not a positive limit';
+  if (table === 'api_keys') return keyRowProblem(row as Row);
+  return undefined;
+}
+
+/** What the column types do not say about a key row: its limit is positive, its weights are weights. */
+function keyRowProblem(row: Row): string | undefined {
+  if (row.token_limit_per_5h === 0) return 'column token_limit_per_5h is 0, not a positive limit';
+  if (typeof row.token_weights === 'string') {
+    try {
+      parseWeights(row.token_weights, 'token_weights');
+    } catch (error) {
+      return `column ${(error as Error).message}`;
+    }
+  }
   return undefined;
 }
 
@@ -52,7 +70,7 @@ export interface ImportOutcome {
 }
 
 /** What an import compares with a stored key; a conflict names the columns that differ. */
-const COMPARED = (['name', 'model', 'tokenLimit', 'expiresAt'] as const).map((field) => [field, apiKeys[field].name] as const);
+const COMPARED = (['name', 'model', 'tokenLimit', 'expiresAt', 'tokenWeights'] as const).map((field) => [field, apiKeys[field].name] as const);
 
 /**
  * Sorts imported keys against those already stored (matched by digest): new ones are to be added;

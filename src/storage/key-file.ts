@@ -5,6 +5,7 @@ import { digestKey, generateKeyId, keyPrefix, keyProblem } from '../keys/secret.
 import { isoDateMs, MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
 import type { SnapshotKey } from './snapshot.js';
+import { formatWeights, parseWeights } from '../usage/weights.js';
 
 interface Entry {
   key?: unknown;
@@ -15,6 +16,8 @@ interface Entry {
   created_at?: unknown;
   last_used?: unknown;
   total_lifetime_tokens?: unknown;
+  /** Written by `tokengate export`; the earlier gateway had none. */
+  token_weights?: unknown;
   usage_windows?: unknown;
   rolling_window_cache?: unknown;
 }
@@ -131,6 +134,14 @@ function checkEntry(raw: Entry, problem: (field: string, what: string) => void):
   if (raw.created_at != null && Number.isNaN(isoDateMs(raw.created_at))) problem('created_at', NOT_A_DATE);
   if (raw.last_used != null && Number.isNaN(isoDateMs(raw.last_used))) problem('last_used', NOT_A_DATE);
   if (raw.total_lifetime_tokens != null && !count(raw.total_lifetime_tokens)) problem('total_lifetime_tokens', 'not a non-negative integer');
+  if (raw.token_weights != null) {
+    try {
+      if (typeof raw.token_weights !== 'string') throw new Error('not text such as cache_read=0.1');
+      if (raw.token_weights.trim() !== '') parseWeights(raw.token_weights, 'token_weights');
+    } catch (error) {
+      problem('token_weights', (error as Error).message.replace(/^token_weights: /, ''));
+    }
+  }
 }
 
 /**
@@ -192,6 +203,7 @@ function snapshotKey(raw: Entry, now: number, buckets: [number, number][]): Snap
     lastUsedAt: raw.last_used == null ? null : isoDateMs(raw.last_used),
     totalLifetimeTokens: (raw.total_lifetime_tokens as number | undefined) ?? 0,
     totalRequests: 0,
+    tokenWeights: typeof raw.token_weights === 'string' && raw.token_weights.trim() !== '' ? formatWeights(parseWeights(raw.token_weights, 'token_weights')) : null,
     buckets,
   };
 }

@@ -44,7 +44,9 @@ export function readSnapshot(dir: string): Snapshot | undefined {
   for (const [index, key] of snapshot.keys.entries()) {
     if (!validKey(key)) throw new SnapshotError(`${path}: key ${index} is malformed`);
   }
-  return { journalGeneration: snapshot.journalGeneration!, writtenAt: Number(snapshot.writtenAt), keys: snapshot.keys };
+  // Snapshots written before keys had weights of their own: the defaults apply to those keys.
+  const keys = snapshot.keys.map((key) => (key.tokenWeights === undefined ? { ...key, tokenWeights: null } : key));
+  return { journalGeneration: snapshot.journalGeneration!, writtenAt: Number(snapshot.writtenAt), keys };
 }
 
 const isInt = (value: unknown): boolean => Number.isSafeInteger(value);
@@ -56,6 +58,7 @@ function validKey(key: SnapshotKey | undefined): boolean {
     typeof key.keyPrefix === 'string' &&
     typeof key.name === 'string' &&
     (key.model === null || typeof key.model === 'string') &&
+    (key.tokenWeights === null || key.tokenWeights === undefined || typeof key.tokenWeights === 'string') &&
     [key.tokenLimit, key.expiresAt, key.createdAt, key.totalLifetimeTokens, key.totalRequests].every(isInt) &&
     (key.lastUsedAt === null || isInt(key.lastUsedAt)) &&
     Array.isArray(key.buckets) &&

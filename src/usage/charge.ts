@@ -1,6 +1,7 @@
 // What a finished (or aborted) response is charged, and whether that figure was reported or estimated.
 import { bytesToTokens, estimateFromBytes } from './estimate.js';
 import type { UnreadableReason, UsageReading } from './tokens.js';
+import { asInput, weigh, type ResolvedWeights, type TokenParts } from './weights.js';
 
 export interface ChargeInput {
   status: number;
@@ -18,9 +19,12 @@ export interface ChargeInput {
   deliveredShare: number;
   /** Characters of generated text in the body, when the body is an event stream the reader knows. */
   generatedText: number | undefined;
+  /** What a token of each kind is charged; usage without a split (and every estimate) is input. */
+  weights: ResolvedWeights;
 }
 
 export interface Charge {
+  /** The weighted charge, rounded up. */
   tokens: number;
   source: 'reported' | 'estimated' | 'none';
   /** Why reported usage could not be used, when a reading was malformed. */
@@ -35,32 +39,43 @@ export interface Charge {
  * the larger of the usage reported so far and the prompt estimate plus the output the client
  * received: its generated text / 4, or its delivered bytes / 4 when the body is not understood.
  * A finished response without usage is charged (request + response bytes) / 4. Never zero once
- * the upstream answered.
+ * the upstream answered. Each count is then weighted by kind.
  */
 export function chargeFor(input: ChargeInput): Charge {
+  const { parts, ...charge } = countFor(input);
+  return { ...charge, tokens: parts ? weigh(parts, input.weights) : 0 };
+}
+
+type Counted = Omit<Charge, 'tokens'> & { parts: TokenParts | undefined };
+
+function countFor(input: ChargeInput): Counted {
   const success = input.status >= 200 && input.status < 300;
-  if (!success && !input.chargeFailedResponses) return { tokens: 0, source: 'none' };
+  if (!success && !input.chargeFailedResponses) return { parts: undefined, source: 'none' };
   let problem: string | undefined;
   let reason: UnreadableReason | undefined;
-  let partial: number | undefined;
+  let partial: Extract<UsageReading, { tokens: number }> | undefined;
   for (const reading of input.readings) {
     if (reading === undefined) continue;
     if (!('tokens' in reading)) {
       problem ??= reading.problem;
       reason ??= reading.reason ?? 'malformed';
-    } else if (reading.partial) partial ??= reading.tokens;
-    else return { tokens: reading.tokens, source: 'reported' };
+    } else if (reading.partial) partial ??= reading;
+    else return { parts: reading.parts ?? asInput(reading.tokens), source: 'reported' };
   }
   const cut = input.aborted || partial !== undefined;
-  let charge: Charge;
+  let charge: Counted;
   if (!cut) {
-    charge = { tokens: estimateFromBytes(input.requestBytes, input.responseBytes), source: 'estimated', unreadable: reason ?? 'no_usage' };
+    charge = { parts: asInput(estimateFromBytes(input.requestBytes, input.responseBytes)), source: 'estimated', unreadable: reason ?? 'no_usage' };
   } else if (!input.answered && partial === undefined && input.responseBytes === 0) {
     // Nothing came back: the request may never have reached the upstream.
-    charge = { tokens: 0, source: 'none' };
+    charge = { parts: undefined, source: 'none' };
   } else {
-    const estimate = bytesToTokens(input.requestBytes) + outputTokens(input);
-    charge = partial !== undefined && partial >= estimate ? { tokens: partial, source: 'reported' } : { tokens: Math.max(1, estimate), source: 'estimated' };
+    const output = outputTokens(input);
+    const prompt = output > 0 ? bytesToTokens(input.requestBytes) : Math.max(1, bytesToTokens(input.requestBytes));
+    charge =
+      partial !== undefined && partial.tokens >= prompt + output
+        ? { parts: partial.parts ?? asInput(partial.tokens), source: 'reported' }
+        : { parts: { ...asInput(prompt), output }, source: 'estimated' };
     if (reason !== undefined) charge.unreadable = reason;
   }
   if (problem !== undefined) charge.problem = problem;

@@ -1,4 +1,5 @@
-// Token counts read from a parsed `usage` object, OpenAI or Anthropic style, checked before they are charged.
+// Token counts read from a parsed `usage` object, OpenAI or Anthropic style, split by kind and checked before they are charged.
+import { asInput, type TokenParts } from './weights.js';
 
 /**
  * Why a response's usage could not be read, as `tokengate_usage_unreadable_total{reason}` counts it:
@@ -9,50 +10,88 @@ export const UNREADABLE_REASONS = ['encoding', 'malformed', 'oversized', 'no_usa
 export type UnreadableReason = (typeof UNREADABLE_REASONS)[number];
 
 /**
- * A token count, or why there is none (`reason` defaults to malformed). `partial`: a stream cut
- * before its final usage event, so the count is the usage reported so far, not the whole.
+ * A token count with its split by kind, or why there is none (`reason` defaults to malformed).
+ * `partial`: a stream cut before its final usage event, so the count is the usage reported so far,
+ * not the whole. Without `parts` (a header, a user function) the count is all input.
  */
-export type UsageReading = { tokens: number; partial?: true } | { problem: string; reason?: UnreadableReason };
+export type UsageReading = { tokens: number; parts?: TokenParts; partial?: true } | { problem: string; reason?: UnreadableReason };
 
 type Fields = Record<string, unknown>;
 
-const OPENAI_PARTS = ['prompt_tokens', 'completion_tokens'] as const;
-// Anthropic reports cache writes and reads apart from input_tokens, and all of them are billed.
-const ANTHROPIC_PARTS = [
-  'input_tokens',
-  'output_tokens',
-  'cache_creation_input_tokens',
-  'cache_read_input_tokens',
-] as const;
 const MAX_SHOWN = 40;
 
-/** Reads a token count from a parsed `usage` object of OpenAI or Anthropic style; undefined when `usage` is not an object carrying any known field. */
+/**
+ * Reads a token count from a parsed `usage` object of OpenAI or Anthropic style, split by kind;
+ * undefined when `usage` is not an object carrying any known field. The whole count is what the
+ * upstream bills: `total_tokens` when given (chat completions, the Responses API), else prompt +
+ * completion, else Anthropic's four fields. OpenAI counts cached prompt tokens inside its input
+ * (`*_tokens_details.cached_tokens`); Anthropic reports cache writes and reads apart from it.
+ */
 export function tokensFromUsage(usage: unknown): UsageReading | undefined {
   if (typeof usage !== 'object' || usage === null || Array.isArray(usage)) return undefined;
   const fields = usage as Fields;
-  // total_tokens covers chat completions and the Responses API (whose input/output look like Anthropic's).
-  if (carries(fields, 'total_tokens')) return sum(fields, ['total_tokens']);
-  if (OPENAI_PARTS.some((name) => carries(fields, name))) return sum(fields, OPENAI_PARTS);
-  if (ANTHROPIC_PARTS.some((name) => carries(fields, name))) return sum(fields, ANTHROPIC_PARTS);
+  try {
+    if (carries(fields, 'total_tokens')) return fromTotal(fields);
+    if (carries(fields, 'prompt_tokens') || carries(fields, 'completion_tokens')) {
+      const prompt = count(fields, 'prompt_tokens');
+      const output = count(fields, 'completion_tokens');
+      const cacheRead = Math.min(cachedOf(fields.prompt_tokens_details), prompt);
+      return reading({ input: prompt - cacheRead, output, cache_creation: 0, cache_read: cacheRead });
+    }
+    if (ANTHROPIC_PARTS.some((name) => carries(fields, name))) {
+      const [input, output, cacheCreation, cacheRead] = ANTHROPIC_PARTS.map((name) => count(fields, name)) as [number, number, number, number];
+      return reading({ input, output, cache_creation: cacheCreation, cache_read: cacheRead });
+    }
+  } catch (problem) {
+    if (problem instanceof UsageProblem) return { problem: problem.message };
+    throw problem;
+  }
   return undefined;
 }
+
+const ANTHROPIC_PARTS = ['input_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'] as const;
+
+/** The total decides; the kinds it names (output, cache reads and writes) come out of it, the rest is input. */
+function fromTotal(fields: Fields): UsageReading {
+  const total = count(fields, 'total_tokens');
+  const output = partOf(fields, 'completion_tokens') ?? partOf(fields, 'output_tokens') ?? 0;
+  const cacheCreation = partOf(fields, 'cache_creation_input_tokens') ?? 0;
+  const cacheRead = partOf(fields, 'cache_read_input_tokens') ?? (cachedOf(fields.prompt_tokens_details) || cachedOf(fields.input_tokens_details));
+  const input = total - output - cacheCreation - cacheRead;
+  // Parts that do not fit in the total are not believed: the total is all input then (the full weight).
+  return { tokens: total, parts: input >= 0 ? { input, output, cache_creation: cacheCreation, cache_read: cacheRead } : asInput(total) };
+}
+
+function reading(parts: TokenParts): UsageReading {
+  const tokens = parts.input + parts.output + parts.cache_creation + parts.cache_read;
+  if (!Number.isSafeInteger(tokens)) return { problem: 'usage fields sum past the safe integer range' };
+  return { tokens, parts };
+}
+
+/** Cached prompt tokens in OpenAI's `*_tokens_details`; 0 when absent or not a count (they are charged as input then). */
+function cachedOf(details: unknown): number {
+  const cached = typeof details === 'object' && details !== null ? (details as Fields).cached_tokens : undefined;
+  return typeof cached === 'number' && Number.isSafeInteger(cached) && cached >= 0 ? cached : 0;
+}
+
+class UsageProblem extends Error {}
 
 // Anthropic sends null for cache fields it has nothing to say about, so null means "not carried".
 function carries(fields: Fields, name: string): boolean {
   return fields[name] !== undefined && fields[name] !== null;
 }
 
-function sum(fields: Fields, names: readonly string[]): UsageReading {
-  let total = 0;
-  for (const name of names) {
-    const value = fields[name] ?? 0;
-    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-      return { problem: `usage.${name} is ${show(value)}, not a non-negative integer` };
-    }
-    total += value;
-  }
-  if (!Number.isSafeInteger(total)) return { problem: `usage fields ${names.join(' + ')} sum past the safe integer range` };
-  return { tokens: total };
+/** A part of a total: the total alone is billed, so a part that is not a count is left to the input, not a problem. */
+function partOf(fields: Fields, name: string): number | undefined {
+  const value = fields[name];
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+}
+
+/** A field's count (0 when not carried); a UsageProblem naming it when it is not a non-negative integer. */
+function count(fields: Fields, name: string): number {
+  const value = fields[name] ?? 0;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) throw new UsageProblem(`usage.${name} is ${show(value)}, not a non-negative integer`);
+  return value;
 }
 
 function show(value: unknown): string {

@@ -1,5 +1,5 @@
 // The sidecar's admin API and /stats over HTTP: CRUD, token checks, invalid input, never proxied.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ADMIN_TOKEN, startSidecar, type Sidecar } from '../helpers/sidecar.js';
 import { json, startUpstream, type Upstream } from '../helpers/upstream.js';
 
@@ -91,6 +91,33 @@ describe('admin API', () => {
     const { error } = (await response.json()) as ErrorAnswer;
     expect(error).toMatchObject({ type: 'invalid_request_error', param: field });
     expect(error.message).toContain(field);
+  });
+
+  it("sets a key's token weights, which the gate then charges by, over TOKEN_WEIGHTS; clears them; refuses bad ones naming the field", async () => {
+    const weighing = await startSidecar({ UPSTREAM_URL: upstream.url, TOKEN_WEIGHTS: 'input=0.5' });
+    onTestFinished(() => weighing.stop());
+    const created = await weighing.admin('POST', '/admin/keys', { ...valid, weights: { cache_read: 0.1 } });
+    expect(created.status).toBe(201);
+    const record = (await created.json()) as { id: string; key: string; weights: unknown };
+    expect(record.weights).toEqual({ cache_read: 0.1 });
+    expect(await (await weighing.admin('GET', `/admin/keys/${record.id}`)).json()).toMatchObject({ weights: { cache_read: 0.1 } });
+
+    // The upstream reports 40 tokens without a split: input, so TOKEN_WEIGHTS's input=0.5 halves them.
+    const patched = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights: 'output=3' });
+    expect(await patched.json()).toMatchObject({ weights: { output: 3 } });
+    const answer = await fetch(`${weighing.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${record.key}` }, body: '{}' });
+    expect(answer.status).toBe(200);
+    await answer.text();
+    const charged = async (): Promise<number> => ((await (await weighing.admin('GET', `/admin/keys/${record.id}`)).json()) as { total_lifetime_tokens: number }).total_lifetime_tokens;
+    await expect.poll(charged).toBe(20);
+
+    const cleared = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights: null });
+    expect(await cleared.json()).toMatchObject({ weights: null });
+    for (const weights of [{ cache_read: 0 }, { cache: 1 }, 'input=-1', [0.1], { output: '2' }]) {
+      const refused = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights });
+      expect(refused.status).toBe(400);
+      expect(((await refused.json()) as ErrorAnswer).error.param).toBe('weights');
+    }
   });
 
   it('refuses malformed JSON, a non-object, an oversized body and a duplicate key with 4xx, and keeps serving', async () => {

@@ -110,6 +110,7 @@ describe('tokengate keys create', () => {
       last_used: null,
       total_lifetime_tokens: 0,
       total_requests: 0,
+      weights: null,
     });
 
     const table = cli(dbPath, ['keys', 'list']);
@@ -206,6 +207,27 @@ describe('tokengate keys show / update / delete', () => {
   });
 });
 
+describe('tokengate keys --weights', () => {
+  it("sets a key's token weights on create and update, shows them, clears them with --weights ''", () => {
+    const { dbPath } = freshDb();
+    const created = createJson(dbPath, ['--weights', 'cache_read=0.10, output=2']);
+    expect(created.weights).toEqual({ output: 2, cache_read: 0.1 });
+    const human = cli(dbPath, ['keys', 'show', created.id]);
+    expect(human.stdout).toMatch(/^weights:\s+output=2,cache_read=0\.1$/m);
+    const updated = cli(dbPath, ['keys', 'update', created.id, '--weights', 'cache_creation=1.25', '--json']);
+    expect((JSON.parse(updated.stdout) as KeyView).weights).toEqual({ cache_creation: 1.25 });
+    const cleared = cli(dbPath, ['keys', 'update', created.id, '--weights', '', '--json']);
+    expect((JSON.parse(cleared.stdout) as KeyView).weights).toBeNull();
+    expect(cli(dbPath, ['keys', 'show', created.id]).stdout).toMatch(/^weights:\s+-$/m);
+  });
+
+  it.each(['cache_read=0', 'cache=1', 'input=2,input=3', 'output=1e3'])('refuses --weights %j before touching the store, naming the option', (weights) => {
+    const { dbPath } = freshDb();
+    expectFailure(cli(dbPath, createArgs(['--weights', weights])), /^.*--weights: /);
+    expect(existsSync(dbPath)).toBe(false);
+  });
+});
+
 describe('tokengate errors', () => {
   it.each(['0', '-5', '1.5', 'abc', '1e3', ' 7', '9007199254740993'])('rejects --limit %j before touching the store', (limit) => {
     const { dbPath } = freshDb();
@@ -242,7 +264,7 @@ describe('tokengate errors', () => {
   it('refuses an update with nothing to change', () => {
     const { dbPath } = freshDb();
     const { id } = createJson(dbPath);
-    expectFailure(cli(dbPath, ['keys', 'update', id]), /at least one of --name, --limit, --expires, --model/);
+    expectFailure(cli(dbPath, ['keys', 'update', id]), /at least one of --name, --limit, --expires, --model, --weights/);
   });
 
   it('refuses a key HTTP cannot carry, a date without a time zone and an expiry in the past, naming the option', () => {

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { digestKey } from '../../src/keys/secret.js';
 import { Journal, journalLine } from '../../src/storage/journal.js';
-import { writeSnapshot } from '../../src/storage/snapshot.js';
+import { writeSnapshot, type SnapshotKey } from '../../src/storage/snapshot.js';
 import { bucketStart } from '../../src/quota/window.js';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
@@ -106,7 +106,8 @@ describe('keys with digest-derived ids', () => {
     const now = Date.now();
     const keyHash = digestKey(KEY);
     const key = { id: derivedId, keyHash, keyPrefix: 'pk', name: 'imported', model: null, tokenLimit: 1000, expiresAt: now + WINDOW, createdAt: now - WINDOW, lastUsedAt: now - 120_000 };
-    writeSnapshot(dir, { journalGeneration: 0, writtenAt: now, keys: [{ ...key, totalLifetimeTokens: 40, totalRequests: 1, buckets: [[bucketStart(now - 120_000), 40]] }] });
+    writeSnapshot(dir, { journalGeneration: 0, writtenAt: now, // A snapshot of that version: its keys have no token weights.
+    keys: [{ ...key, totalLifetimeTokens: 40, totalRequests: 1, buckets: [[bucketStart(now - 120_000), 40]] }] as unknown as SnapshotKey[] });
     writeFileSync(join(dir, 'journal-00000001.ndjson'), journalLine({ id: 'journaled-1', keyId: derivedId, tokens: 15, at: now - 60_000 }), { mode: 0o600 });
 
     const logs = captureLogs();

@@ -98,6 +98,8 @@ describe('restore validation', () => {
     ['an extra column', editRow('usage_records', (row) => ({ ...row, note: 'x' })), /\(usage_records\): unknown column "note"/],
     ['a wrong-typed text column', editRow('api_keys', (row) => ({ ...row, name: 7 })), /\(api_keys\): column name is not a string/],
     ['a zero limit', editRow('api_keys', (row) => ({ ...row, token_limit_per_5h: 0 })), /token_limit_per_5h is 0, not a positive limit/],
+    ['token weights that serve tokens free', editRow('api_keys', (row) => ({ ...row, token_weights: 'cache_read=0' })), /\(api_keys\): column token_weights: cache_read: "0" is not a weight/],
+    ['a backup of this schema without its token_weights column', editRow('api_keys', ({ token_weights: _weights, ...row }) => row), /\(api_keys\): column token_weights is missing/],
     ['a bucket of a key the backup does not hold', editRow('usage_buckets', (row) => ({ ...row, key_id: 'no-such-key' })), /key_id "no-such-key" is not a key of this backup/],
     ['a table named __proto__', (entries) => [...entries, { table: '__proto__', row: { tokens: 1 } }], /names unknown table "__proto__"; a backup holds only api_keys, usage_buckets, usage_records/],
     ['a table named constructor', (entries) => [...entries, { table: 'constructor', row: {} }], /names unknown table "constructor"/],
@@ -113,6 +115,25 @@ describe('restore validation', () => {
     expect(line).not.toMatch(/NaN/);
     expect(listed(dbPath)).toBe(before);
     expect(readFileSync(dbPath).equals(dbBytes)).toBe(true);
+  });
+
+  it('restores a backup taken before keys had token weights: its keys have none', async () => {
+    const { dir, dbPath, backup } = await seeded();
+    const before = JSON.parse(listed(dbPath)) as Row[];
+    const old = rewritten(backup, dir, (entries, header) => {
+      header.schema = '0002_health_probes';
+      return entries.map(({ table, row }) => {
+        const { token_weights: _weights, ...rest } = row;
+        return { table, row: table === 'api_keys' ? rest : row };
+      });
+    });
+    const other = join(dir, 'other.db');
+    const run = cli(other, ['restore', old, '--yes'], { BACKUP_DIR: join(dir, 'before') });
+    expect(run.stderr).toBe('');
+    expect(run.status).toBe(0);
+    const restored = JSON.parse(listed(other)) as Row[];
+    expect(restored.map((key) => key.weights)).toEqual([null, null]);
+    expect(restored).toEqual(before);
   });
 
   it('restores a backup taken before the index-only migration 0001_prune_indexes, and refuses an unknown schema', async () => {

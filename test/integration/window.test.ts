@@ -114,6 +114,7 @@ describe('rolling window', () => {
       },
       total_lifetime_tokens: 300,
       total_requests: 1,
+      weights: null,
     });
     expect(JSON.stringify(stats)).not.toContain(key);
   });

@@ -19,6 +19,8 @@ export const apiKeys = pgTable('api_keys', {
   lastUsedAt: ms('last_used'),
   totalLifetimeTokens: bigint('total_lifetime_tokens', { mode: 'number' }).notNull().default(0),
   totalRequests: bigint('total_requests', { mode: 'number' }).notNull().default(0),
+  /** What each kind of token is charged (`cache_read=0.1`), over the gate's defaults; null: the defaults. */
+  tokenWeights: text('token_weights'),
 });
 
 // A key as the stores read it (a KeyRecord): every column but the digest.

@@ -17,6 +17,8 @@ export const apiKeys = sqliteTable('api_keys', {
   lastUsedAt: integer('last_used'),
   totalLifetimeTokens: integer('total_lifetime_tokens').notNull().default(0),
   totalRequests: integer('total_requests').notNull().default(0),
+  /** What each kind of token is charged (`cache_read=0.1`), over the gate's defaults; null: the defaults. */
+  tokenWeights: text('token_weights'),
 });
 
 // A key as the stores read it (a KeyRecord): every column but the digest.

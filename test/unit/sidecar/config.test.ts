@@ -25,6 +25,14 @@ describe('loadSidecarConfig', () => {
     expect(config.upstreamUrl.href).toBe('https://api.example.com/v1');
   });
 
+  it('reads TOKEN_WEIGHTS, and refuses weights that would serve tokens free, naming the variable', () => {
+    expect(loadSidecarConfig(base).tokenWeights).toEqual({});
+    expect(loadSidecarConfig({ ...base, TOKEN_WEIGHTS: 'cache_read=0.1, cache_creation=1.25' }).tokenWeights).toEqual({ cache_read: 0.1, cache_creation: 1.25 });
+    expect(() => loadSidecarConfig({ ...base, TOKEN_WEIGHTS: 'cache_read=0' })).toThrow(ConfigError);
+    expect(() => loadSidecarConfig({ ...base, TOKEN_WEIGHTS: 'cache_read=0' })).toThrow(/^TOKEN_WEIGHTS: cache_read: "0" is not a weight/);
+    expect(() => loadSidecarConfig({ ...base, TOKEN_WEIGHTS: 'reasoning=1' })).toThrow(/^TOKEN_WEIGHTS: "reasoning=1" is not kind=weight/);
+  });
+
   it('keeps BODY_MEMORY_LIMIT at least BODY_LIMIT by default', () => {
     expect(loadSidecarConfig({ ...base, BODY_LIMIT: String(200 * 1024 * 1024) }).bodyMemoryLimit).toBe(200 * 1024 * 1024);
   });

@@ -54,3 +54,18 @@ describe('key file dates', () => {
     expect(digestKey(entry.key)).not.toContain(first.id.slice(4));
   });
 });
+
+describe('key file token weights', () => {
+  it('reads the token_weights that `tokengate export` writes; the earlier gateway had none', () => {
+    const [weighted, plain] = parse([{ ...entry, token_weights: 'cache_read=0.10,input=1' }, { ...entry, key: 'pk_2', token_weights: null }]).keys;
+    expect(weighted?.tokenWeights).toBe('input=1,cache_read=0.1');
+    expect(plain?.tokenWeights).toBeNull();
+  });
+
+  it('refuses weights that are not weights, naming the entry and field', () => {
+    expect(problems([{ ...entry, token_weights: 'cache_read=0' }, { ...entry, key: 'pk_2', token_weights: { cache_read: 0.1 } }])).toEqual([
+      'keys[0].token_weights: cache_read: "0" is not a weight: a decimal above 0 and at most 1000, with at most 6 decimals',
+      'keys[1].token_weights: not text such as cache_read=0.1',
+    ]);
+  });
+});

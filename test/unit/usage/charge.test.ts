@@ -1,6 +1,7 @@
 // Tests of how readings, aborts and estimates combine into what a response is charged.
 import { describe, expect, it } from 'vitest';
 import { chargeFor, type ChargeInput } from '../../../src/usage/charge.js';
+import { UNIT_WEIGHTS } from '../../../src/usage/weights.js';
 
 const base: ChargeInput = {
   status: 200,
@@ -12,6 +13,7 @@ const base: ChargeInput = {
   responseBytes: 4000,
   deliveredShare: 1,
   generatedText: undefined,
+  weights: UNIT_WEIGHTS,
 };
 const charge = (input: Partial<ChargeInput>) => chargeFor({ ...base, ...input });
 

@@ -1,6 +1,7 @@
 // Tests of reading usage from whole JSON response bodies.
 import { describe, expect, it } from 'vitest';
 import { JsonUsageReader } from '../../../src/usage/json.js';
+import { withoutParts } from '../../helpers/readings.js';
 
 function readWith(body: string | Buffer, wholeBytes?: number, chunkSize = 7): ReturnType<JsonUsageReader['result']> {
   const reader = new JsonUsageReader(wholeBytes);
@@ -17,21 +18,21 @@ describe.each([
   const read = (body: string | Buffer, _unused?: number, chunkSize = 7) => readWith(body, wholeBytes, chunkSize);
   it('reads OpenAI total_tokens', () => {
     const body = JSON.stringify({ id: 'c1', usage: { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 } });
-    expect(read(body)).toEqual({ tokens: 18 });
+    expect(withoutParts(read(body))).toEqual({ tokens: 18 });
   });
 
   it('adds OpenAI prompt and completion tokens when total is missing', () => {
-    expect(read('{"usage":{"prompt_tokens":11,"completion_tokens":7}}')).toEqual({ tokens: 18 });
+    expect(withoutParts(read('{"usage":{"prompt_tokens":11,"completion_tokens":7}}'))).toEqual({ tokens: 18 });
   });
 
   it('reads Anthropic usage with cache fields', () => {
     const usage = { input_tokens: 10, output_tokens: 20, cache_creation_input_tokens: 5, cache_read_input_tokens: 100 };
-    expect(read(JSON.stringify({ type: 'message', content: [{ text: 'é😀' }], usage }))).toEqual({ tokens: 135 });
+    expect(withoutParts(read(JSON.stringify({ type: 'message', content: [{ text: 'é😀' }], usage })))).toEqual({ tokens: 135 });
   });
 
   it('reads a body that starts with a byte order mark', () => {
-    expect(read('\uFEFF{"usage":{"total_tokens":3}}')).toEqual({ tokens: 3 });
-    expect(read('\uFEFF{"usage":{"total_tokens":3}}', undefined, 1024)).toEqual({ tokens: 3 }); // in one chunk
+    expect(withoutParts(read('\uFEFF{"usage":{"total_tokens":3}}'))).toEqual({ tokens: 3 });
+    expect(withoutParts(read('\uFEFF{"usage":{"total_tokens":3}}', undefined, 1024))).toEqual({ tokens: 3 }); // in one chunk
   });
 
   it('is not fooled by a caller reusing its buffer after the push', () => {
@@ -39,7 +40,7 @@ describe.each([
     const chunk = Buffer.from('{"usage":{"total_tokens":3}}');
     reader.push(chunk);
     chunk.fill(0x20);
-    expect(reader.result()).toEqual({ tokens: 3 });
+    expect(withoutParts(reader.result())).toEqual({ tokens: 3 });
   });
 
   it('reports a truncated body, or garbage, as malformed', () => {
@@ -49,11 +50,11 @@ describe.each([
   });
 
   it('keeps usage read before the body broke off', () => {
-    expect(read('{"usage":{"total_tokens":3},"choices":[{"mess')).toEqual({ tokens: 3 });
+    expect(withoutParts(read('{"usage":{"total_tokens":3},"choices":[{"mess'))).toEqual({ tokens: 3 });
   });
 
   it('reads usage at the end of a body with nested usage objects before it', () => {
-    expect(read('{"data":[{"usage":{"total_tokens":1}}],"meta":{"usage":{"total_tokens":2}},"usage":{"total_tokens":3}}')).toEqual({ tokens: 3 });
+    expect(withoutParts(read('{"data":[{"usage":{"total_tokens":1}}],"meta":{"usage":{"total_tokens":2}},"usage":{"total_tokens":3}}'))).toEqual({ tokens: 3 });
   });
 
   it('reports malformed usage values written in the JSON text', () => {
@@ -78,7 +79,7 @@ describe.each([
 describe('JsonUsageReader, bounds', () => {
   it('switches to the streaming parser past the size parsed whole, at any chunk boundary', () => {
     const body = Buffer.from(`{"data":"${'é'.repeat(100)}","usage":{"total_tokens":9}}`);
-    for (const chunkSize of [1, 2, 3, 50, body.length]) expect(readWith(body, 10, chunkSize)).toEqual({ tokens: 9 });
+    for (const chunkSize of [1, 2, 3, 50, body.length]) expect(withoutParts(readWith(body, 10, chunkSize))).toEqual({ tokens: 9 });
   });
 
   it('gives up a single value longer than it may hold, as oversized', () => {

@@ -1,6 +1,7 @@
 // Tests of reading usage from server-sent event streams, however the stream is split.
 import { describe, expect, it } from 'vitest';
 import { SseUsageReader } from '../../../src/usage/sse.js';
+import { withoutParts } from '../../helpers/readings.js';
 
 const openAiStream = [
   'data: {"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}',
@@ -44,7 +45,7 @@ function read(chunks: Array<string | Buffer>): SseUsageReader {
 function splitEverywhere(text: string, expected: unknown): void {
   const bytes = Buffer.from(text);
   for (let at = 0; at <= bytes.length; at++) {
-    const reading = read([bytes.subarray(0, at), bytes.subarray(at)]).result();
+    const reading = withoutParts(read([bytes.subarray(0, at), bytes.subarray(at)]).result());
     expect(reading, `split at byte ${at}`).toEqual(expected);
   }
 }
@@ -58,16 +59,16 @@ describe('SseUsageReader', () => {
   it('reads OpenAI usage fed one byte at a time', () => {
     const bytes = Buffer.from(openAiStream);
     const chunks = [...bytes].map((byte) => Buffer.from([byte]));
-    expect(read(chunks).result()).toEqual({ tokens: 18 });
+    expect(withoutParts(read(chunks).result())).toEqual({ tokens: 18 });
   });
 
   it('keeps the last OpenAI usage seen', () => {
     const stream = 'data: {"usage":{"total_tokens":5}}\n\ndata: {"usage":{"total_tokens":9}}\n\n';
-    expect(read([stream]).result()).toEqual({ tokens: 9 });
+    expect(withoutParts(read([stream]).result())).toEqual({ tokens: 9 });
   });
 
   it('replaces Anthropic fields with each delta instead of adding them', () => {
-    expect(read([anthropicStream]).result()).toEqual({ tokens: 25 + 42 + 3 });
+    expect(withoutParts(read([anthropicStream]).result())).toEqual({ tokens: 25 + 42 + 3 });
   });
 
   it('reads Anthropic usage wherever the stream is split', () => {
@@ -85,19 +86,19 @@ describe('SseUsageReader', () => {
       'data: {"type":"message_stop"}',
       '',
     ].join('\n\n');
-    expect(read([stream]).result()).toEqual({ tokens: 36 });
+    expect(withoutParts(read([stream]).result())).toEqual({ tokens: 36 });
   });
 
   it('marks usage partial while the stream has not reached its final usage event', () => {
     const start = 'data: {"type":"message_start","message":{"usage":{"input_tokens":10,"output_tokens":1}}}\n\n';
     const delta = 'data: {"type":"message_delta","usage":{"output_tokens":20}}\n\n';
-    expect(read([start]).result()).toEqual({ tokens: 11, partial: true });
-    expect(read([start, delta]).result()).toEqual({ tokens: 30, partial: true });
-    expect(read([start, delta, 'data: {"type":"message_stop"}\n\n']).result()).toEqual({ tokens: 30 });
+    expect(withoutParts(read([start]).result())).toEqual({ tokens: 11, partial: true });
+    expect(withoutParts(read([start, delta]).result())).toEqual({ tokens: 30, partial: true });
+    expect(withoutParts(read([start, delta, 'data: {"type":"message_stop"}\n\n']).result())).toEqual({ tokens: 30 });
     // Running usage on every chunk of an OpenAI-style stream is not final until a chunk with no choices left.
     const running = 'data: {"choices":[{"delta":{"content":"a"}}],"usage":{"total_tokens":4}}\n\n';
-    expect(read([running]).result()).toEqual({ tokens: 4, partial: true });
-    expect(read([running, 'data: {"choices":[],"usage":{"total_tokens":5}}\n\n']).result()).toEqual({ tokens: 5 });
+    expect(withoutParts(read([running]).result())).toEqual({ tokens: 4, partial: true });
+    expect(withoutParts(read([running, 'data: {"choices":[],"usage":{"total_tokens":5}}\n\n']).result())).toEqual({ tokens: 5 });
   });
 
   it('counts the generated text of OpenAI chat, Anthropic and Responses API events', () => {
@@ -136,18 +137,18 @@ describe('SseUsageReader', () => {
   it('reads the usage of a Responses API response.incomplete event', () => {
     const stream =
       'data: {"type":"response.incomplete","response":{"usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}}\n\n';
-    expect(read([stream]).result()).toEqual({ tokens: 7 });
+    expect(withoutParts(read([stream]).result())).toEqual({ tokens: 7 });
   });
 
   it('dispatches a last event that has no trailing blank line', () => {
-    expect(read(['data: {"usage":{"total_tokens":5}}']).result()).toEqual({ tokens: 5 });
-    expect(read(['data: {"usage":{"total_tokens":6}}\n']).result()).toEqual({ tokens: 6 });
-    expect(read(['data: {"usage":{"total_tokens":8}}\r']).result()).toEqual({ tokens: 8 });
+    expect(withoutParts(read(['data: {"usage":{"total_tokens":5}}']).result())).toEqual({ tokens: 5 });
+    expect(withoutParts(read(['data: {"usage":{"total_tokens":6}}\n']).result())).toEqual({ tokens: 6 });
+    expect(withoutParts(read(['data: {"usage":{"total_tokens":8}}\r']).result())).toEqual({ tokens: 8 });
   });
 
   it('keeps exact usage beside a garbage event, counting the garbage', () => {
     const reader = read(['data: {not json\n\n', openAiStream]);
-    expect(reader.result()).toEqual({ tokens: 18 });
+    expect(withoutParts(reader.result())).toEqual({ tokens: 18 });
     expect(reader.malformedEvents).toBe(1);
   });
 
@@ -179,7 +180,7 @@ describe('SseUsageReader', () => {
     const filler = Buffer.alloc(1024 * 1024, 'a');
     for (let i = 0; i < 9; i++) reader.push(filler);
     reader.push(Buffer.from('"\n\ndata: {"usage":{"total_tokens":11}}\n\n'));
-    expect(reader.result()).toEqual({ tokens: 11 });
+    expect(withoutParts(reader.result())).toEqual({ tokens: 11 });
     expect(reader.malformedEvents).toBe(1);
   });
 });

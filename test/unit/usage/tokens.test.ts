@@ -1,28 +1,29 @@
 // Tests of reading token counts from parsed usage objects.
 import { describe, expect, it } from 'vitest';
 import { tokensFromUsage } from '../../../src/usage/tokens.js';
+import { withoutParts } from '../../helpers/readings.js';
 
 describe('tokensFromUsage', () => {
   it('uses total_tokens when present', () => {
-    expect(tokensFromUsage({ prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 })).toEqual({ tokens: 18 });
+    expect(withoutParts(tokensFromUsage({ prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 }))).toEqual({ tokens: 18 });
   });
 
   it('adds prompt and completion tokens when total_tokens is missing', () => {
-    expect(tokensFromUsage({ prompt_tokens: 11, completion_tokens: 7 })).toEqual({ tokens: 18 });
+    expect(withoutParts(tokensFromUsage({ prompt_tokens: 11, completion_tokens: 7 }))).toEqual({ tokens: 18 });
   });
 
   it('uses total_tokens of the Responses API over its input and output tokens', () => {
-    expect(tokensFromUsage({ input_tokens: 5, output_tokens: 6, total_tokens: 20 })).toEqual({ tokens: 20 });
+    expect(withoutParts(tokensFromUsage({ input_tokens: 5, output_tokens: 6, total_tokens: 20 }))).toEqual({ tokens: 20 });
   });
 
   it('adds the Anthropic input, output and cache fields', () => {
     const usage = { input_tokens: 10, output_tokens: 20, cache_creation_input_tokens: 5, cache_read_input_tokens: 100 };
-    expect(tokensFromUsage(usage)).toEqual({ tokens: 135 });
+    expect(withoutParts(tokensFromUsage(usage))).toEqual({ tokens: 135 });
   });
 
   it('counts missing and null Anthropic fields as zero', () => {
-    expect(tokensFromUsage({ input_tokens: 10, output_tokens: 2, cache_read_input_tokens: null })).toEqual({ tokens: 12 });
-    expect(tokensFromUsage({ output_tokens: 9 })).toEqual({ tokens: 9 });
+    expect(withoutParts(tokensFromUsage({ input_tokens: 10, output_tokens: 2, cache_read_input_tokens: null }))).toEqual({ tokens: 12 });
+    expect(withoutParts(tokensFromUsage({ output_tokens: 9 }))).toEqual({ tokens: 9 });
   });
 
   it('is undefined for anything that is not a usage object with a known field', () => {
