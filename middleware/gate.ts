@@ -9,7 +9,7 @@ import { BodyMemory, BodyMemoryError, BodyTimeoutError, BodyTooLargeError, decla
 import { closeUnfinishedUpload } from '../src/http/request-body.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
 import { newRecordId } from '../src/usage/record-id.js';
-import { heaviest, UNIT_WEIGHTS } from '../src/usage/weights.js';
+import { reservationFor } from '../src/usage/weights.js';
 import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
 import { setQuotaHeaders } from './headers.js';
 import { installMeter, meterResponse } from './meter.js';
@@ -103,8 +103,7 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
 
   const { windowMs } = config;
   const weights = config.weightsOf(key.tokenWeights);
-  // A request within its estimate stays within its reservation whatever kinds of tokens it uses.
-  const estimate = weights === UNIT_WEIGHTS ? estimateFor(req, body, config) : Math.ceil(estimateFor(req, body, config) * heaviest(weights));
+  const estimate = reservationFor(estimateFor(req, body, config), weights);
   let admission;
   try {
     const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: newRecordId(), now, windowMs };

@@ -8,6 +8,7 @@ import { createGunzip, createGzip } from 'node:zlib';
 import { TokenGateError } from '../errors.js';
 import { PRIVATE_FILE_MODE } from '../private-files.js';
 import { columnsAdded } from '../db/migrations.js';
+import { formatWeights, parseWeights } from '../usage/weights.js';
 import { TABLE_NAMES, type TableName } from '../db/tables.js';
 import { isTableName, rowProblem, type AdminStore, type TableRow } from '../storage/admin.js';
 
@@ -234,6 +235,8 @@ function checkRow(path: string, number: number, value: unknown, keyIds: Set<stri
   if (problem) throw new BackupError(`${path} is refused: line ${number} (${table}): ${problem}`);
   const row = (entry as TableRow).row;
   for (const column of added.get(table) ?? []) row[column] ??= null;
+  // Stored as the gate writes them, so that an import compares like with like.
+  if (table === 'api_keys' && typeof row.token_weights === 'string') row.token_weights = formatWeights(parseWeights(row.token_weights, 'token_weights'));
   if (table === 'api_keys') keyIds.add(row.id as string);
   else if (!keyIds.has(row.key_id as string)) throw new BackupError(`${path} is refused: line ${number} (${table}): key_id ${JSON.stringify(row.key_id)} is not a key of this backup`);
   return entry as TableRow;

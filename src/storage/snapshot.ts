@@ -2,6 +2,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import type { KeyRecord } from './types.js';
+import { parseWeights } from '../usage/weights.js';
 
 export const SNAPSHOT_FILE = 'snapshot.json';
 const FORMAT = 'tokengate-snapshot';
@@ -58,12 +59,20 @@ function validKey(key: SnapshotKey | undefined): boolean {
     typeof key.keyPrefix === 'string' &&
     typeof key.name === 'string' &&
     (key.model === null || typeof key.model === 'string') &&
-    (key.tokenWeights === null || key.tokenWeights === undefined || typeof key.tokenWeights === 'string') &&
+    (key.tokenWeights === null || key.tokenWeights === undefined || weightsText(key.tokenWeights)) &&
     [key.tokenLimit, key.expiresAt, key.createdAt, key.totalLifetimeTokens, key.totalRequests].every(isInt) &&
     (key.lastUsedAt === null || isInt(key.lastUsedAt)) &&
     Array.isArray(key.buckets) &&
     key.buckets.every((bucket) => Array.isArray(bucket) && isInt(bucket[0]) && isInt(bucket[1]))
   );
+}
+
+function weightsText(value: unknown): boolean {
+  try {
+    return typeof value === 'string' && parseWeights(value, 'tokenWeights') !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 /** Writes the snapshot to a temporary file, fsyncs it, renames it over the old one and fsyncs the directory. */

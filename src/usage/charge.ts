@@ -1,7 +1,7 @@
 // What a finished (or aborted) response is charged, and whether that figure was reported or estimated.
 import { bytesToTokens, estimateFromBytes } from './estimate.js';
 import type { UnreadableReason, UsageReading } from './tokens.js';
-import { asInput, weigh, type ResolvedWeights, type TokenParts } from './weights.js';
+import { asInput, atHeaviest, weigh, type ResolvedWeights } from './weights.js';
 
 export interface ChargeInput {
   status: number;
@@ -42,44 +42,46 @@ export interface Charge {
  * the upstream answered. Each count is then weighted by kind.
  */
 export function chargeFor(input: ChargeInput): Charge {
-  const { parts, ...charge } = countFor(input);
-  return { ...charge, tokens: parts ? weigh(parts, input.weights) : 0 };
-}
-
-type Counted = Omit<Charge, 'tokens'> & { parts: TokenParts | undefined };
-
-function countFor(input: ChargeInput): Counted {
   const success = input.status >= 200 && input.status < 300;
-  if (!success && !input.chargeFailedResponses) return { parts: undefined, source: 'none' };
+  if (!success && !input.chargeFailedResponses) return { tokens: 0, source: 'none' };
+  const { weights } = input;
   let problem: string | undefined;
   let reason: UnreadableReason | undefined;
-  let partial: Extract<UsageReading, { tokens: number }> | undefined;
+  let partial: Reported | undefined;
   for (const reading of input.readings) {
     if (reading === undefined) continue;
     if (!('tokens' in reading)) {
       problem ??= reading.problem;
       reason ??= reading.reason ?? 'malformed';
     } else if (reading.partial) partial ??= reading;
-    else return { parts: reading.parts ?? asInput(reading.tokens), source: 'reported' };
+    else return { tokens: reportedCharge(reading, weights), source: 'reported' };
   }
   const cut = input.aborted || partial !== undefined;
-  let charge: Counted;
+  let charge: Charge;
   if (!cut) {
-    charge = { parts: asInput(estimateFromBytes(input.requestBytes, input.responseBytes)), source: 'estimated', unreadable: reason ?? 'no_usage' };
+    // The prompt's share of the estimate is input, the rest (the response) output.
+    const total = estimateFromBytes(input.requestBytes, input.responseBytes);
+    const prompt = Math.min(total, bytesToTokens(input.requestBytes));
+    charge = { tokens: weigh({ ...asInput(prompt), output: total - prompt }, weights), source: 'estimated', unreadable: reason ?? 'no_usage' };
   } else if (!input.answered && partial === undefined && input.responseBytes === 0) {
     // Nothing came back: the request may never have reached the upstream.
-    charge = { parts: undefined, source: 'none' };
+    charge = { tokens: 0, source: 'none' };
   } else {
-    const output = outputTokens(input);
-    const prompt = output > 0 ? bytesToTokens(input.requestBytes) : Math.max(1, bytesToTokens(input.requestBytes));
-    charge =
-      partial !== undefined && partial.tokens >= prompt + output
-        ? { parts: partial.parts ?? asInput(partial.tokens), source: 'reported' }
-        : { parts: { ...asInput(prompt), output }, source: 'estimated' };
+    const estimate = weigh({ ...asInput(bytesToTokens(input.requestBytes)), output: outputTokens(input) }, weights);
+    const reported = partial === undefined ? undefined : reportedCharge(partial, weights);
+    charge = reported !== undefined && reported >= estimate ? { tokens: reported, source: 'reported' } : { tokens: Math.max(1, estimate), source: 'estimated' };
     if (reason !== undefined) charge.unreadable = reason;
   }
   if (problem !== undefined) charge.problem = problem;
   return charge;
+}
+
+type Reported = Extract<UsageReading, { tokens: number }>;
+
+/** A reading's charge: by kind; a count without a split as input; one whose split did not add up at the heaviest weight. */
+function reportedCharge(reading: Reported, weights: ResolvedWeights): number {
+  if (reading.unsplit) return atHeaviest(reading.tokens, weights);
+  return weigh(reading.parts ?? asInput(reading.tokens), weights);
 }
 
 /** Tokens of output the client received: its generated text / 4, or its delivered bytes / 4. */

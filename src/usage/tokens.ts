@@ -1,5 +1,5 @@
 // Token counts read from a parsed `usage` object, OpenAI or Anthropic style, split by kind and checked before they are charged.
-import { asInput, type TokenParts } from './weights.js';
+import type { TokenParts } from './weights.js';
 
 /**
  * Why a response's usage could not be read, as `tokengate_usage_unreadable_total{reason}` counts it:
@@ -12,9 +12,10 @@ export type UnreadableReason = (typeof UNREADABLE_REASONS)[number];
 /**
  * A token count with its split by kind, or why there is none (`reason` defaults to malformed).
  * `partial`: a stream cut before its final usage event, so the count is the usage reported so far,
- * not the whole. Without `parts` (a header, a user function) the count is all input.
+ * not the whole. Without `parts` (a header, a user function) the count is all input; `unsplit`:
+ * the count came with a split that does not add up, so it is charged at the heaviest weight.
  */
-export type UsageReading = { tokens: number; parts?: TokenParts; partial?: true } | { problem: string; reason?: UnreadableReason };
+export type UsageReading = { tokens: number; parts?: TokenParts; unsplit?: true; partial?: true } | { problem: string; reason?: UnreadableReason };
 
 type Fields = Record<string, unknown>;
 
@@ -51,20 +52,27 @@ export function tokensFromUsage(usage: unknown): UsageReading | undefined {
 
 const ANTHROPIC_PARTS = ['input_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'] as const;
 
-/** The total decides; the kinds it names (output, cache reads and writes) come out of it, the rest is input. */
+/**
+ * The total decides; the kinds it names (output, cache reads and writes) come out of it, the rest is
+ * input. A total alone is input. Parts that are not counts, or do not fit in the total, are not
+ * believed: the total is then charged at the heaviest weight.
+ */
 function fromTotal(fields: Fields): UsageReading {
   const total = count(fields, 'total_tokens');
   const output = partOf(fields, 'completion_tokens') ?? partOf(fields, 'output_tokens') ?? 0;
   const cacheCreation = partOf(fields, 'cache_creation_input_tokens') ?? 0;
   const cacheRead = partOf(fields, 'cache_read_input_tokens') ?? (cachedOf(fields.prompt_tokens_details) || cachedOf(fields.input_tokens_details));
   const input = total - output - cacheCreation - cacheRead;
-  // Parts that do not fit in the total are not believed: the total is all input then (the full weight).
-  return { tokens: total, parts: input >= 0 ? { input, output, cache_creation: cacheCreation, cache_read: cacheRead } : asInput(total) };
+  const doubtful = input < 0 || PART_FIELDS.some((name) => carries(fields, name) && partOf(fields, name) === undefined);
+  if (doubtful) return { tokens: total, unsplit: true };
+  return { tokens: total, parts: { input, output, cache_creation: cacheCreation, cache_read: cacheRead } };
 }
+
+const PART_FIELDS = ['completion_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'] as const;
 
 function reading(parts: TokenParts): UsageReading {
   const tokens = parts.input + parts.output + parts.cache_creation + parts.cache_read;
-  if (!Number.isSafeInteger(tokens)) return { problem: 'usage fields sum past the safe integer range' };
+  if (!Number.isSafeInteger(tokens)) return { problem: `usage fields sum past the safe integer range (${JSON.stringify(parts)})` };
   return { tokens, parts };
 }
 

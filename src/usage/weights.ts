@@ -36,7 +36,7 @@ export function parseWeights(spec: string, field: string): TokenWeights {
 
 /** Checks weights given as an object (the admin API's `weights`); the same rules as parseWeights. */
 export function checkWeights(value: unknown, field: string): TokenWeights {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ValidationError(field, `must be an object such as {"cache_read": 0.1} with kinds among ${TOKEN_KINDS.join(', ')}`);
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ValidationError(field, `must be an object such as {"cache_read": 0.1}, or the same as text ("cache_read=0.1"), with kinds among ${TOKEN_KINDS.join(', ')}`);
   const weights: TokenWeights = {};
   for (const [kind, weight] of Object.entries(value)) {
     if (!TOKEN_KINDS.includes(kind as TokenKind)) throw new ValidationError(field, `${kind} is not a token kind (${TOKEN_KINDS.join(', ')})`);
@@ -93,9 +93,23 @@ export function weightsResolver(defaults: TokenWeights): (own: string | null) =>
   };
 }
 
-/** The largest weight: a reservation is scaled by it, so that a request within its estimate stays within its reservation. */
+/** The largest weight. */
 export function heaviest(weights: ResolvedWeights): number {
   return Math.max(...TOKEN_KINDS.map((kind) => weights[kind]));
+}
+
+/** `tokens` of whichever kind weighs most: the most they can be charged, rounded up, exactly. */
+export function atHeaviest(tokens: number, weights: ResolvedWeights): number {
+  const most = heaviest(weights);
+  return weigh(asInput(tokens), { input: most, output: most, cache_creation: most, cache_read: most });
+}
+
+/**
+ * What a request reserves: its estimate, scaled by the largest weight when that is above 1, so that
+ * a request within its estimate stays within its reservation whatever kinds of tokens it uses.
+ */
+export function reservationFor(estimate: number, weights: ResolvedWeights): number {
+  return heaviest(weights) > 1 ? atHeaviest(estimate, weights) : estimate;
 }
 
 /** Usage without a split (a total, a header, an estimate) counts as input. */
@@ -107,7 +121,7 @@ export function asInput(tokens: number): TokenParts {
  * The charge of `parts` under `weights`: the weighted sum, rounded up. Exact: weights are whole
  * millionths, so the sum is computed in integers (BigInt, past the safe range).
  */
-export function weigh(parts: TokenParts, weights: ResolvedWeights): number {
+export function weigh(parts: TokenParts, weights: Readonly<Record<TokenKind, number>>): number {
   if (weights === UNIT_WEIGHTS) return parts.input + parts.output + parts.cache_creation + parts.cache_read;
   let millionths = 0n;
   for (const kind of TOKEN_KINDS) millionths += BigInt(parts[kind]) * BigInt(Math.round(weights[kind] * SCALE));

@@ -102,17 +102,24 @@ describe('admin API', () => {
     expect(record.weights).toEqual({ cache_read: 0.1 });
     expect(await (await weighing.admin('GET', `/admin/keys/${record.id}`)).json()).toMatchObject({ weights: { cache_read: 0.1 } });
 
-    // The upstream reports 40 tokens without a split: input, so TOKEN_WEIGHTS's input=0.5 halves them.
-    const patched = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights: 'output=3' });
-    expect(await patched.json()).toMatchObject({ weights: { output: 3 } });
-    const answer = await fetch(`${weighing.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${record.key}` }, body: '{}' });
-    expect(answer.status).toBe(200);
-    await answer.text();
+    // The upstream reports 40 tokens without a split, which count as input: the key's own
+    // input=0.25 charges 10 of them, over TOKEN_WEIGHTS's input=0.5.
+    const patched = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights: 'input=0.25,output=3' });
+    expect(await patched.json()).toMatchObject({ weights: { input: 0.25, output: 3 } });
     const charged = async (): Promise<number> => ((await (await weighing.admin('GET', `/admin/keys/${record.id}`)).json()) as { total_lifetime_tokens: number }).total_lifetime_tokens;
-    await expect.poll(charged).toBe(20);
+    const send = async (): Promise<void> => {
+      const answer = await fetch(`${weighing.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${record.key}` }, body: '{}' });
+      expect(answer.status).toBe(200);
+      await answer.text();
+    };
+    await send();
+    await expect.poll(charged).toBe(10);
 
     const cleared = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights: null });
     expect(await cleared.json()).toMatchObject({ weights: null });
+    // TOKEN_WEIGHTS alone now: 20 more.
+    await send();
+    await expect.poll(charged).toBe(30);
     for (const weights of [{ cache_read: 0 }, { cache: 1 }, 'input=-1', [0.1], { output: '2' }]) {
       const refused = await weighing.admin('PATCH', `/admin/keys/${record.id}`, { weights });
       expect(refused.status).toBe(400);

@@ -84,6 +84,15 @@ describe.each(backends)('token weights on %s', (_name, open) => {
     expect((await gate.settled(record.id, 1)).totalLifetimeTokens).toBe(1_203 + 2 * 317 + 2_000 + 16_667);
   });
 
+  it('reserves the estimate times the heaviest weight, so that heavy tokens cannot overshoot the limit', async () => {
+    const { key } = await newKey('output=2');
+    const body = JSON.stringify({ model: 'claude', max_tokens: 1_000, messages: [{ role: 'user', content: 'go on' }] });
+    const answer = await fetch(`${gate.url}/v1/messages`, { method: 'POST', headers: { 'x-api-key': key, 'content-type': 'application/json' }, body });
+    await answer.text();
+    const estimate = Math.ceil(Buffer.byteLength(body) / 4) + 1_000;
+    expect(Number(answer.headers.get('x-ratelimit-remaining-tokens'))).toBe(1_000_000 - 2 * estimate);
+  });
+
   it('weighs the cached prompt tokens OpenAI counts inside its prompt', async () => {
     const { key, record } = await newKey();
     const openai = new OpenAI({ apiKey: key, baseURL: `${gate.url}/v1`, maxRetries: 0 });

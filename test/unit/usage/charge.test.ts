@@ -1,7 +1,7 @@
 // Tests of how readings, aborts and estimates combine into what a response is charged.
 import { describe, expect, it } from 'vitest';
 import { chargeFor, type ChargeInput } from '../../../src/usage/charge.js';
-import { UNIT_WEIGHTS } from '../../../src/usage/weights.js';
+import { reservationFor, resolveWeights, UNIT_WEIGHTS } from '../../../src/usage/weights.js';
 
 const base: ChargeInput = {
   status: 200,
@@ -53,5 +53,46 @@ describe('chargeFor', () => {
   it('charges nothing for a failed response unless told to', () => {
     expect(charge({ status: 500, readings: [{ tokens: 5 }] })).toEqual({ tokens: 0, source: 'none' });
     expect(charge({ status: 500, chargeFailedResponses: true, readings: [{ tokens: 5 }] })).toEqual({ tokens: 5, source: 'reported' });
+  });
+});
+
+describe('chargeFor, weighted', () => {
+  const weights = resolveWeights({ output: 5, cache_read: 0.1 }, undefined);
+  const split = (input: number, output: number, cacheRead = 0) => ({ tokens: input + output + cacheRead, parts: { input, output, cache_creation: 0, cache_read: cacheRead } });
+
+  it('weighs each kind of a reported count, rounding the sum up once', () => {
+    expect(charge({ weights, readings: [split(1_000, 100, 50_000)] })).toEqual({ tokens: 1_000 + 500 + 5_000, source: 'reported' });
+    // Two cache reads of 0.5 each: one token, not two rounded separately.
+    const halves = resolveWeights({ cache_read: 0.5 }, undefined);
+    expect(charge({ weights: halves, readings: [split(0, 0, 2)] }).tokens).toBe(1);
+    expect(charge({ weights: halves, readings: [split(0, 0, 3)] }).tokens).toBe(2);
+  });
+
+  it('weighs a count without a split as input, and one whose split did not add up at the heaviest weight', () => {
+    expect(charge({ weights, readings: [{ tokens: 100 }] }).tokens).toBe(100);
+    expect(charge({ weights, readings: [{ tokens: 100, unsplit: true }] }).tokens).toBe(500);
+  });
+
+  it('weighs the estimate of a body without usage: the prompt as input, the response as output', () => {
+    // 400 request bytes are 100 input tokens; the other 1 000 of the (400 + 4 000) / 4 are output.
+    expect(charge({ weights, readings: [] })).toMatchObject({ tokens: 100 + 5 * 1_000, source: 'estimated' });
+  });
+
+  it('charges a stream cut short the larger of its weighted report and its weighted estimate', () => {
+    const cut = { weights, aborted: true, generatedText: 4_000, deliveredShare: 1 };
+    // Reported so far: 13 000 input and 1 output (Anthropic's message_start), 13 005 weighted;
+    // the estimate, 100 input + 1 000 output received, is 5 100: the report wins.
+    expect(charge({ ...cut, readings: [{ ...split(13_000, 1), partial: true }] })).toEqual({ tokens: 13_005, source: 'reported' });
+    // With 100 input reported, the output received weighs more.
+    expect(charge({ ...cut, readings: [{ ...split(100, 1), partial: true }] })).toEqual({ tokens: 100 + 5 * 1_000, source: 'estimated' });
+  });
+});
+
+describe('reservationFor', () => {
+  it('scales the estimate by the heaviest weight above 1, exactly, and never down', () => {
+    expect(reservationFor(100, resolveWeights({ input: 1.1 }, undefined))).toBe(110);
+    expect(reservationFor(101, resolveWeights({ cache_creation: 1.25 }, undefined))).toBe(127);
+    expect(reservationFor(100, resolveWeights({ input: 0.5, output: 0.5, cache_creation: 0.5, cache_read: 0.1 }, undefined))).toBe(100);
+    expect(reservationFor(100, UNIT_WEIGHTS)).toBe(100);
   });
 });

@@ -1,6 +1,7 @@
 // Tests of token weights: parsing, resolving over defaults, and exact weighted charges.
 import { describe, expect, it } from 'vitest';
 import { ValidationError } from '../../../src/errors.js';
+import { SseUsageReader } from '../../../src/usage/sse.js';
 import { tokensFromUsage } from '../../../src/usage/tokens.js';
 import { asInput, checkWeights, formatWeights, heaviest, parseWeights, resolveWeights, UNIT_WEIGHTS, weigh, weightsResolver } from '../../../src/usage/weights.js';
 
@@ -89,9 +90,21 @@ describe('tokensFromUsage, split by kind', () => {
     expect(tokensFromUsage(usage)).toEqual({ tokens: 950, parts: { input: 300, output: 50, cache_creation: 0, cache_read: 600 } });
   });
 
-  it('counts a total alone, or one its parts do not fit, as input', () => {
+  it('counts a total alone as input, and marks one whose parts do not fit or are not counts as unsplit', () => {
     expect(tokensFromUsage({ total_tokens: 42 })).toEqual({ tokens: 42, parts: asInput(42) });
-    expect(tokensFromUsage({ total_tokens: 10, completion_tokens: 30 })).toEqual({ tokens: 10, parts: asInput(10) });
+    expect(tokensFromUsage({ total_tokens: 10, completion_tokens: 30 })).toEqual({ tokens: 10, unsplit: true });
+    expect(tokensFromUsage({ total_tokens: 100, completion_tokens: '90' })).toEqual({ tokens: 100, unsplit: true });
+  });
+
+  it('splits the usage of OpenAI chat and Responses API streams', () => {
+    const chat = new SseUsageReader();
+    const usage = { prompt_tokens: 900, completion_tokens: 20, total_tokens: 920, prompt_tokens_details: { cached_tokens: 800 } };
+    chat.push(Buffer.from(`data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\ndata: ${JSON.stringify({ choices: [], usage })}\n\ndata: [DONE]\n\n`));
+    expect(chat.result()).toEqual({ tokens: 920, parts: { input: 100, output: 20, cache_creation: 0, cache_read: 800 } });
+    const responses = new SseUsageReader();
+    const completed = { type: 'response.completed', response: { usage: { input_tokens: 700, input_tokens_details: { cached_tokens: 600 }, output_tokens: 9, total_tokens: 709 } } };
+    responses.push(Buffer.from(`event: response.completed\ndata: ${JSON.stringify(completed)}\n\n`));
+    expect(responses.result()).toEqual({ tokens: 709, parts: { input: 100, output: 9, cache_creation: 0, cache_read: 600 } });
   });
 
   it('charges cached tokens that are not a count as input, never less', () => {
