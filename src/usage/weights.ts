@@ -109,7 +109,7 @@ export function atHeaviest(tokens: number, weights: ResolvedWeights): number {
  * a request within its estimate stays within its reservation whatever kinds of tokens it uses.
  */
 export function reservationFor(estimate: number, weights: ResolvedWeights): number {
-  return heaviest(weights) > 1 ? atHeaviest(estimate, weights) : estimate;
+  return weights !== UNIT_WEIGHTS && heaviest(weights) > 1 ? atHeaviest(estimate, weights) : estimate;
 }
 
 /** Usage without a split (a total, a header, an estimate) counts as input. */
