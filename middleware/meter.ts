@@ -173,14 +173,12 @@ async function readCharge(
   body: BodySeen,
   ending: Ending,
 ): Promise<Reckoning> {
+  // What getUsage and the usage header say come first: with one of them, the body's reading does not matter.
+  const declared = [customReading(req, res, config), usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader)];
   const seen = body.tap ? await body.tap.finish() : { bytes: 0, reading: undefined, malformedEvents: 0, generatedText: undefined, failure: undefined };
   const failure = body.failure ?? seen.failure;
-  if (failure) throw failure.error;
-  const readings: (UsageReading | undefined)[] = [
-    customReading(req, res, config),
-    usageFromHeader(res.getHeader(config.usageHeader), config.usageHeader),
-    seen.reading,
-  ];
+  if (failure && !declared.some(isWhole)) throw failure.error;
+  const readings: (UsageReading | undefined)[] = [...declared, failure ? undefined : seen.reading];
   const charge = chargeFor({
     status: res.statusCode,
     ...ending,
@@ -222,6 +220,8 @@ async function recordUsage(charging: Promise<Reckoning>, config: GateConfig, res
     config.metrics?.reservedTokens.dec(reservation.tokens);
   }
 }
+
+const isWhole = (reading: UsageReading | undefined): boolean => reading !== undefined && 'tokens' in reading && !reading.partial;
 
 function customReading(req: Request, res: Response, config: GateConfig): UsageReading | undefined {
   if (!config.getUsage) return undefined;

@@ -291,6 +291,20 @@ describe('a failure reading a metered response', () => {
     ]);
   });
 
+  it('charges the count of the usage header all the same: the body it failed to read does not matter then', async () => {
+    vi.spyOn(UsageTap.prototype, 'push').mockImplementationOnce(() => {
+      throw new Error('a bug in the tap');
+    });
+    const json = usageBody(33);
+    const { text, tokens } = await gated(gate, (_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.setHeader('x-tokengate-usage', '77');
+      res.end(json);
+    });
+    expect(text).toBe(json);
+    expect(tokens).toBe(77);
+  });
+
   it('of a compressed body, thrown where the body is decompressed, brings nothing down and charges what was reserved', async () => {
     vi.spyOn(JsonUsageReader.prototype, 'push').mockImplementation(() => {
       throw new Error('a bug in the reader');
