@@ -1,11 +1,12 @@
 // Token weights through the gate: cache reads charged at a tenth, exactly, in JSON and SSE, on SQLite and PostgreSQL.
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import postgres from 'postgres';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
 import type { Storage } from '../../src/storage/types.js';
 import { quietLogger, startGate, tempDbPath, tempDir, type Gate } from '../helpers/gate.js';
-import { freshDatabase } from '../helpers/postgres.js';
+import { freshDatabase, startPostgres } from '../helpers/postgres.js';
 import { startUpstream, type Respond, type Upstream } from '../helpers/upstream.js';
 
 /** A coding agent's turn: a long cached prompt, a little new input and output. */
@@ -99,4 +100,35 @@ describe.each(backends)('token weights on %s', (_name, open) => {
     await openai.chat.completions.create({ model: 'gpt', messages: [{ role: 'user', content: 'go on' }] });
     expect((await gate.settled(record.id, 1)).totalLifetimeTokens).toBe(10 + 100 + 3_999);
   });
+});
+
+describe('token weights while PostgreSQL is down', () => {
+  it("charges a key's own weights from the fallback's snapshot, and the replay records exactly that", async () => {
+    const pg = await startPostgres();
+    onTestFinished(() => pg.close());
+    // No key cache: while the database is down, the key (and its weights) comes from the fallback's snapshot.
+    const storage = await createStorage({ databaseUrl: pg.url, fallbackDir: tempDir(), fallbackTimeoutMs: 500, keyCacheTtlMs: 0, logger: quietLogger() });
+    const upstream = await startUpstream(anthropicAnswer);
+    onTestFinished(() => upstream.close());
+    const gate = await startGate(upstream, { weights: 'cache_read=0.1' }, storage);
+    onTestFinished(() => gate.close());
+    const { key, record } = await storage.createKey({ name: 'agent', tokenLimit: 1_000_000, expiresAt: gate.clock.now() + 86_400_000, tokenWeights: 'output=2' }, gate.clock.now());
+    const anthropic = new Anthropic({ apiKey: key, baseURL: gate.url, maxRetries: 0 });
+    const ask = () => anthropic.messages.create({ model: 'claude', max_tokens: 400, messages: [{ role: 'user', content: 'go on' }] });
+    const charge = CHARGED + USAGE.output_tokens; // output weighs 2 for this key
+
+    await ask();
+    expect((await gate.settled(record.id, 1)).totalLifetimeTokens).toBe(charge);
+    await pg.stop();
+    await ask();
+    expect((await gate.settled(record.id, 2)).totalLifetimeTokens).toBe(2 * charge);
+    expect(storage.health().mode).toBe('fallback');
+    await expect.poll(() => storage.health().journalPendingRecords).toBe(1);
+    await pg.start();
+    await expect.poll(() => storage.health(), { timeout: 20_000, interval: 100 }).toMatchObject({ mode: 'primary', journalPendingRecords: 0 });
+    const database = postgres(pg.url, { max: 1, onnotice: () => undefined });
+    onTestFinished(() => database.end());
+    const [row] = await database<{ total: string }[]>`select total_lifetime_tokens as total from api_keys where id = ${record.id}`;
+    expect(Number(row?.total)).toBe(2 * charge);
+  }, 60_000);
 });
