@@ -126,7 +126,7 @@ const sidecarShape = {
   INCLUDE_STREAM_USAGE: flag(),
   ALLOW_QUERY_KEY: flag(),
   SHUTDOWN_TIMEOUT_MS: integer(0, 2_147_483_647, 30_000),
-  /** Parsed where it is used (src/usage/weights.ts). */
+  /** Token weights; parsed by the sidecar's config (src/sidecar/config.ts), where their rules live. */
   TOKEN_WEIGHTS: text(),
 };
 
