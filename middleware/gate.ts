@@ -4,14 +4,16 @@ import { digestKey } from '../src/keys/secret.js';
 import { remainingTokens } from '../src/quota/admission.js';
 import { msUntilLeaves, toSeconds } from '../src/quota/window.js';
 import { windowStart } from '../src/keys/view.js';
-import type { KeyRecord } from '../src/storage/types.js';
+import type { KeyRecord, Limit, WindowUsage } from '../src/types.js';
 import { BodyMemory, BodyMemoryError, BodyTimeoutError, BodyTooLargeError, declaredTooLarge, readRequestBody, type BodyRules, type RequestBody } from './body.js';
 import { closeUnfinishedUpload } from '../src/http/request-body.js';
 import { estimateRequestTokens } from '../src/usage/estimate.js';
 import { newRecordId } from '../src/usage/record-id.js';
 import { reservationFor } from '../src/usage/weights.js';
 import { checkKey, extractKey, type KeyLookup } from './extract-key.js';
-import { setQuotaHeaders } from './headers.js';
+import { setLimitHeaders, setQuotaHeaders } from './headers.js';
+import { applicableLimits, leastRemaining, type LimitQuota } from '../src/quota/limits.js';
+import { limitsOf } from '../src/keys/limits.js';
 import { installMeter, meterResponse } from './meter.js';
 import { resolveOptions, type GateConfig, type TokenGateOptions } from './options.js';
 import { rejections, setRetryHeaders, type Rejection } from './reject.js';
@@ -55,6 +57,35 @@ function estimateFor(req: Request, body: RequestBody, config: GateConfig): numbe
   if (typeof estimate === 'number' && Number.isFinite(estimate) && estimate >= 0) return Math.max(1, Math.ceil(estimate));
   config.logger.warn({ estimate: String(estimate) }, 'the estimate option returned no usable number; using the default estimate');
   return estimateRequestTokens(body.bytes, body.json);
+}
+
+/**
+ * The key's limits that apply to the request: those scoped to models match `pinned` (the key's
+ * model, when it goes upstream in place of the request's), else the body's JSON `model`. When no
+ * model can be read (a body not JSON, compressed, without one), every limit applies: a client
+ * cannot step around a scoped limit by hiding the model from the gate.
+ */
+function limitsFor(key: KeyRecord, windowMs: number, pinned: string | null, json: unknown): readonly Limit[] {
+  const limits = limitsOf(key, windowMs);
+  const written = typeof json === 'object' && json !== null ? (json as { model?: unknown }).model : undefined;
+  const model = pinned ?? (typeof written === 'string' ? written : undefined);
+  return model === undefined ? limits : applicableLimits(limits, model);
+}
+
+interface Shown extends LimitQuota {
+  window: WindowUsage;
+  windowEndsAt: number;
+}
+
+/** Where one limit stands for the headers and the 429 body. */
+function quotaOf(window: WindowUsage, tokens: number, windowMs: number, now: number, limit?: Limit): Shown {
+  return {
+    limit: limit ?? { name: '5h', tokens, windowMs },
+    window,
+    remaining: remainingTokens({ limit: tokens, used: window.used, reserved: window.reserved }),
+    resetSeconds: toSeconds(msUntilLeaves(window.oldestBucketStart, now, windowMs)),
+    windowEndsAt: windowStart(window, now) + windowMs,
+  };
 }
 
 /** The key a request carries, by the configured means. */
@@ -104,9 +135,11 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   const { windowMs } = config;
   const weights = config.weightsOf(key.tokenWeights);
   const estimate = reservationFor(estimateFor(req, body, config), weights);
+  // A key with limits of its own is admitted on those that apply to the request's model.
   let admission;
   try {
-    const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: newRecordId(), now, windowMs };
+    const limits = key.limits == null ? undefined : limitsFor(key, windowMs, config.keyModelWins ? key.model : null, body.json);
+    const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: newRecordId(), now, windowMs, ...(limits ? { limits } : {}) };
     admission = await storageCall(config, 'admit', () => config.storage.admit(request));
   } catch (error) {
     config.logger.error({ err: error, keyId: key.id }, 'admission failed');
@@ -121,13 +154,16 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
     return;
   }
   const { window } = admission;
-  const remaining = remainingTokens({ limit: key.tokenLimit, ...window });
-  setQuotaHeaders(res, { limit: key.tokenLimit, remaining, resetSeconds: toSeconds(msUntilLeaves(window.oldestBucketStart, now, windowMs)), windowMs });
-  const windowEndsAt = windowStart(window, now) + windowMs;
+  // The window the single-valued figures describe: the key's one limit, or the one with least remaining (or that refused).
+  const quotas = admission.limits?.map((seen) => quotaOf(seen, seen.limit.tokens, seen.limit.windowMs, now, seen.limit));
+  const shown: Shown = quotas ? (admission.admitted ? leastRemaining(quotas)! : quotas.find((quota) => quota.limit.name === admission.refusedBy)!) : quotaOf(window, key.tokenLimit, windowMs, now);
+  if (quotas) setLimitHeaders(res, quotas);
+  else setQuotaHeaders(res, { limit: key.tokenLimit, remaining: shown.remaining, resetSeconds: shown.resetSeconds, windowMs });
+  const { remaining, windowEndsAt } = shown;
 
   if (!admission.admitted) {
     const retryAfter = Math.max(1, toSeconds(admission.retryAfterMs));
-    return reject(rejections.rateLimited(window.used, key.tokenLimit, windowEndsAt, retryAfter), 'rate_limited', key.id);
+    return reject(rejections.rateLimited(shown.window.used, shown.limit.tokens, windowEndsAt, retryAfter, quotas ? shown.limit.name : undefined), 'rate_limited', key.id);
   }
   metrics?.countRequest('admitted', key.id);
   metrics?.reservedTokens.inc(admission.reservation.tokens);

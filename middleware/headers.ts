@@ -1,5 +1,6 @@
 // The quota headers of every gated response: IETF RateLimit / RateLimit-Policy and OpenAI's x-ratelimit-*.
 import type { Response } from 'express';
+import { leastRemaining, policyHeader, rateLimitHeader, type LimitQuota } from '../src/quota/limits.js';
 
 export interface Quota {
   limit: number;
@@ -16,6 +17,16 @@ export function setQuotaHeaders(res: Response, quota: Quota): void {
   res.setHeader('x-ratelimit-limit-tokens', String(quota.limit));
   res.setHeader('x-ratelimit-remaining-tokens', String(quota.remaining));
   res.setHeader('x-ratelimit-reset-tokens', formatDuration(quota.resetSeconds));
+}
+
+/** Where each limit that applies stands, when a key has several: both RateLimit lists, and x-ratelimit-* of the one with least remaining. */
+export function setLimitHeaders(res: Response, quotas: readonly LimitQuota[]): void {
+  res.setHeader('RateLimit-Policy', policyHeader(quotas.map((quota) => quota.limit)));
+  res.setHeader('RateLimit', rateLimitHeader(quotas));
+  const least = leastRemaining(quotas)!;
+  res.setHeader('x-ratelimit-limit-tokens', String(least.limit.tokens));
+  res.setHeader('x-ratelimit-remaining-tokens', String(least.remaining));
+  res.setHeader('x-ratelimit-reset-tokens', formatDuration(least.resetSeconds));
 }
 
 /** `tokens-5h` for the default window; the window's length in the largest whole unit otherwise. */

@@ -65,6 +65,12 @@ export interface TokenGateOptions {
    * above 1 scales the reservation too. Default: every kind weighs 1, the exact count.
    */
   weights?: TokenWeights | string;
+  /**
+   * The upstream gets the key's model in place of the request's, when the key has one (what the
+   * sidecar's OVERRIDE_MODEL does, or your own handler): limits scoped to models then match the
+   * key's model. Default: false, they match the request body's `model`.
+   */
+  keyModelWins?: boolean;
   /** The clock, in milliseconds since the epoch. Default: Date.now. */
   now?: () => number;
   /** Where warnings (unreadable upstream usage) and errors go; any pino logger. Default: JSON on stdout. */
@@ -133,6 +139,7 @@ export function resolveOptions(options: TokenGateOptions): GateConfig {
     estimate: options.estimate ?? ((_req, body) => estimateRequestTokens(body.bytes, body.json)),
     usageHeader: (options.usageHeader ?? 'x-tokengate-usage').toLowerCase(),
     chargeFailedResponses: options.chargeFailedResponses ?? false,
+    keyModelWins: options.keyModelWins ?? false,
     now: options.now ?? Date.now,
     logger: options.logger ?? defaultLogger(),
   };

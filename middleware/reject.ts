@@ -52,12 +52,13 @@ export const rejections = {
     code: 'key_expired',
     message: `This API key expired at ${new Date(expiredAt).toISOString()}.`,
   }),
-  rateLimited: (used: number, limit: number, windowEndsAt: number, retryAfter: number): Rejection => ({
+  /** `name`: the limit that refused, when the key has several. */
+  rateLimited: (used: number, limit: number, windowEndsAt: number, retryAfter: number, name?: string): Rejection => ({
     status: 429,
     type: 'rate_limit_exceeded',
     code: 'rate_limit_exceeded',
-    message: `Token limit of ${limit} per window reached; retry in ${retryAfter}s.`,
-    details: { tokens_used: used, tokens_limit: limit, window_ends_at: new Date(windowEndsAt).toISOString() },
+    message: name === undefined ? `Token limit of ${limit} per window reached; retry in ${retryAfter}s.` : `Token limit "${name}" of ${limit} reached; retry in ${retryAfter}s.`,
+    details: { tokens_used: used, tokens_limit: limit, window_ends_at: new Date(windowEndsAt).toISOString(), ...(name === undefined ? {} : { limit: name }) },
     retryAfter,
   }),
   unavailable: (): Rejection => ({

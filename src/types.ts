@@ -1,6 +1,15 @@
 // Types every floor uses: key and usage records, admission, store health, the logger.
 import type { Logger as PinoLogger } from 'pino';
 
+/** One limit of a key: `tokens` per rolling `windowMs`, for every request or only those whose model matches `models`. */
+export interface Limit {
+  name: string;
+  tokens: number;
+  windowMs: number;
+  /** Glob patterns (`glm-4.7*`); absent, the limit applies to every request. */
+  models?: string[];
+}
+
 /** A key as stored; times are milliseconds since the epoch. The plaintext key is not part of it. */
 export interface KeyRecord {
   id: string;
@@ -15,6 +24,8 @@ export interface KeyRecord {
   totalRequests: number;
   /** What each kind of token is charged, over the gate's defaults (`cache_read=0.1`); null: the defaults. */
   tokenWeights: string | null;
+  /** The key's limits as canonical JSON (see src/quota/limits.ts); null: one limit, `5h`, of `tokenLimit` over the gate's window. */
+  limits: string | null;
 }
 
 export interface CreatedKey {
@@ -35,6 +46,11 @@ export interface WindowUsage {
 
 export interface AdmitRequest {
   keyId: string;
+  /**
+   * The key's limits that apply to this request, each with its own window; absent, the one limit
+   * of `tokenLimit` over `windowMs`, whose usage goes in minute buckets named `5h`.
+   */
+  limits?: readonly Limit[];
   tokenLimit: number;
   /** Tokens this request is expected to use. */
   estimate: number;
@@ -44,16 +60,32 @@ export interface AdmitRequest {
   windowMs: number;
 }
 
-export interface Reservation {
-  id: string;
-  keyId: string;
+/** What a request holds against one of several limits. */
+export interface Meter {
+  limit: string;
+  windowMs: number;
   tokens: number;
   partial: boolean;
 }
 
+export interface Reservation {
+  id: string;
+  keyId: string;
+  /** The most held against any one limit. */
+  tokens: number;
+  partial: boolean;
+  /** Against each limit that applies, when the request was admitted on several (AdmitRequest.limits). */
+  meters?: readonly Meter[];
+}
+
+/** One limit's window as an admission saw it, when several apply. */
+export interface LimitWindow extends WindowUsage {
+  limit: Limit;
+}
+
 export type Admission =
-  | { admitted: true; reservation: Reservation; window: WindowUsage }
-  | { admitted: false; window: WindowUsage; retryAfterMs: number };
+  | { admitted: true; reservation: Reservation; window: WindowUsage; limits?: readonly LimitWindow[] }
+  | { admitted: false; window: WindowUsage; retryAfterMs: number; limits?: readonly LimitWindow[]; refusedBy?: string };
 
 /** What a finished request used; `id` makes applying it twice a no-op. */
 export interface UsageRecord {
@@ -62,6 +94,11 @@ export interface UsageRecord {
   tokens: number;
   /** When the usage happened; decides its bucket. */
   at: number;
+  /**
+   * The buckets it counts in, `[limit, bucket start]`, one per limit that applied; absent, the
+   * minute bucket of `at` of the `5h` limit (every record before keys had several limits).
+   */
+  buckets?: readonly (readonly [string, number])[];
 }
 
 /**

@@ -4,12 +4,15 @@ import { ConflictError, NotFoundError, ValidationError } from '../errors.js';
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView, type KeyView } from '../keys/view.js';
 import type { KeyRecord } from '../storage/types.js';
-import { formatWeights } from '../usage/weights.js';
+import { formatWeights, type TokenWeights } from '../usage/weights.js';
+import { checkLimitSet, formatLimit, parseLimitSpec, type Limit, type LimitView } from '../quota/limits.js';
+import { FIVE_HOURS } from '../keys/limits.js';
+import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { UsageError, note, printJson, printLine, printable, storeName, withStorage } from './shared.js';
 
 interface CreateOptions {
   name: string;
-  limit: string;
+  limit: string[];
   expires: string;
   model?: string;
   weights?: string;
@@ -19,7 +22,7 @@ interface CreateOptions {
 
 interface UpdateOptions {
   name?: string;
-  limit?: string;
+  limit: string[];
   expires?: string;
   model?: string;
   weights?: string;
@@ -38,16 +41,17 @@ export function keysCommand(): Command {
     .command('create')
     .description('create a key; prints the plaintext key alone on stdout, once')
     .requiredOption('--name <name>', 'who or what the key is for')
-    .requiredOption('--limit <tokens>', 'tokens allowed per rolling 5-hour window (a positive integer)')
+    .option('--limit <limit>', LIMIT_HELP, collect, [])
     .requiredOption('--expires <date>', 'expiry in the future, an ISO 8601 date (midnight UTC) or date-time with a time zone (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)')
     .option('--model <model>', 'model label recorded with the key')
     .option('--weights <weights>', "what each kind of token is charged, over the gate's TOKEN_WEIGHTS (e.g. cache_read=0.1,cache_creation=1.25)")
     .option('--key <key>', 'use this plaintext key (e.g. one being migrated) instead of a random one')
     .option('--json', 'print the key record with the plaintext key as one JSON object')
     .action(async (options: CreateOptions) => {
+      if (options.limit.length === 0) throw new UsageError("required option '--limit <limit>' not specified");
       const input: NewKey = {
         name: options.name,
-        tokenLimit: parseLimit(options.limit),
+        ...limitOptions(options.limit),
         expiresAt: parseDate(options.expires, '--expires'),
         model: options.model === undefined || options.model === '' ? null : options.model,
         tokenWeights: options.weights ?? null,
@@ -62,7 +66,7 @@ export function keysCommand(): Command {
       if (options.json) printJson({ ...view, key, store: storeName() });
       else printLine(key);
       note(
-        `Created ${view.id} "${printable(view.name)}" (${view.key}) in ${storeName()}: ${view.token_limit_per_5h} tokens per 5h, ` +
+        `Created ${view.id} "${printable(view.name)}" (${view.key}) in ${storeName()}: limits ${limitsText(view.limits)}, ` +
           `expires ${view.expiry_date}${view.model === null ? '' : `, model ${printable(view.model)}`}; ` +
           'store it now, it is not shown again',
       );
@@ -98,7 +102,7 @@ export function keysCommand(): Command {
     .description('change a key; give at least one option')
     .argument('<id>', 'key id (key_…)')
     .option('--name <name>', 'new name')
-    .option('--limit <tokens>', 'new tokens per rolling 5-hour window (a positive integer)')
+    .option('--limit <limit>', `new limits, replacing the key's (${LIMIT_HELP}); a plain number alone changes the 5h limit only`, collect, [])
     .option('--expires <date>', 'new expiry, an ISO 8601 date or date-time')
     .option('--model <model>', "new model label; --model '' clears it")
     .option('--weights <weights>', "new token weights (e.g. cache_read=0.1); --weights '' clears them (the gate's TOKEN_WEIGHTS apply)")
@@ -106,7 +110,7 @@ export function keysCommand(): Command {
     .action(async (id: string, options: UpdateOptions) => {
       const patch: KeyPatch = {};
       if (options.name !== undefined) patch.name = options.name;
-      if (options.limit !== undefined) patch.tokenLimit = parseLimit(options.limit);
+      if (options.limit.length > 0) Object.assign(patch, limitOptions(options.limit));
       if (options.expires !== undefined) patch.expiresAt = parseDate(options.expires, '--expires');
       if (options.model !== undefined) patch.model = options.model === '' ? null : options.model;
       if (options.weights !== undefined) patch.tokenWeights = options.weights;
@@ -127,6 +131,20 @@ export function keysCommand(): Command {
     });
 
   return keys;
+}
+
+const LIMIT_HELP = 'tokens per rolling 5-hour window (200000), or a limit such as 5h=200000, 7d=2000000, glm:5h=50000@glm-4.7* (repeat for several)';
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+/**
+ * The --limit options as a key's limits: one plain number is token_limit_per_5h; anything else
+ * (several, or a window=tokens form) are the key's limits, a plain number among them its `5h` one.
+ */
+function limitOptions(values: string[]): { tokenLimit: number } | { limits: Limit[] } {
+  if (values.length === 1 && /^\d+$/.test(values[0]!)) return { tokenLimit: parseLimit(values[0]!) };
+  const limits = values.map((value) => (/^\d+$/.test(value) ? { name: FIVE_HOURS, tokens: parseLimit(value), windowMs: DEFAULT_WINDOW_MS } : parseLimitSpec(value, '--limit')));
+  return { limits: checkLimitSet(limits, '--limit') };
 }
 
 /** `--limit`: digits only, making a positive safe integer. */
@@ -168,7 +186,12 @@ function printKey(record: KeyRecord, json: boolean | undefined): void {
   note(`store: ${storeName()}`);
   const entries = Object.entries(view);
   const width = Math.max(...entries.map(([label]) => label.length)) + 1;
-  for (const [label, value] of entries) printLine(`${`${label}:`.padEnd(width)} ${display(typeof value === 'object' && value !== null ? formatWeights(value) : value)}`);
+  for (const [label, value] of entries) printLine(`${`${label}:`.padEnd(width)} ${display(label === 'limits' ? limitsText(view.limits) : typeof value === 'object' && value !== null ? formatWeights(value as TokenWeights) : (value as string | number | null))}`);
+}
+
+/** Limits as --limit takes them: `5h=200000 7d=2000000`. */
+function limitsText(limits: readonly LimitView[]): string {
+  return limits.map((view) => formatLimit({ name: view.name, tokens: view.tokens, windowMs: view.window_seconds * 1000, ...(view.models ? { models: view.models } : {}) })).join(' ');
 }
 
 function display(value: string | number | null): string {
@@ -191,7 +214,7 @@ function printTable(views: KeyView[], now: number): void {
     { title: 'KEY', cell: (v) => v.key },
     { title: 'NAME', cell: (v) => display(v.name) },
     { title: 'MODEL', cell: (v) => display(v.model) },
-    { title: 'LIMIT/5H', right: true, cell: (v) => String(v.token_limit_per_5h) },
+    { title: 'LIMITS', cell: (v) => limitsText(v.limits) },
     { title: 'EXPIRES', cell: (v) => (Date.parse(v.expiry_date) <= now ? `${v.expiry_date} (expired)` : v.expiry_date) },
     { title: 'LIFETIME TOKENS', right: true, cell: (v) => String(v.total_lifetime_tokens) },
     { title: 'REQUESTS', right: true, cell: (v) => String(v.total_requests) },

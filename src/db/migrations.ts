@@ -12,7 +12,7 @@ interface JournalEntry {
 }
 
 interface Snapshot {
-  tables: Record<string, { name: string; columns: Record<string, { name: string; type: string; notNull: boolean }> }>;
+  tables: Record<string, { name: string; columns: Record<string, { name: string; type: string; notNull: boolean; default?: unknown }> }>;
 }
 
 export function migrationsFolder(dialect: Dialect): string {
@@ -36,7 +36,17 @@ export function schemaTag(dialect: Dialect, applied: number): string {
  * drizzle-kit's snapshot of it. A migration that only adds or changes tables no backup carries
  * leaves backups compatible.
  */
-function columnLayout(dialect: Dialect, tag: string): Map<string, Map<string, string>> | undefined {
+/** A column's default as a restore fills it in: drizzle-kit writes a text default quoted (`'5h'`); other defaults are not filled. */
+function textDefault(value: unknown): string | undefined {
+  return typeof value === 'string' && /^'.*'$/s.test(value) ? value.slice(1, -1).replaceAll("''", "'") : undefined;
+}
+
+interface ColumnShape {
+  type: string;
+  default: string | undefined;
+}
+
+function columnLayout(dialect: Dialect, tag: string): Map<string, Map<string, ColumnShape>> | undefined {
   const entry = journal(dialect).find((candidate) => candidate.tag === tag);
   if (!entry) return undefined;
   const file = join(migrationsFolder(dialect), 'meta', `${String(entry.idx).padStart(4, '0')}_snapshot.json`);
@@ -44,14 +54,14 @@ function columnLayout(dialect: Dialect, tag: string): Map<string, Map<string, st
   return new Map(
     Object.values(tables)
       .filter(({ name }) => isBackedUp(name))
-      .map(({ name, columns }) => [name, new Map(Object.values(columns).map((c) => [c.name, `${c.type}${c.notNull ? ' not null' : ''}`]))]),
+      .map(({ name, columns }) => [name, new Map(Object.values(columns).map((c) => [c.name, { type: `${c.type}${c.notNull ? ' not null' : ''}`, default: textDefault(c.default) }]))]),
   );
 }
 
 /**
  * Whether rows written under schema `from` fit a store at schema `to`: the same tag, or tags this
  * version knows with the same backed-up tables, whose columns are the same but for nullable ones
- * `to` added (a restore leaves them null). Migrations that only add indexes, or tables no backup
+ * `to` added, or ones with a default (a restore fills those in). Migrations that only add indexes, or tables no backup
  * carries, keep backups restorable.
  */
 export function sameColumns(dialect: Dialect, from: string, to: string): boolean {
@@ -59,21 +69,26 @@ export function sameColumns(dialect: Dialect, from: string, to: string): boolean
 }
 
 /**
- * The nullable columns of each backed-up table that schema `to` (default: this version's latest)
- * has and `from` had not; undefined when rows of `from` do not fit `to` (see sameColumns).
+ * The columns of each backed-up table that schema `to` (default: this version's latest) has and
+ * `from` had not, with the value a row of `from` takes in them (null, or the column's text default);
+ * undefined when rows of `from` do not fit `to` (see sameColumns).
  */
-export function columnsAdded(dialect: Dialect, from: string, to: string = latestTag(dialect)): Map<string, Set<string>> | undefined {
+export function columnsAdded(dialect: Dialect, from: string, to: string = latestTag(dialect)): Map<string, Map<string, string | null>> | undefined {
   const before = columnLayout(dialect, from);
   const after = columnLayout(dialect, to);
   if (!before || !after || before.size !== after.size) return undefined;
-  const added = new Map<string, Set<string>>();
+  const added = new Map<string, Map<string, string | null>>();
   for (const [table, columns] of after) {
     const old = before.get(table);
     if (!old) return undefined;
-    for (const [name, type] of old) if (columns.get(name) !== type) return undefined;
-    const fresh = [...columns].filter(([name]) => !old.has(name));
-    if (fresh.some(([, type]) => type.endsWith(' not null'))) return undefined;
-    added.set(table, new Set(fresh.map(([name]) => name)));
+    for (const [name, shape] of old) if (columns.get(name)?.type !== shape.type) return undefined;
+    const fresh = new Map<string, string | null>();
+    for (const [name, shape] of columns) {
+      if (old.has(name)) continue;
+      if (shape.type.endsWith(' not null') && shape.default === undefined) return undefined;
+      fresh.set(name, shape.default ?? null);
+    }
+    added.set(table, fresh);
   }
   return added;
 }

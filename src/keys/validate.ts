@@ -3,14 +3,17 @@ import { z } from 'zod';
 import { ValidationError } from '../errors.js';
 import { keyProblem } from './secret.js';
 import { formatWeights, parseWeights } from '../usage/weights.js';
+import { checkLimitSet, type Limit } from '../quota/limits.js';
 
 export const MAX_NAME_LENGTH = 200;
 export const MAX_MODEL_LENGTH = 200;
 
 export interface NewKey {
   name: string;
-  /** Tokens allowed per rolling window. */
-  tokenLimit: number;
+  /** Tokens allowed per rolling window: the `5h` limit. Needed unless `limits` are given. */
+  tokenLimit?: number;
+  /** Several limits (a `5h` and a `7d`, model-scoped ones); absent or null: the one `5h` limit of `tokenLimit`. */
+  limits?: Limit[] | null;
   /** Expiry, milliseconds since the epoch. */
   expiresAt: number;
   model?: string | null;
@@ -22,7 +25,10 @@ export interface NewKey {
 
 export interface KeyPatch {
   name?: string;
+  /** On a key with limits of its own, this changes (or adds) its `5h` limit. */
   tokenLimit?: number;
+  /** Replaces the key's limits; null: back to the one `5h` limit of token_limit_per_5h. */
+  limits?: Limit[] | null;
   expiresAt?: number;
   /** `null` clears the model. */
   model?: string | null;
@@ -32,7 +38,8 @@ export interface KeyPatch {
 
 export function validateNewKey(input: NewKey): NewKey {
   checkName(input.name);
-  checkLimit(input.tokenLimit);
+  if (input.limits != null) checkLimitSet(input.limits, 'limits');
+  if (input.tokenLimit !== undefined || input.limits == null) checkLimit(input.tokenLimit);
   checkExpiry(input.expiresAt);
   if (input.model != null) checkModel(input.model);
   if (input.tokenWeights != null) input.tokenWeights = canonicalWeights(input.tokenWeights);
@@ -50,6 +57,7 @@ export function validateCharge(tokens: number): void {
 
 export function validatePatch(patch: KeyPatch): KeyPatch {
   if (patch.name !== undefined) checkName(patch.name);
+  if (patch.limits != null) checkLimitSet(patch.limits, 'limits');
   if (patch.tokenLimit !== undefined) checkLimit(patch.tokenLimit);
   if (patch.expiresAt !== undefined) checkExpiry(patch.expiresAt);
   if (patch.model != null) checkModel(patch.model);

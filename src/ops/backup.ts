@@ -9,6 +9,7 @@ import { TokenGateError } from '../errors.js';
 import { PRIVATE_FILE_MODE } from '../private-files.js';
 import { columnsAdded } from '../db/migrations.js';
 import { formatWeights, parseWeights } from '../usage/weights.js';
+import { parseStoredLimits, storedLimits } from '../keys/limits.js';
 import { TABLE_NAMES, type TableName } from '../db/tables.js';
 import { isTableName, rowProblem, type AdminStore, type TableRow } from '../storage/admin.js';
 
@@ -187,8 +188,8 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
   const counts = emptyCounts();
   const totals = emptyTotals();
   let header: Header | undefined;
-  /** Columns the backup's schema had not: its rows leave them out, and they are restored null. */
-  let added = new Map<string, Set<string>>();
+  /** Columns the backup's schema had not: its rows leave them out, and they are restored null or to their default. */
+  let added = new Map<string, Map<string, string | null>>();
   const keyIds = new Set<string>();
   let pending: { bytes: Buffer; number: number } | undefined;
   let number = 0;
@@ -224,19 +225,20 @@ export async function* readBackup(path: string): AsyncGenerator<TableRow, Backup
 }
 
 /** Checks one row line; `keyIds` holds the keys read so far (they come first), which usage rows must belong to. */
-function checkRow(path: string, number: number, value: unknown, keyIds: Set<string>, added: Map<string, Set<string>>): TableRow {
+function checkRow(path: string, number: number, value: unknown, keyIds: Set<string>, added: Map<string, Map<string, string | null>>): TableRow {
   const entry = value as { table?: unknown; row?: unknown } | null;
   const table = entry?.table;
   if (!isTableName(table)) {
     const named = typeof table === 'string' ? `unknown table ${JSON.stringify(table.slice(0, 64))}` : 'no table';
     throw new BackupError(`${path} is refused: line ${number} names ${named}; a backup holds only ${TABLE_NAMES.join(', ')}`);
   }
-  const problem = rowProblem(table, entry?.row, added.get(table));
+  const problem = rowProblem(table, entry?.row, new Set(added.get(table)?.keys()));
   if (problem) throw new BackupError(`${path} is refused: line ${number} (${table}): ${problem}`);
   const row = (entry as TableRow).row;
-  for (const column of added.get(table) ?? []) row[column] ??= null;
+  for (const [column, filled] of added.get(table) ?? []) row[column] ??= filled;
   // Stored as the gate writes them, so that an import compares like with like.
   if (table === 'api_keys' && typeof row.token_weights === 'string') row.token_weights = formatWeights(parseWeights(row.token_weights, 'token_weights'));
+  if (table === 'api_keys' && typeof row.limits === 'string') row.limits = storedLimits(parseStoredLimits(row.limits));
   if (table === 'api_keys') keyIds.add(row.id as string);
   else if (!keyIds.has(row.key_id as string)) throw new BackupError(`${path} is refused: line ${number} (${table}): key_id ${JSON.stringify(row.key_id)} is not a key of this backup`);
   return entry as TableRow;
@@ -262,6 +264,9 @@ export async function restoreBackup(store: AdminStore, path: string): Promise<Ba
     for (;;) {
       const next = await reader.next();
       if (next.done) return void (manifest = next.value);
+      if (store.backend !== 'sqlite' && next.value.table === 'api_keys' && next.value.row.limits != null) {
+        throw new BackupError(`${path} holds keys with several limits, which the ${store.backend} store does not decide yet: restore it into SQLite`);
+      }
       yield next.value;
     }
   };

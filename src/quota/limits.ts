@@ -2,14 +2,10 @@
 import { ValidationError } from '../errors.js';
 import { decide } from './admission.js';
 
-/** One limit of a key: `tokens` per rolling `windowMs`, for every request or only those whose model matches `models`. */
-export interface Limit {
-  name: string;
-  tokens: number;
-  windowMs: number;
-  /** Glob patterns (`glm-4.7*`); absent, the limit applies to every request. */
-  models?: string[];
-}
+import type { Limit, Reservation, UsageRecord } from '../types.js';
+import { bucketStart } from './window.js';
+
+export type { Limit };
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -19,6 +15,8 @@ const WINDOW_UNITS = { d: DAY, h: HOUR, m: MINUTE } as const;
 const SHOWN_UNITS = { ...WINDOW_UNITS, s: 1000 };
 const MIN_WINDOW = MINUTE;
 const MAX_WINDOW = 31 * DAY;
+/** The longest window a limit may have: buckets older than it count nowhere. */
+export const MAX_WINDOW_MS = MAX_WINDOW;
 const MAX_LIMITS = 8;
 const MAX_PATTERNS = 16;
 const NAME = /^[a-z0-9_.-]{1,32}$/;
@@ -47,6 +45,10 @@ export function checkLimits(value: unknown, field: string): Limit[] {
 /** Checks the limits of one key as a whole: 1 to 8 of them, each name once (repeated `--limit` options, as the admin API). */
 export function checkLimitSet(limits: Limit[], field: string): Limit[] {
   if (limits.length < 1 || limits.length > MAX_LIMITS) throw new ValidationError(field, `a key has 1 to ${MAX_LIMITS} limits, not ${limits.length}`);
+  // Scoped limits alone would leave every other model unlimited: a key's budget must cover all of them.
+  if (!limits.some((limit) => limit.models === undefined)) throw new ValidationError(field, 'a key needs at least one limit that applies to every model (one without models)');
+  const five = limits.find((limit) => limit.name === LEGACY);
+  if (five && five.windowMs !== 5 * HOUR) throw new ValidationError(field, 'the limit named 5h is token_limit_per_5h: its window is 5h');
   const seen = new Set<string>();
   for (const { name } of limits) {
     if (seen.has(name)) throw new ValidationError(field, `the limit name "${name}" is given twice`);
@@ -158,7 +160,11 @@ export function bucketStartFor(at: number, windowMs: number): number {
 const GLOB_CACHE_SIZE = 1024;
 const globCache = new Map<string, RegExp[]>();
 
-/** Whether `model` matches one of the glob patterns (`*` any run, `?` one character, the rest literal, case-sensitive); no model matches none. */
+/**
+ * Whether `model` matches one of the glob patterns (`*` any run, `?` one character, the rest
+ * literal); no model matches none. Case and surrounding spaces do not count: upstreams commonly
+ * take `GLM-4.7` for `glm-4.7`, and a client must not step around a scoped limit by writing it so.
+ */
 export function modelMatches(patterns: readonly string[], model: string | undefined): boolean {
   if (model === undefined) return false;
   // Patterns hold no comma, so the joined list is a key that no other list shares.
@@ -169,7 +175,8 @@ export function modelMatches(patterns: readonly string[], model: string | undefi
     globs = patterns.map(compileGlob);
     globCache.set(key, globs);
   }
-  return globs.some((glob) => glob.test(model));
+  const name = model.trim();
+  return globs.some((glob) => glob.test(name));
 }
 
 /**
@@ -180,9 +187,9 @@ export function modelMatches(patterns: readonly string[], model: string | undefi
 function compileGlob(pattern: string): RegExp {
   const [first, ...rest] = pattern.split('*').map(globLiteral);
   const last = rest.pop();
-  if (last === undefined) return new RegExp(`^${first}$`, 'su');
+  if (last === undefined) return new RegExp(`^${first}$`, 'siu');
   const middle = rest.map((part, index) => `(?=(.*?${part}))\\${index + 1}`).join('');
-  return new RegExp(`^${first}${middle}.*${last}$`, 'su');
+  return new RegExp(`^${first}${middle}.*${last}$`, 'siu');
 }
 
 /** A star-free piece of a glob: `?` is one character, everything else stands for itself. */
@@ -196,6 +203,26 @@ function globLiteral(piece: string): string {
 /** The limits that apply to a request for `model`: the unscoped ones, and the scoped ones whose patterns match it. */
 export function applicableLimits(limits: readonly Limit[], model: string | undefined): Limit[] {
   return limits.filter((limit) => limit.models === undefined || modelMatches(limit.models, model));
+}
+
+/** The limit of keys without limits of their own: token_limit_per_5h, its usage in minute buckets. */
+export const LEGACY = '5h';
+
+/** Where what a request holds against one limit is booked: by key and limit. */
+export const meterOf = (keyId: string, limit: string): string => (limit === LEGACY ? keyId : `${keyId}\u0000${limit}`);
+
+/** The booking id of a request's part against one limit. */
+export const meterId = (requestId: string, limit: string): string => `${requestId}\u0000${limit}`;
+
+/** The buckets a record counts in: its own list, or (a record of a key without limits) the `5h` minute bucket of its time. */
+export function bucketsOf(record: UsageRecord): readonly (readonly [string, number])[] {
+  return record.buckets ?? [[LEGACY, bucketStart(record.at)]];
+}
+
+/** The record with the buckets of the limits its request was admitted on (none when it was admitted the old way). */
+export function withBuckets(record: UsageRecord, reservation: Reservation): UsageRecord {
+  if (!reservation.meters || record.buckets) return record;
+  return { ...record, buckets: reservation.meters.map((meter) => [meter.limit, bucketStartFor(record.at, meter.windowMs)] as const) };
 }
 
 /** A limit that applies to a request, with what its window holds (as admission.ts's WindowState). */
@@ -255,6 +282,6 @@ export function rateLimitHeader(entries: readonly LimitQuota[]): string {
 }
 
 /** The limit the single-valued x-ratelimit-*-tokens headers describe: the one with least remaining, the first on a tie. */
-export function leastRemaining(entries: readonly LimitQuota[]): LimitQuota | undefined {
-  return entries.reduce<LimitQuota | undefined>((least, entry) => (least === undefined || entry.remaining < least.remaining ? entry : least), undefined);
+export function leastRemaining<T extends LimitQuota>(entries: readonly T[]): T | undefined {
+  return entries.reduce<T | undefined>((least, entry) => (least === undefined || entry.remaining < least.remaining ? entry : least), undefined);
 }

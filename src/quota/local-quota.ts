@@ -3,19 +3,21 @@
 import { performance } from 'node:perf_hooks';
 import { StorageError } from '../errors.js';
 import { validateCharge } from '../keys/validate.js';
-import type { Admission, AdmitRequest, Reservation, UsageRecord, WindowUsage } from '../types.js';
+import type { Admission, AdmitRequest, Limit, LimitWindow, Meter, Reservation, UsageRecord, WindowUsage } from '../types.js';
+import { msUntilAdmissible } from './admission.js';
+import { bucketsOf, decideAll, LEGACY, meterId, meterOf, retryAfterAll, withBuckets } from './limits.js';
 import { GroupCommit } from './group-commit.js';
 import { KeyWindow } from './key-window.js';
 import { ReservationBook } from './reservations.js';
-import { bucketStart, countsAfter, type Bucket } from './window.js';
+import { countsAfter, type Bucket } from './window.js';
 
 /** What a store made of a record: counted now, counted before, or refused for good (its key is gone). */
 export type ApplyOutcome = 'applied' | 'duplicate' | 'no-key';
 
 /** What a backend gives the engine: a key's buckets, and an idempotent commit of many records at once. */
 export interface LocalAdapter {
-  /** A key's buckets that start after `since`, oldest first. */
-  buckets(keyId: string, since: number): readonly Bucket[];
+  /** A key's buckets of one limit that start after `since`, oldest first. */
+  buckets(keyId: string, limit: string, since: number): readonly Bucket[];
   /**
    * Applies the records in one transaction, each at most once (by its id): the key's bucket, last
    * use, lifetime tokens and requests. Throws when the transaction failed; nothing is applied then.
@@ -64,7 +66,7 @@ interface Mirror {
 
 interface Queued {
   record: UsageRecord;
-  reservationId: string;
+  reservation: Reservation;
 }
 
 /** Thrown by a batch while the store refuses writes: its records go to the overflow untried. */
@@ -78,7 +80,8 @@ const REFUSING = new StorageError('the store refuses writes', false);
  */
 export class LocalQuota {
   private readonly reservations = new ReservationBook();
-  private readonly mirrors = new Map<string, Mirror>();
+  /** Windows by key, then by limit. */
+  private readonly mirrors = new Map<string, Map<string, Mirror>>();
   private readonly commits: GroupCommit<Queued>;
   private readonly clock: () => number;
   private lastSweep: number;
@@ -98,9 +101,40 @@ export class LocalQuota {
 
   admit(request: AdmitRequest): Admission {
     if (this.options.overflow?.holding) throw new StorageError(`usage can be written neither to ${this.options.name} nor to its journal: admitting nothing until one of them takes it`, true);
+    if (request.limits) return this.admitAll(request, request.limits);
     const since = countsAfter(request.now, request.windowMs);
-    const window = this.mirror(request.keyId, since);
+    const window = this.mirror(request.keyId, LEGACY, since);
     return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
+  }
+
+  /**
+   * Admits against every limit that applies, in one step: each decides on its own window and what is
+   * held against it; the request is admitted only when all of them admit, and then holds its part
+   * (the estimate, or what remains: partial) against each.
+   */
+  private admitAll(request: AdmitRequest, limits: readonly Limit[]): Admission {
+    const { keyId, now, estimate, requestId } = request;
+    const states = limits.map((limit) => {
+      const since = countsAfter(now, limit.windowMs);
+      const window = this.mirror(keyId, limit.name, since);
+      const recorded = window.usage(since)!;
+      const held = this.reservations.held(meterOf(keyId, limit.name));
+      return { limit, since, window, used: recorded.used, oldestBucketStart: recorded.oldestBucketStart, reserved: held.reserved, partialInFlight: held.partialInFlight };
+    });
+    const decision = decideAll(states, estimate);
+    const windows = (reserving: (index: number) => number): LimitWindow[] =>
+      states.map((state, index) => ({ limit: state.limit, used: state.used, reserved: state.reserved + reserving(index), oldestBucketStart: state.oldestBucketStart }));
+    if (!decision.admit) {
+      const waits = states.map((state) => msUntilAdmissible({ ...state, limit: state.limit.tokens }, state.window.buckets(state.since)!, now, state.limit.windowMs));
+      const seen = windows(() => 0);
+      const refused = seen.find((window) => window.limit.name === decision.refusedBy)!;
+      return { admitted: false, window: refused, retryAfterMs: retryAfterAll(waits), limits: seen, refusedBy: decision.refusedBy };
+    }
+    const meters: Meter[] = decision.parts.map((part, index) => ({ limit: part.name, windowMs: limits[index]!.windowMs, tokens: part.reserve, partial: part.partial }));
+    for (const meter of meters) this.reservations.add(meterId(requestId, meter.limit), meterOf(keyId, meter.limit), meter.tokens, meter.partial);
+    const reservation: Reservation = { id: requestId, keyId, tokens: Math.max(...meters.map((meter) => meter.tokens)), partial: meters.some((meter) => meter.partial), meters };
+    const seen = windows((index) => meters[index]!.tokens);
+    return { admitted: true, reservation, window: seen[0]!, limits: seen };
   }
 
   /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
@@ -108,20 +142,30 @@ export class LocalQuota {
     try {
       validateCharge(record.tokens);
     } catch (error) {
-      this.reservations.remove(reservation.id);
+      this.release(reservation);
       throw error;
     }
-    await this.commits.add({ record, reservationId: reservation.id });
+    await this.commits.add({ record: withBuckets(record, reservation), reservation });
   }
 
   release(reservation: Reservation): void {
-    this.reservations.remove(reservation.id);
+    if (!reservation.meters) return void this.reservations.remove(reservation.id);
+    for (const meter of reservation.meters) this.reservations.remove(meterId(reservation.id, meter.limit));
   }
 
   windowUsage(keyId: string, now: number, windowMs: number): WindowUsage {
+    return this.limitUsage(keyId, LEGACY, now, windowMs, keyId);
+  }
+
+  /** Each limit's window, for /stats. */
+  limitsUsage(keyId: string, limits: readonly Limit[], now: number): LimitWindow[] {
+    return limits.map((limit) => ({ limit, ...this.limitUsage(keyId, limit.name, now, limit.windowMs, meterOf(keyId, limit.name)) }));
+  }
+
+  private limitUsage(keyId: string, limit: string, now: number, windowMs: number, heldAs: string): WindowUsage {
     const since = countsAfter(now, windowMs);
-    const { used, oldestBucketStart } = this.mirror(keyId, since).usage(since)!;
-    return { used, reserved: this.reservations.held(keyId).reserved, oldestBucketStart };
+    const { used, oldestBucketStart } = this.mirror(keyId, limit, since).usage(since)!;
+    return { used, reserved: this.reservations.held(heldAs).reserved, oldestBucketStart };
   }
 
   /** Drops a key's window from memory (the key was deleted). */
@@ -134,25 +178,33 @@ export class LocalQuota {
     return this.commits.drain();
   }
 
-  /** The key's window in memory, read from the store when absent, stale, or asked about an earlier instant. */
-  private mirror(keyId: string, since: number): KeyWindow {
+  /** One limit's window of the key in memory, read from the store when absent, stale, or asked about an earlier instant. */
+  private mirror(keyId: string, limit: string, since: number): KeyWindow {
     const at = this.clock();
     if (at - this.lastSweep > WINDOW_IDLE_MS) this.sweep(at);
-    const known = this.mirrors.get(keyId);
+    let windows = this.mirrors.get(keyId);
+    const known = windows?.get(limit);
     if (known && at - known.loadedAt < WINDOW_RELOAD_MS && known.window.usage(since)) {
       known.usedAt = at;
       return known.window;
     }
-    const window = new KeyWindow(this.adapter.buckets(keyId, since), since);
+    const window = new KeyWindow(this.adapter.buckets(keyId, limit, since), since);
     // Usage the store refused is in the overflow: it counts all the same.
-    for (const record of this.options.overflow?.records(keyId) ?? []) if (record.tokens > 0 && bucketStart(record.at) > since) window.add(bucketStart(record.at), record.tokens);
-    this.mirrors.set(keyId, { window, loadedAt: at, usedAt: at });
+    for (const record of this.options.overflow?.records(keyId) ?? []) {
+      if (record.tokens === 0) continue;
+      for (const [name, start] of bucketsOf(record)) if (name === limit && start > since) window.add(start, record.tokens);
+    }
+    if (!windows) this.mirrors.set(keyId, (windows = new Map()));
+    windows.set(limit, { window, loadedAt: at, usedAt: at });
     return window;
   }
 
   private sweep(at: number): void {
     this.lastSweep = at;
-    for (const [keyId, mirror] of this.mirrors) if (at - mirror.usedAt > WINDOW_IDLE_MS) this.mirrors.delete(keyId);
+    for (const [keyId, windows] of this.mirrors) {
+      for (const [limit, mirror] of windows) if (at - mirror.usedAt > WINDOW_IDLE_MS) windows.delete(limit);
+      if (windows.size === 0) this.mirrors.delete(keyId);
+    }
   }
 
   /**
@@ -186,10 +238,13 @@ export class LocalQuota {
     });
   }
 
-  /** The record counts in the key's window (when `applied`) and its reservation goes, in the same step. */
+  /** The record counts in the key's windows (when `applied`) and its reservation goes, in the same step. */
   private counted(queued: Queued, applied: boolean): void {
     const { record } = queued;
-    if (applied && record.tokens > 0) this.mirrors.get(record.keyId)?.window.add(bucketStart(record.at), record.tokens);
-    this.reservations.remove(queued.reservationId);
+    if (applied && record.tokens > 0) {
+      const windows = this.mirrors.get(record.keyId);
+      for (const [limit, start] of bucketsOf(record)) windows?.get(limit)?.window.add(start, record.tokens);
+    }
+    this.release(queued.reservation);
   }
 }

@@ -6,6 +6,7 @@ import { ConflictError, NotFoundError, StorageError, ValidationError } from '../
 import { checkFutureExpiry, parseDate, validateNewKey, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { keyView } from '../keys/view.js';
 import { checkWeights, formatWeights } from '../usage/weights.js';
+import { checkLimits, type Limit } from '../quota/limits.js';
 import type { Logger } from '../types.js';
 import type { Storage } from '../storage/types.js';
 
@@ -19,8 +20,8 @@ export interface AdminOptions {
 /** Key fields are a few hundred bytes: a larger admin body is refused before it is parsed. */
 export const ADMIN_BODY_LIMIT = 16 * 1024;
 
-const CREATE_FIELDS = ['name', 'token_limit_per_5h', 'expiry_date', 'model', 'weights', 'key'];
-const PATCH_FIELDS = ['name', 'token_limit_per_5h', 'expiry_date', 'model', 'weights'];
+const CREATE_FIELDS = ['name', 'token_limit_per_5h', 'limits', 'expiry_date', 'model', 'weights', 'key'];
+const PATCH_FIELDS = ['name', 'token_limit_per_5h', 'limits', 'expiry_date', 'model', 'weights'];
 
 type Status = 400 | 401 | 404 | 405 | 409 | 413 | 415 | 500 | 503;
 
@@ -121,7 +122,8 @@ function newKeyFrom(body: unknown): NewKey {
   if (fields.expiry_date === undefined) throw new ValidationError('expiry_date', 'is required (an ISO 8601 date)');
   const input: NewKey = {
     name: fields.name as string,
-    tokenLimit: fields.token_limit_per_5h as number,
+    tokenLimit: fields.token_limit_per_5h as number | undefined,
+    limits: limitsField(fields.limits),
     expiresAt: dateField(fields.expiry_date),
     model: modelField(fields.model),
     tokenWeights: weightsField(fields.weights),
@@ -139,6 +141,7 @@ function patchFrom(body: unknown): KeyPatch {
   const patch: KeyPatch = {};
   if (fields.name !== undefined) patch.name = fields.name as string;
   if (fields.token_limit_per_5h !== undefined) patch.tokenLimit = fields.token_limit_per_5h as number;
+  if ('limits' in fields) patch.limits = limitsField(fields.limits);
   if (fields.expiry_date !== undefined) patch.expiresAt = dateField(fields.expiry_date);
   if ('model' in fields) patch.model = modelField(fields.model);
   if ('weights' in fields) patch.tokenWeights = weightsField(fields.weights);
@@ -154,6 +157,11 @@ function dateField(value: unknown): number {
 /** `null`, absent or "" mean no model, as `--model ''` does on the command line. */
 function modelField(value: unknown): string | null {
   return value === undefined || value === null || value === '' ? null : (value as string);
+}
+
+/** `[{"window": "5h", "tokens": 200000}, {"window": "7d", "tokens": 2000000}]`; `null` or absent: the one `5h` limit of token_limit_per_5h. */
+function limitsField(value: unknown): Limit[] | null {
+  return value === undefined || value === null ? null : checkLimits(value, 'limits');
 }
 
 /** `{"cache_read": 0.1}` or the same as text (`"cache_read=0.1"`); `null`, absent or `{}` mean the gate's defaults. */

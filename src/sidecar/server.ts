@@ -50,7 +50,8 @@ export function createSidecarApp(parts: SidecarParts): SidecarApp {
   app.all('/stats', onlyGet);
   app.use('/admin', adminRouter({ storage, adminToken: config.adminToken, logger }));
   const { bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, tokenWeights: weights } = config;
-  const gate = tokenGate({ storage, logger, metrics, bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, weights });
+  // With OVERRIDE_MODEL the upstream gets the key's model: limits scoped to models match that one.
+  const gate = tokenGate({ storage, logger, metrics, bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, weights, keyModelWins: config.overrideModel });
   const proxy = createProxy({
     target: config.upstreamUrl,
     apiKey: config.upstreamApiKey,

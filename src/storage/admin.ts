@@ -7,6 +7,8 @@ import { BACKED_UP, rowOf, type TableName, type TableShape } from '../db/tables.
 import type { SnapshotKey, StoredKey } from './snapshot.js';
 import type { KeyRecord } from './types.js';
 import { parseWeights } from '../usage/weights.js';
+import { parseStoredLimits } from '../keys/limits.js';
+import { LEGACY } from '../quota/limits.js';
 
 const BACKUP_TABLES = new Map(BACKED_UP.sqlite.map((shape) => [shape.name, shape]));
 
@@ -50,12 +52,11 @@ export function rowProblem(table: TableName, row: unknown, added?: ReadonlySet<s
 /** What the column types do not say about a key row: its limit is positive, its weights are weights. */
 function keyRowProblem(row: Row): string | undefined {
   if (row.token_limit_per_5h === 0) return 'column token_limit_per_5h is 0, not a positive limit';
-  if (typeof row.token_weights === 'string') {
-    try {
-      parseWeights(row.token_weights, 'token_weights');
-    } catch (error) {
-      return `column ${(error as Error).message}`;
-    }
+  try {
+    if (typeof row.token_weights === 'string') parseWeights(row.token_weights, 'token_weights');
+    if (typeof row.limits === 'string') parseStoredLimits(row.limits);
+  } catch (error) {
+    return `column ${(error as Error).message}`;
   }
   return undefined;
 }
@@ -70,7 +71,7 @@ export interface ImportOutcome {
 }
 
 /** What an import compares with a stored key; a conflict names the columns that differ. */
-const COMPARED = (['name', 'model', 'tokenLimit', 'expiresAt', 'tokenWeights'] as const).map((field) => [field, apiKeys[field].name] as const);
+const COMPARED = (['name', 'model', 'tokenLimit', 'expiresAt', 'tokenWeights', 'limits'] as const).map((field) => [field, apiKeys[field].name] as const);
 
 /**
  * Sorts imported keys against those already stored (matched by digest): new ones are to be added;
@@ -94,7 +95,7 @@ export function classifyImport(keys: SnapshotKey[], existing: Map<string, KeyRec
 
 /** The rows an imported key becomes: its key row and its buckets still inside the window. */
 export function importRows(key: SnapshotKey): TableRow[] {
-  const buckets = key.buckets.map(([start, tokens]): TableRow => ({ table: 'usage_buckets', row: rowOf(usageBuckets, { keyId: key.id, bucketStart: start, tokens }) as Row }));
+  const buckets = key.buckets.map(([start, tokens]): TableRow => ({ table: 'usage_buckets', row: rowOf(usageBuckets, { keyId: key.id, limitName: LEGACY, bucketStart: start, tokens }) as Row }));
   return [{ table: 'api_keys', row: rowOf(apiKeys, key) as Row }, ...buckets];
 }
 

@@ -6,6 +6,7 @@ import type { Logger } from '../types.js';
 import { ReservationBook } from '../quota/reservations.js';
 import { bucketStart, countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
+import { refuseLimits } from '../keys/limits.js';
 import { isDerivedId, logRenamed } from '../db/random-ids.js';
 import { generateKeyId } from '../keys/secret.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
@@ -86,6 +87,7 @@ export class FileStorage implements MirrorStorage {
       logger.error({ err: error, movedTo: aside }, 'fallback snapshot unreadable: set aside, a new one comes from the database');
     }
     const keys = snapshot?.keys ?? (role === 'standalone' ? this.options.initialKeys?.() : undefined) ?? [];
+    if (keys.some((key) => key.limits != null)) throw new ConfigError('the file store does not decide keys with several limits yet: use the SQLite store for them');
     for (const key of keys) this.putKey({ ...key, buckets: new Map(key.buckets) });
     // Standalone, the snapshot is the store: it replaces ids derived from digests itself (a fallback's
     // mirror takes the database's ids at its next refresh, and its journal follows them on replay).
@@ -142,6 +144,7 @@ export class FileStorage implements MirrorStorage {
   }
 
   async admit(request: AdmitRequest): Promise<Admission> {
+    if (request.limits) throw new StorageError('this key has several limits, which the file store does not decide yet', false);
     if (this.unwritten > 0) throw new StorageError(`usage cannot be written to ${this.options.dir}: admitting nothing until a write succeeds`, true);
     const { keyId, now, windowMs } = request;
     const since = countsAfter(now, windowMs);
@@ -208,6 +211,7 @@ export class FileStorage implements MirrorStorage {
 
   async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
     this.standaloneOnly();
+    refuseLimits(input.limits, 'the file store');
     const { record, key, keyHash } = buildKey(input, now);
     if (this.byDigest.has(keyHash)) throw new ConflictError('a key with this value already exists');
     this.putKey({ ...record, keyHash, buckets: new Map() });
@@ -226,9 +230,10 @@ export class FileStorage implements MirrorStorage {
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
     this.standaloneOnly();
-    const changes = patchChanges(validatePatch(patch));
     const key = this.keys.get(id);
     if (!key) throw new NotFoundError(`no key with id ${id}`);
+    refuseLimits(patch.limits, 'the file store');
+    const changes = patchChanges(validatePatch(patch), key.limits);
     Object.assign(key, changes);
     await this.persist();
     return toRecord(key);

@@ -30,13 +30,18 @@ export type ReplayOutcome = 'taken' | 'refused';
 
 /** The checksum a line carries: SHA-256 of its fields, so that a value changed inside a valid line is caught. */
 function checksum(record: UsageRecord): string {
-  return createHash('sha256').update(`${record.id}\n${record.keyId}\n${record.tokens}\n${record.at}`).digest('hex').slice(0, 16);
+  const buckets = record.buckets ? `\n${JSON.stringify(record.buckets)}` : '';
+  return createHash('sha256').update(`${record.id}\n${record.keyId}\n${record.tokens}\n${record.at}${buckets}`).digest('hex').slice(0, 16);
 }
 
+/** A record's line; `buckets` only for a record of several limits, so that the lines of the others stay as they were. */
 export function journalLine(record: UsageRecord): string {
-  const { id, keyId, tokens, at } = record;
-  return `${JSON.stringify({ id, keyId, tokens, at, sum: checksum(record) })}\n`;
+  const { id, keyId, tokens, at, buckets } = record;
+  return `${JSON.stringify(buckets ? { id, keyId, tokens, at, buckets, sum: checksum(record) } : { id, keyId, tokens, at, sum: checksum(record) })}\n`;
 }
+
+const isBucketList = (value: unknown): value is [string, number][] =>
+  Array.isArray(value) && value.length > 0 && value.every((bucket) => Array.isArray(bucket) && bucket.length === 2 && typeof bucket[0] === 'string' && Number.isSafeInteger(bucket[1]));
 
 /** Reads one journal file: the records whose lines check out, and every line that does not (a torn last line included). */
 export function readJournalFile(path: string): JournalRead {
@@ -62,11 +67,12 @@ function parseLine(line: string): UsageRecord | string {
   } catch {
     return 'not JSON';
   }
-  const { id, keyId, tokens, at, sum } = (value ?? {}) as Record<string, unknown>;
+  const { id, keyId, tokens, at, buckets, sum } = (value ?? {}) as Record<string, unknown>;
   const valid =
-    typeof id === 'string' && id !== '' && typeof keyId === 'string' && Number.isSafeInteger(tokens) && (tokens as number) >= 0 && Number.isSafeInteger(at);
+    typeof id === 'string' && id !== '' && typeof keyId === 'string' && Number.isSafeInteger(tokens) && (tokens as number) >= 0 && Number.isSafeInteger(at) && (buckets === undefined || isBucketList(buckets));
   if (!valid) return 'not a usage record';
-  const record = { id, keyId, tokens: tokens as number, at: at as number };
+  const record: UsageRecord = { id, keyId, tokens: tokens as number, at: at as number };
+  if (buckets !== undefined) record.buckets = buckets as [string, number][];
   // A line written before lines carried checksums (exactly the four fields) is taken as it is, so that
   // an upgrade during an outage loses nothing; any other line must check out.
   if (sum === undefined && Object.keys(value as object).length === 4) return record;

@@ -6,6 +6,8 @@ import { isoDateMs, MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.j
 import { bucketStart, countsAfter } from '../quota/window.js';
 import type { SnapshotKey } from './snapshot.js';
 import { formatWeights, parseWeights } from '../usage/weights.js';
+import { checkLimits } from '../quota/limits.js';
+import { storedLimits } from '../keys/limits.js';
 
 interface Entry {
   key?: unknown;
@@ -18,6 +20,8 @@ interface Entry {
   total_lifetime_tokens?: unknown;
   /** Written by `tokengate export`; the earlier gateway had none. */
   token_weights?: unknown;
+  /** Written by `tokengate export`: the key's limits, as the admin API takes them. */
+  limits?: unknown;
   usage_windows?: unknown;
   rolling_window_cache?: unknown;
 }
@@ -134,6 +138,13 @@ function checkEntry(raw: Entry, problem: (field: string, what: string) => void):
   if (raw.created_at != null && Number.isNaN(isoDateMs(raw.created_at))) problem('created_at', NOT_A_DATE);
   if (raw.last_used != null && Number.isNaN(isoDateMs(raw.last_used))) problem('last_used', NOT_A_DATE);
   if (raw.total_lifetime_tokens != null && !count(raw.total_lifetime_tokens)) problem('total_lifetime_tokens', 'not a non-negative integer');
+  if (raw.limits != null) {
+    try {
+      checkLimits(raw.limits, 'limits');
+    } catch (error) {
+      problem('limits', (error as Error).message.replace(/^limits: /, ''));
+    }
+  }
   if (raw.token_weights != null) {
     try {
       if (typeof raw.token_weights !== 'string') throw new Error('not text such as cache_read=0.1');
@@ -204,6 +215,7 @@ function snapshotKey(raw: Entry, now: number, buckets: [number, number][]): Snap
     totalLifetimeTokens: (raw.total_lifetime_tokens as number | undefined) ?? 0,
     totalRequests: 0,
     tokenWeights: typeof raw.token_weights === 'string' && raw.token_weights.trim() !== '' ? formatWeights(parseWeights(raw.token_weights, 'token_weights')) : null,
+    limits: raw.limits == null ? null : storedLimits(checkLimits(raw.limits, 'limits')),
     buckets,
   };
 }

@@ -1,5 +1,6 @@
 // Import, export, dump and restore on PostgreSQL, over a pool of its own (never the gate's).
-import { asc, gt, inArray } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray } from 'drizzle-orm';
+import { LEGACY } from '../quota/limits.js';
 import type { OpenedPostgres, PostgresDb } from '../db/postgres.js';
 import { schemaTag } from '../db/migrations.js';
 import { apiKeys, reservations, usageBuckets } from '../db/schema/postgres.js';
@@ -61,7 +62,8 @@ export class PostgresAdmin implements AdminStore {
       const buckets = await tx
         .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
-        .where(gt(usageBuckets.bucketStart, since))
+        // The key file carries the usage of the one 5h limit it knows.
+        .where(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)))
         .orderBy(asc(usageBuckets.bucketStart));
       return withBuckets(keys, buckets);
     });

@@ -6,6 +6,7 @@ import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '.
 import { GroupCommit } from '../quota/group-commit.js';
 import { judge, refusal } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
+import { LEGACY } from '../quota/limits.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.js';
@@ -37,6 +38,9 @@ interface Queued {
   record: UsageRecord;
   reservation: Reservation;
 }
+
+/** Keys with several limits are decided by the SQLite store only, so far: here they are refused, never admitted on one limit. */
+export const SEVERAL_LIMITS = new StorageError('this key has several limits, which the PostgreSQL store does not decide yet', false);
 
 /** Most usage records one statement writes. */
 const MAX_BATCH = 500;
@@ -106,6 +110,7 @@ export class PostgresStorage implements SharedStorage {
    * under the key's row lock: a larger lease, or this request alone. One round trip per key at a time.
    */
   async admit(request: AdmitRequest): Promise<Admission> {
+    if (request.limits) throw SEVERAL_LIMITS;
     const { keyId, estimate, tokenLimit, now, requestId } = request;
     const known = this.leases.find(requestId);
     if (known) return { admitted: true, reservation: known.reservation, window: await this.windowUsage(keyId, now, request.windowMs) };
@@ -145,8 +150,8 @@ export class PostgresStorage implements SharedStorage {
     const [row] = await tx.execute<WindowRow>(sql`
       with expired as (delete from ${reservations} where ${reservations.keyId} = ${keyId} and ${reservations.expiresAt} <= ${now})
       select
-        (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as used,
-        (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as oldest,
+        (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as used,
+        (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as oldest,
         coalesce(sum(tokens) filter (where expires_at > ${now} and not starts_with(id, ${this.leases.prefix})), 0) as reserved_elsewhere,
         coalesce(bool_or(partial) filter (where expires_at > ${now}), false) as partial,
         max(tokens) filter (where id = ${requestId}) as mine,
@@ -176,7 +181,7 @@ export class PostgresStorage implements SharedStorage {
       const buckets = await tx
         .select({ start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
-        .where(and(eq(usageBuckets.keyId, keyId), gt(usageBuckets.bucketStart, since)))
+        .where(and(eq(usageBuckets.keyId, keyId), eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)))
         .orderBy(asc(usageBuckets.bucketStart));
       return { lease: false, admission: refusal(verdict, buckets, request) };
     }
@@ -251,9 +256,9 @@ export class PostgresStorage implements SharedStorage {
           from (select key_id, sum(tokens) as tokens, count(*) as requests, max(at) as at from applied group by key_id) as per_key
           where ${apiKeys.id} = per_key.key_id and per_key.key_id in (select id from locked) returning ${apiKeys.id} as id
         ), bucketed as (
-          insert into ${usageBuckets} (key_id, bucket_start, tokens)
-          select key_id, bucket, sum(tokens) from applied where tokens > 0 and key_id in (select id from charged) group by key_id, bucket
-          on conflict (key_id, bucket_start) do update set tokens = ${usageBuckets.tokens} + excluded.tokens
+          insert into ${usageBuckets} (key_id, limit_name, bucket_start, tokens)
+          select key_id, ${LEGACY}, bucket, sum(tokens) from applied where tokens > 0 and key_id in (select id from charged) group by key_id, bucket
+          on conflict (key_id, limit_name, bucket_start) do update set tokens = ${usageBuckets.tokens} + excluded.tokens
         ), released as (
           delete from ${reservations} where id in (select reservation_id from input where reservation_id is not null)
         ), taken as (
@@ -304,8 +309,8 @@ export class PostgresStorage implements SharedStorage {
       const since = countsAfter(now, windowMs);
       const [row] = await this.opened.db.execute<{ used: string; oldest: string | null; reserved: string }>(sql`
         select
-          (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as used,
-          (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and bucket_start > ${since}) as oldest,
+          (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as used,
+          (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as oldest,
           (select coalesce(sum(tokens), 0) from ${reservations} where key_id = ${keyId} and expires_at > ${now} and not starts_with(id, ${this.leases.prefix})) as reserved`);
       return { used: Number(row?.used ?? 0), reserved: Number(row?.reserved ?? 0) + this.leases.inFlight(keyId), oldestBucketStart: num(row?.oldest ?? null) };
     });
@@ -344,7 +349,7 @@ export class PostgresStorage implements SharedStorage {
         this.opened.db
           .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
           .from(usageBuckets)
-          .where(gt(usageBuckets.bucketStart, since)),
+          .where(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since))),
       ]);
       return withBuckets(keys, buckets);
     });

@@ -4,6 +4,8 @@ import type Database from 'better-sqlite3';
 import type postgres from 'postgres';
 import type { Logger } from '../types.js';
 import { BUCKET_MS } from '../quota/window.js';
+import { bucketMs, LEGACY, MAX_WINDOW_MS } from '../quota/limits.js';
+import { parseStoredLimits } from '../keys/limits.js';
 
 /** How long a usage record's id is kept by default: a journal written during a week-long outage still replays exactly once. */
 export const DEFAULT_RECORD_RETENTION_MS = 7 * 24 * 60 * 60_000;
@@ -40,7 +42,10 @@ type DeleteBatch = (before: number, limit: number) => number | Promise<number>;
 interface Target {
   dialect: 'sqlite' | 'postgres';
   records: DeleteBatch;
-  buckets: DeleteBatch;
+  /** Buckets of one limit (by name); of every limit when `limit` is undefined. */
+  buckets: (limit: string | undefined) => DeleteBatch;
+  /** The `limits` column of every key that has limits of its own. */
+  keyLimits: () => string[] | Promise<string[]>;
   reservations?: DeleteBatch;
 }
 
@@ -53,7 +58,15 @@ export function sqliteTarget(sqlite: Database.Database): Target {
     const statement = sqlite.prepare(`delete from ${table} where rowid in (select rowid from ${table} where ${column} ${op} ? limit ?)`);
     return (before: number, limit: number) => statement.run(before, limit).changes;
   };
-  return { dialect: 'sqlite', records: batch('usage_records', 'recorded_at', '<'), buckets: batch('usage_buckets', 'bucket_start', '<=') };
+  const everyLimit = batch('usage_buckets', 'bucket_start', '<=');
+  const oneLimit = sqlite.prepare('delete from usage_buckets where rowid in (select rowid from usage_buckets where limit_name = ? and bucket_start <= ? limit ?)');
+  const keyLimits = sqlite.prepare('select limits from api_keys where limits is not null').pluck();
+  return {
+    dialect: 'sqlite',
+    records: batch('usage_records', 'recorded_at', '<'),
+    buckets: (name) => (name === undefined ? everyLimit : (before, limit) => oneLimit.run(name, before, limit).changes),
+    keyLimits: () => keyLimits.all() as string[],
+  };
 }
 
 /**
@@ -63,10 +76,14 @@ export function sqliteTarget(sqlite: Database.Database): Target {
 export function postgresTarget(sql: postgres.Sql): Target {
   const batch = (table: string, column: string, op: '<' | '<=') => async (before: number, limit: number) =>
     (await sql.unsafe(`delete from ${table} where ctid = any(array(select ctid from ${table} where ${column} ${op} $1 limit $2 for update skip locked))`, [before, limit])).count;
+  const everyLimit = batch('usage_buckets', 'bucket_start', '<=');
+  const oneLimit = (name: string) => async (before: number, limit: number) =>
+    (await sql.unsafe('delete from usage_buckets where ctid = any(array(select ctid from usage_buckets where limit_name = $1 and bucket_start <= $2 limit $3 for update skip locked))', [name, before, limit])).count;
   return {
     dialect: 'postgres',
     records: batch('usage_records', 'recorded_at', '<'),
-    buckets: batch('usage_buckets', 'bucket_start', '<='),
+    buckets: (name) => (name === undefined ? everyLimit : oneLimit(name)),
+    keyLimits: async () => (await sql<{ limits: string }[]>`select limits from api_keys where limits is not null`).map((row) => row.limits),
     reservations: batch('reservations', 'expires_at', '<='),
   };
 }
@@ -120,10 +137,25 @@ export class Pruner {
     const { recordRetentionMs, windowMs } = this.options;
     const counts: PruneCounts = {
       usageRecords: await this.drain(this.target.records, now - recordRetentionMs),
-      usageBuckets: await this.drain(this.target.buckets, now - windowMs - BUCKET_MS),
+      usageBuckets: await this.pruneBuckets(now, windowMs),
     };
     if (this.target.reservations) counts.reservations = await this.drain(this.target.reservations, now - BUCKET_MS);
     return counts;
+  }
+
+  /**
+   * Each limit's buckets once they left its window: the `5h` limit's (every key without limits of
+   * its own) after the store's window, each other name's after the longest window a key gives it,
+   * and any name's (limits since removed) after the longest window there can be.
+   */
+  private async pruneBuckets(now: number, windowMs: number): Promise<number> {
+    const windows = new Map<string, number>([[LEGACY, windowMs]]);
+    for (const text of await this.target.keyLimits()) {
+      for (const limit of parseStoredLimits(text)) windows.set(limit.name, Math.max(windows.get(limit.name) ?? 0, limit.windowMs));
+    }
+    let deleted = await this.drain(this.target.buckets(undefined), now - MAX_WINDOW_MS - BUCKET_MS);
+    for (const [name, window] of windows) deleted += await this.drain(this.target.buckets(name), now - window - Math.max(BUCKET_MS, bucketMs(window)));
+    return deleted;
   }
 
   private async drain(batch: DeleteBatch, before: number): Promise<number> {

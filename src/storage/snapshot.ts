@@ -3,6 +3,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import { join } from 'node:path';
 import type { KeyRecord } from './types.js';
 import { parseWeights } from '../usage/weights.js';
+import { parseStoredLimits } from '../keys/limits.js';
 
 export const SNAPSHOT_FILE = 'snapshot.json';
 const FORMAT = 'tokengate-snapshot';
@@ -45,8 +46,8 @@ export function readSnapshot(dir: string): Snapshot | undefined {
   for (const [index, key] of snapshot.keys.entries()) {
     if (!validKey(key)) throw new SnapshotError(`${path}: key ${index} is malformed`);
   }
-  // Snapshots written before keys had weights of their own: the defaults apply to those keys.
-  const keys = snapshot.keys.map((key) => (key.tokenWeights === undefined ? { ...key, tokenWeights: null } : key));
+  // Snapshots written before keys had weights or limits of their own: those keys have none.
+  const keys = snapshot.keys.map((key) => ({ ...key, tokenWeights: key.tokenWeights ?? null, limits: key.limits ?? null }));
   return { journalGeneration: snapshot.journalGeneration!, writtenAt: Number(snapshot.writtenAt), keys };
 }
 
@@ -60,11 +61,20 @@ function validKey(key: SnapshotKey | undefined): boolean {
     typeof key.name === 'string' &&
     (key.model === null || typeof key.model === 'string') &&
     (key.tokenWeights === null || key.tokenWeights === undefined || weightsText(key.tokenWeights)) &&
+    (key.limits === null || key.limits === undefined || limitsText(key.limits)) &&
     [key.tokenLimit, key.expiresAt, key.createdAt, key.totalLifetimeTokens, key.totalRequests].every(isInt) &&
     (key.lastUsedAt === null || isInt(key.lastUsedAt)) &&
     Array.isArray(key.buckets) &&
     key.buckets.every((bucket) => Array.isArray(bucket) && isInt(bucket[0]) && isInt(bucket[1]))
   );
+}
+
+function limitsText(value: unknown): boolean {
+  try {
+    return typeof value === 'string' && parseStoredLimits(value).length > 0;
+  } catch {
+    return false;
+  }
 }
 
 function weightsText(value: unknown): boolean {

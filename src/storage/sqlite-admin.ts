@@ -1,6 +1,7 @@
 // Import, export, dump and restore on SQLite, over a connection of its own (never the gate's).
 import type Database from 'better-sqlite3';
-import { asc, getTableColumns, gt, inArray, sql } from 'drizzle-orm';
+import { and, asc, eq, getTableColumns, gt, inArray, sql } from 'drizzle-orm';
+import { LEGACY } from '../quota/limits.js';
 import type { OpenedSqlite, SqliteDb } from '../db/sqlite.js';
 import { schemaTag } from '../db/migrations.js';
 import { apiKeys, usageBuckets } from '../db/schema/sqlite.js';
@@ -62,7 +63,8 @@ export class SqliteAdmin implements AdminStore {
       const buckets = this.db
         .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
-        .where(gt(usageBuckets.bucketStart, since))
+        // The key file carries the usage of the one 5h limit it knows.
+        .where(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)))
         .orderBy(asc(usageBuckets.bucketStart))
         .all();
       return withBuckets(keys, buckets);

@@ -38,7 +38,7 @@ export class SqliteKeys implements KeyStore {
   }
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
-    const changes = patchChanges(validatePatch(patch));
+    const changes = patchChanges(validatePatch(patch), this.byId.get({ id })?.limits);
     const updated = Object.keys(changes).length === 0 ? this.byId.get({ id }) : this.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns).get();
     this.forget(id);
     if (!updated) throw new NotFoundError(`no key with id ${id}`);

@@ -7,14 +7,14 @@ import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, healthProbes, keyColumns, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import type { Logger } from '../types.js';
 import { LocalQuota, type ApplyOutcome } from '../quota/local-quota.js';
-import { bucketStart } from '../quota/window.js';
+import { bucketsOf } from '../quota/limits.js';
 import type { KeyPatch, NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Pruner, sqliteTarget, type PruneOptions } from './prune.js';
 import { Spill } from './spill.js';
 import type { HeldLock } from './lock-file.js';
 import { SqliteKeys } from './sqlite-keys.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Limit, LimitWindow, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** Failures of the database as a whole (full, locked, corrupt, read-only, I/O), not of one record. */
 const WHOLE_DATABASE = /^SQLITE_(BUSY|LOCKED|FULL|CORRUPT|NOTADB|IOERR|READONLY|CANTOPEN|PROTOCOL)/;
@@ -36,7 +36,7 @@ export interface SqliteStorageOptions {
 }
 
 const p = sql.placeholder;
-const inWindow = and(eq(usageBuckets.keyId, p('keyId')), gt(usageBuckets.bucketStart, p('since')));
+const inWindow = and(eq(usageBuckets.keyId, p('keyId')), eq(usageBuckets.limitName, p('limit')), gt(usageBuckets.bucketStart, p('since')));
 
 /**
  * The embedded store. Reservations live in this process (one gate process per database file;
@@ -95,8 +95,8 @@ export class SqliteStorage implements Storage {
         .prepare(),
       addToBucket: db
         .insert(usageBuckets)
-        .values({ keyId: p('keyId'), bucketStart: p('bucket'), tokens: p('tokens') })
-        .onConflictDoUpdate({ target: [usageBuckets.keyId, usageBuckets.bucketStart], set: { tokens: sql`${usageBuckets.tokens} + excluded.tokens` } })
+        .values({ keyId: p('keyId'), limitName: p('limit'), bucketStart: p('bucket'), tokens: p('tokens') })
+        .onConflictDoUpdate({ target: [usageBuckets.keyId, usageBuckets.limitName, usageBuckets.bucketStart], set: { tokens: sql`${usageBuckets.tokens} + excluded.tokens` } })
         .prepare(),
       hasRecord: db.select({ id: usageRecords.id }).from(usageRecords).where(eq(usageRecords.id, p('id'))).prepare(),
       keyExists: db.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.id, p('keyId'))).prepare(),
@@ -116,7 +116,7 @@ export class SqliteStorage implements Storage {
       records.map((record) => {
         if (this.statements.insertRecord.run({ ...record }).changes === 0) return 'duplicate';
         if (this.statements.chargeKey.run({ ...record }).changes === 0) return 'no-key'; // key deleted meanwhile
-        if (record.tokens > 0) this.statements.addToBucket.run({ ...record, bucket: bucketStart(record.at) });
+        if (record.tokens > 0) for (const [limit, bucket] of bucketsOf(record)) this.statements.addToBucket.run({ keyId: record.keyId, tokens: record.tokens, limit, bucket });
         return 'applied';
       }),
     );
@@ -129,7 +129,7 @@ export class SqliteStorage implements Storage {
       });
     this.quota = new LocalQuota(
       {
-        buckets: (keyId, since) => this.statements.buckets.all({ keyId, since }),
+        buckets: (keyId, limit, since) => this.statements.buckets.all({ keyId, limit, since }),
         commit: (records) => this.applyRecords(records),
         wholeStore: wholeDatabase,
         ready: () => {
@@ -201,6 +201,10 @@ export class SqliteStorage implements Storage {
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
     return this.quota.windowUsage(keyId, now, windowMs);
+  }
+
+  async limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
+    return this.quota.limitsUsage(keyId, limits, now);
   }
 
   createKey(input: NewKey, now?: number): Promise<CreatedKey> {

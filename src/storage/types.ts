@@ -1,9 +1,9 @@
 // The Storage interface: everything the gate (QuotaStore) and the tooling (KeyStore) ask of a store.
 import type { KeyPatch, NewKey } from '../keys/validate.js';
-import type { KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth } from '../types.js';
+import type { KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth, Limit, LimitWindow } from '../types.js';
 import type { SnapshotKey } from './snapshot.js';
 
-export type { KeyPatch, NewKey, KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth };
+export type { KeyPatch, NewKey, KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth, Limit, LimitWindow };
 
 /** What the gate asks of a store for each request: the key, admission, usage and the window it leaves. */
 export interface QuotaStore {
@@ -24,6 +24,8 @@ export interface QuotaStore {
   /** Gives a reservation back without recording anything. */
   release(reservation: Reservation): Promise<void>;
   windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage>;
+  /** Each limit's window of a key with several (stores that decide them: SQLite). */
+  limitsUsage?(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
   close(): Promise<void>;
 }
 

@@ -127,6 +127,51 @@ describe('admin API', () => {
     }
   });
 
+  it('creates a key with several limits, which the gate then decides by; changes and clears them; refuses bad ones naming the field', async () => {
+    const created = await sidecar.admin('POST', '/admin/keys', { name: 'plan', expiry_date: valid.expiry_date, limits: [{ window: '5h', tokens: 100 }, { name: 'weekly', window: '7d', tokens: 1000 }] });
+    expect(created.status).toBe(201);
+    const record = (await created.json()) as { id: string; key: string };
+    expect(record).toMatchObject({ token_limit_per_5h: 100, limits: [{ name: '5h', tokens: 100, window: '5h' }, { name: 'weekly', tokens: 1000, window: '7d', window_seconds: 604_800 }] });
+    // 40 tokens an answer: after three of them the 5-hour limit has nothing left.
+    for (let i = 0; i < 3; i++) {
+      const answer = await fetch(`${sidecar.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${record.key}` }, body: '{}' });
+      expect(answer.status).toBe(200);
+      expect(answer.headers.get('ratelimit-policy')).toBe('"tokens-5h";q=100;qu="tokens";w=18000, "tokens-weekly";q=1000;qu="tokens";w=604800');
+      await answer.text();
+      await expect.poll(async () => ((await sidecar.stats(record.key)) as { total_requests: number }).total_requests).toBe(i + 1);
+    }
+    const refused = await fetch(`${sidecar.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${record.key}` }, body: '{}' });
+    expect(refused.status).toBe(429);
+    expect(await refused.json()).toMatchObject({ error: { limit: '5h', tokens_limit: 100 } });
+
+    const patched = await sidecar.admin('PATCH', `/admin/keys/${record.id}`, { token_limit_per_5h: 500 });
+    expect(await patched.json()).toMatchObject({ token_limit_per_5h: 500, limits: [{ name: '5h', tokens: 500 }, { name: 'weekly', tokens: 1000 }] });
+    const cleared = await sidecar.admin('PATCH', `/admin/keys/${record.id}`, { limits: null });
+    expect(await cleared.json()).toMatchObject({ token_limit_per_5h: 500, limits: [{ name: '5h', tokens: 500, window: '5h' }] });
+    const weekly = (await (await sidecar.admin('POST', '/admin/keys', { name: 'weekly', expiry_date: valid.expiry_date, limits: [{ window: '7d', tokens: 2_000_000 }] })).json()) as { id: string; token_limit_per_5h: number | null };
+    expect(weekly.token_limit_per_5h).toBeNull();
+    // Clearing its limits would leave it 2 000 000 tokens per 5 hours: token_limit_per_5h must say how many.
+    const unclear = await sidecar.admin('PATCH', `/admin/keys/${weekly.id}`, { limits: null });
+    expect(unclear.status).toBe(400);
+    expect(((await unclear.json()) as ErrorAnswer).error.param).toBe('token_limit_per_5h');
+    expect(await (await sidecar.admin('PATCH', `/admin/keys/${weekly.id}`, { limits: null, token_limit_per_5h: 1000 })).json()).toMatchObject({ token_limit_per_5h: 1000, limits: [{ name: '5h', tokens: 1000 }] });
+    await sidecar.admin('DELETE', `/admin/keys/${weekly.id}`);
+    for (const [limits, param] of [
+      [[{ window: '5h', tokens: 0 }], 'limits[0]'],
+      [[{ window: '40d', tokens: 5 }], 'limits[0]'],
+      [[{ window: '5h', tokens: 5, model: 'x' }], 'limits[0]'],
+      [[{ window: '5h', tokens: 5 }, { window: '5h', tokens: 6 }], 'limits'],
+      [[{ name: 'glm', window: '5h', tokens: 5, models: ['glm-*'] }], 'limits'],
+      [[{ name: '5h', window: '7d', tokens: 5 }], 'limits'],
+      ['5h=100', 'limits'],
+    ] as const) {
+      const answer = await sidecar.admin('PATCH', `/admin/keys/${record.id}`, { limits });
+      expect(answer.status).toBe(400);
+      expect(((await answer.json()) as ErrorAnswer).error.param).toBe(param);
+    }
+    await sidecar.admin('DELETE', `/admin/keys/${record.id}`);
+  });
+
   it('refuses malformed JSON, a non-object, an oversized body and a duplicate key with 4xx, and keeps serving', async () => {
     const malformed = await sidecar.admin('POST', '/admin/keys', '{"name": "a",');
     expect(malformed.status).toBe(400);

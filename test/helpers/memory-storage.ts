@@ -4,7 +4,8 @@ import { ConflictError, NotFoundError } from '../../src/errors.js';
 import { buildKey, patchChanges } from '../../src/keys/build.js';
 import { validatePatch, type KeyPatch, type NewKey } from '../../src/keys/validate.js';
 import { LocalQuota, type ApplyOutcome, type LocalAdapter } from '../../src/quota/local-quota.js';
-import { bucketStart, type Bucket } from '../../src/quota/window.js';
+import type { Bucket } from '../../src/quota/window.js';
+import { bucketsOf } from '../../src/quota/limits.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, Storage, StorageHealth, UsageRecord, WindowUsage } from '../../src/storage/types.js';
 
 interface Row extends KeyRecord {
@@ -14,15 +15,15 @@ interface Row extends KeyRecord {
 export class MemoryStorage implements Storage, LocalAdapter {
   readonly backend = 'memory';
   private readonly keys = new Map<string, Row>();
-  /** Buckets by key id, then bucket start. */
+  /** Buckets by key id and limit (`key\u0000limit`), then bucket start. */
   private readonly usage = new Map<string, Map<number, number>>();
   private readonly recordIds = new Set<string>();
   private readonly quota = new LocalQuota(this, { name: 'the memory store' });
   private closed = false;
 
   // The adapter: what the engine asks of a backend.
-  buckets(keyId: string, since: number): Bucket[] {
-    return [...(this.usage.get(keyId) ?? [])]
+  buckets(keyId: string, limit: string, since: number): Bucket[] {
+    return [...(this.usage.get(`${keyId}\u0000${limit}`) ?? [])]
       .filter(([start]) => start > since)
       .sort((a, b) => a[0] - b[0])
       .map(([start, tokens]) => ({ start, tokens }));
@@ -38,9 +39,11 @@ export class MemoryStorage implements Storage, LocalAdapter {
       key.totalRequests += 1;
       key.lastUsedAt = Math.max(key.lastUsedAt ?? 0, record.at);
       if (record.tokens > 0) {
-        const buckets = this.usage.get(record.keyId) ?? new Map<number, number>();
-        buckets.set(bucketStart(record.at), (buckets.get(bucketStart(record.at)) ?? 0) + record.tokens);
-        this.usage.set(record.keyId, buckets);
+        for (const [limit, start] of bucketsOf(record)) {
+          const buckets = this.usage.get(`${record.keyId}\u0000${limit}`) ?? new Map<number, number>();
+          buckets.set(start, (buckets.get(start) ?? 0) + record.tokens);
+          this.usage.set(`${record.keyId}\u0000${limit}`, buckets);
+        }
       }
       return 'applied';
     });
@@ -99,7 +102,7 @@ export class MemoryStorage implements Storage, LocalAdapter {
   }
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
-    const changes = patchChanges(validatePatch(patch));
+    const changes = patchChanges(validatePatch(patch), this.keys.get(id)?.limits);
     const row = this.keys.get(id);
     if (!row) throw new NotFoundError(`no key with id ${id}`);
     Object.assign(row, changes);

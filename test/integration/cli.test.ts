@@ -105,6 +105,7 @@ describe('tokengate keys create', () => {
       name: 'alice',
       model: 'gpt-4o',
       token_limit_per_5h: 200_000,
+      limits: [{ name: '5h', tokens: 200_000, window: '5h', window_seconds: 18_000 }],
       expiry_date: '2027-01-01T00:00:00.000Z',
       created_at: expect.any(String),
       last_used: null,
@@ -118,8 +119,8 @@ describe('tokengate keys create', () => {
     expect(table.stdout).not.toContain('pk_user_123');
     const lines = table.stdout.trimEnd().split('\n');
     expect(lines).toHaveLength(2);
-    expect(lines[0]).toMatch(/^ID\s+KEY\s+NAME\s+MODEL\s+LIMIT\/5H\s+EXPIRES\s+LIFETIME TOKENS\s+REQUESTS$/);
-    expect(lines[1]?.split(/\s{2,}/)).toEqual([view?.id, 'pk...', 'alice', 'gpt-4o', '200000', '2027-01-01T00:00:00.000Z', '0', '0']);
+    expect(lines[0]).toMatch(/^ID\s+KEY\s+NAME\s+MODEL\s+LIMITS\s+EXPIRES\s+LIFETIME TOKENS\s+REQUESTS$/);
+    expect(lines[1]?.split(/\s{2,}/)).toEqual([view?.id, 'pk...', 'alice', 'gpt-4o', '5h=200000', '2027-01-01T00:00:00.000Z', '0', '0']);
 
     const show = cli(dbPath, ['keys', 'show', view?.id ?? '']);
     expect(show.status).toBe(0);
@@ -204,6 +205,39 @@ describe('tokengate keys show / update / delete', () => {
     expect(human.status).toBe(0);
     expect(human.stdout).toMatch(/^model:\s+-$/m);
     expect(human.stdout).toMatch(/^token_limit_per_5h:\s+5$/m);
+  });
+});
+
+describe('tokengate keys --limit, several of them', () => {
+  it('creates a key with a 5-hour and a weekly limit, shows them, changes the 5h one with a plain number', () => {
+    const { dbPath } = freshDb();
+    const created = createJson(dbPath, ['--limit', '7d=2000000', '--limit', 'glm:5h=5000@glm-4.7*,glm-5*']);
+    expect(created.token_limit_per_5h).toBe(200_000);
+    expect(created.limits).toEqual([
+      { name: '5h', tokens: 200_000, window: '5h', window_seconds: 18_000 },
+      { name: '7d', tokens: 2_000_000, window: '7d', window_seconds: 604_800 },
+      { name: 'glm', tokens: 5000, window: '5h', window_seconds: 18_000, models: ['glm-4.7*', 'glm-5*'] },
+    ]);
+    expect(cli(dbPath, ['keys', 'show', created.id]).stdout).toMatch(/^limits:\s+5h=200000 7d=2000000 glm:5h=5000@glm-4\.7\*,glm-5\*$/m);
+    const updated = JSON.parse(cli(dbPath, ['keys', 'update', created.id, '--limit', '300000', '--json']).stdout) as KeyView;
+    expect(updated.limits.map((limit) => [limit.name, limit.tokens])).toEqual([
+      ['5h', 300_000],
+      ['7d', 2_000_000],
+      ['glm', 5000],
+    ]);
+    const replaced = JSON.parse(cli(dbPath, ['keys', 'update', created.id, '--limit', '7d=10', '--json']).stdout) as KeyView;
+    expect(replaced).toMatchObject({ token_limit_per_5h: null, limits: [{ name: '7d', tokens: 10 }] });
+  });
+
+  it.each([
+    ['7d=0', /--limit: tokens "0" is not a positive integer/],
+    ['5x=5', /--limit: window "5x" is not a number of minutes, hours or days/],
+    ['32d=5', /--limit: window "32d" is not from 1m to 31d/],
+    ['glm:5h=5@glm-*', /--limit: a key needs at least one limit that applies to every model/],
+  ])('refuses --limit %j before touching the store, naming the option', (limit, message) => {
+    const { dbPath } = freshDb();
+    expectFailure(cli(dbPath, ['keys', 'create', '--name', 'a', '--limit', limit, '--expires', '2027-01-01']), message);
+    expect(existsSync(dbPath)).toBe(false);
   });
 });
 

@@ -114,6 +114,8 @@ describe('keys with digest-derived ids', () => {
     opened.push(await createStorage({ storage: 'file', fallbackDir: dir, logger: logs.logger }));
     const found = await opened[0]!.findKeyByDigest(keyHash);
     expect(found).toMatchObject({ totalLifetimeTokens: 55, totalRequests: 2 });
+    // Keys of that version had neither weights nor limits of their own.
+    expect(found).toMatchObject({ tokenWeights: null, limits: null });
     expect(keyHash).not.toContain(found!.id.slice(4));
     expect((await opened[0]!.windowUsage(found!.id, Date.now(), WINDOW)).used).toBe(55);
     expect(logs.lines.filter((line) => RENAMED.test(String(line.msg)))).toHaveLength(1);

@@ -136,6 +136,28 @@ describe('restore validation', () => {
     expect(restored).toEqual(before);
   });
 
+  it('restores a backup taken before keys had several limits: its buckets are those of the 5h limit', async () => {
+    const { dir, dbPath, backup } = await seeded();
+    const old = rewritten(backup, dir, (entries, header) => {
+      header.schema = '0003_token_weights';
+      return entries.map(({ table, row }) => {
+        const { limits: _limits, limit_name: _name, ...rest } = row;
+        return { table, row: table === 'api_keys' || table === 'usage_buckets' ? rest : row };
+      });
+    });
+    const other = join(dir, 'other.db');
+    const run = cli(other, ['restore', old, '--yes'], { BACKUP_DIR: join(dir, 'before') });
+    expect(run.stderr).toBe('');
+    expect(run.status).toBe(0);
+    expect(listed(other)).toBe(listed(dbPath));
+    const storage = await createStorage({ databasePath: other, lock: false, prune: false });
+    try {
+      for (const key of await storage.listKeys()) expect((await storage.windowUsage(key.id, Date.now(), 5 * 3_600_000)).used).toBe(42);
+    } finally {
+      await storage.close();
+    }
+  });
+
   it('restores a backup taken before the index-only migration 0001_prune_indexes, and refuses an unknown schema', async () => {
     const { dir, dbPath, backup } = await seeded();
     const before = listed(dbPath);

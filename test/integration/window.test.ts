@@ -101,6 +101,7 @@ describe('rolling window', () => {
       name: 'test',
       model: null,
       token_limit_per_5h: 2000,
+      limits: [{ name: '5h', tokens: 2000, window: '5h', window_seconds: 18_000, used: 300, reserved: 0, remaining: 1700, window_ends_at: new Date(started + WINDOW).toISOString() }],
       expiry_date: new Date(record.expiresAt).toISOString(),
       created_at: new Date(record.createdAt).toISOString(),
       last_used: new Date(gate.clock.now() - 30 * 60_000).toISOString(),

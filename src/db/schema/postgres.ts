@@ -21,6 +21,8 @@ export const apiKeys = pgTable('api_keys', {
   totalRequests: bigint('total_requests', { mode: 'number' }).notNull().default(0),
   /** What each kind of token is charged (`cache_read=0.1`), over the gate's defaults; null: the defaults. */
   tokenWeights: text('token_weights'),
+  /** The key's limits as JSON (`[{"name":"7d","window":"7d","tokens":1500}]`); null: one limit, `5h`, of token_limit_per_5h. */
+  limits: text('limits'),
 });
 
 // A key as the stores read it (a KeyRecord): every column but the digest.
@@ -33,12 +35,14 @@ export const usageBuckets = pgTable(
     keyId: text('key_id')
       .notNull()
       .references(() => apiKeys.id, { onDelete: 'cascade' }),
-    /** Start of the bucket: floor(recorded at / bucket size) * bucket size. */
+    /** The limit the usage counts against (a key has one bucket per limit for each usage). */
+    limitName: text('limit_name').notNull().default('5h'),
+    /** Start of the bucket: floor(recorded at / bucket size) * bucket size, the size fitting the limit's window. */
     bucketStart: ms('bucket_start').notNull(),
     tokens: bigint('tokens', { mode: 'number' }).notNull(),
   },
   // bucket_start alone: pruning finds the buckets that left every window.
-  (table) => [primaryKey({ columns: [table.keyId, table.bucketStart] }), index('usage_buckets_bucket_start').on(table.bucketStart)],
+  (table) => [primaryKey({ columns: [table.keyId, table.limitName, table.bucketStart] }), index('usage_buckets_bucket_start').on(table.bucketStart)],
 );
 
 /** One row per applied usage record: replaying a record whose id is here changes nothing. */

@@ -161,6 +161,10 @@ describe('checkLimits', () => {
     expect(checkLimitSet(limits, '--limit')).toBe(limits);
     expect(() => checkLimitSet([...limits, parseLimitSpec('300m=1', '--limit')], '--limit')).toThrow('--limit: the limit name "5h" is given twice');
   });
+
+  it('refuses a key whose limits are all scoped: every other model would be unlimited', () => {
+    expect(() => checkLimitSet([parseLimitSpec('glm:5h=500@glm-4.7*', '--limit')], '--limit')).toThrow('--limit: a key needs at least one limit that applies to every model');
+  });
 });
 
 describe('limitView and legacyLimit', () => {
@@ -230,7 +234,7 @@ describe('modelMatches and applicableLimits', () => {
     expect(modelMatches(['*'], '')).toBe(true);
   });
 
-  it('takes every other character literally, case-sensitively', () => {
+  it('takes every other character literally, whatever its case, and the model without surrounding spaces', () => {
     expect(modelMatches(['gpt-4.1'], 'gpt-4x1')).toBe(false);
     expect(modelMatches(['gpt-4.1'], 'gpt-4.1')).toBe(true);
     expect(modelMatches(['a+b'], 'aab')).toBe(false);
@@ -238,7 +242,9 @@ describe('modelMatches and applicableLimits', () => {
     expect(modelMatches(['(a|b)'], '(a|b)')).toBe(true);
     expect(modelMatches(['[ab]$^\\{1}'], '[ab]$^\\{1}')).toBe(true);
     expect(modelMatches(['*1*2'], 'x1y2')).toBe(true);
-    expect(modelMatches(['GLM-*'], 'glm-4.7')).toBe(false);
+    expect(modelMatches(['GLM-*'], 'glm-4.7')).toBe(true);
+    expect(modelMatches(['glm-4.7*'], ' GLM-4.7-Flash ')).toBe(true);
+    expect(modelMatches(['glm-4.7*'], 'glm-4-7')).toBe(false);
   });
 
   it('matches any of the patterns, and a request without a model none', () => {
@@ -337,5 +343,14 @@ describe('headers', () => {
     expect(leastRemaining([first, second, tied])).toBe(second);
     expect(leastRemaining([first])).toBe(first);
     expect(leastRemaining([])).toBeUndefined();
+  });
+});
+
+describe('a key\'s limits as stored', () => {
+  it('stores one unscoped 5h limit the old way, and several as canonical JSON', async () => {
+    const { columnsFor } = await import('../../../src/keys/limits.js');
+    expect(columnsFor([parseLimitSpec('5h=1000', 'f')], undefined)).toEqual({ limits: null, tokenLimit: 1000 });
+    expect(columnsFor([parseLimitSpec('5h=1000', 'f'), parseLimitSpec('weekly:7d=1500', 'f')], undefined)).toEqual({ limits: '[{"name":"5h","window":"5h","tokens":1000},{"name":"weekly","window":"7d","tokens":1500}]', tokenLimit: 1000 });
+    expect(() => columnsFor([parseLimitSpec('5h=1000', 'f'), parseLimitSpec('7d=1500', 'f')], 999)).toThrow('token_limit_per_5h: disagrees with the limits given with it');
   });
 });
