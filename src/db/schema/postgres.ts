@@ -1,6 +1,6 @@
 // The PostgreSQL schema: the same logical schema as SQLite (see sqlite.ts), plus the reservations
 // that instances share. Times are bigint milliseconds since the epoch, as in SQLite.
-import { getTableColumns } from 'drizzle-orm';
+import { getTableColumns, sql } from 'drizzle-orm';
 import { pgTable, text, bigint, boolean, primaryKey, index } from 'drizzle-orm/pg-core';
 
 const ms = (name: string) => bigint(name, { mode: 'number' });
@@ -23,7 +23,10 @@ export const apiKeys = pgTable('api_keys', {
   tokenWeights: text('token_weights'),
   /** The key's limits as JSON (`[{"name":"7d","window":"7d","tokens":1500}]`); null: one limit, `5h`, of token_limit_per_5h. */
   limits: text('limits'),
-});
+},
+  // Few keys have limits of their own: pruning finds them without reading every key.
+  (table) => [index('api_keys_limits').on(table.id).where(sql`${table.limits} is not null`)],
+);
 
 // A key as the stores read it (a KeyRecord): every column but the digest.
 const { keyHash: _digest, ...keyColumns } = getTableColumns(apiKeys);

@@ -1,6 +1,6 @@
 // The SQLite schema: keys, per-minute usage buckets and the ids of applied usage records.
 // Times are integer milliseconds since the epoch, so both dialects share one logical schema.
-import { getTableColumns } from 'drizzle-orm';
+import { getTableColumns, sql } from 'drizzle-orm';
 import { sqliteTable, text, integer, primaryKey, index } from 'drizzle-orm/sqlite-core';
 
 export const apiKeys = sqliteTable('api_keys', {
@@ -21,7 +21,10 @@ export const apiKeys = sqliteTable('api_keys', {
   tokenWeights: text('token_weights'),
   /** The key's limits as JSON (`[{"name":"7d","window":"7d","tokens":1500}]`); null: one limit, `5h`, of token_limit_per_5h. */
   limits: text('limits'),
-});
+},
+  // Few keys have limits of their own: pruning finds them without reading every key.
+  (table) => [index('api_keys_limits').on(table.id).where(sql`${table.limits} is not null`)],
+);
 
 // A key as the stores read it (a KeyRecord): every column but the digest.
 const { keyHash: _digest, ...keyColumns } = getTableColumns(apiKeys);

@@ -1,0 +1,1 @@
+CREATE INDEX `api_keys_limits` ON `api_keys` (`id`) WHERE "api_keys"."limits" is not null;
