@@ -7,6 +7,13 @@ import { join } from 'node:path';
 
 /** @typedef {Awaited<ReturnType<typeof import('./drive.js').drive>>} Measured */
 
+/** The hot key's history in the scale table. @type {Record<string, (records: number) => string>} */
+const HISTORIES = {
+  empty: () => 'empty',
+  dense: (records) => `5 h of minute buckets, ${records} records`,
+  plan: (records) => `a 5 h and a 7 d limit: 5 h of minute buckets, 7 d of 30-minute buckets, ${records} records`,
+};
+
 /**
  * @param {number[]} values
  * @returns {number}
@@ -84,7 +91,7 @@ export function writeReport(out, { settings, proxy, scale }) {
     '',
     '| store | keys | hot key history | decisions/s | µs per decision | records/s |',
     '|---|---:|---|---:|---:|---:|',
-    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${s.history === 'dense' ? `5 h of minute buckets, ${s.pastRecords} records` : 'empty'} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
+    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${HISTORIES[s.history]?.(s.pastRecords) ?? s.history} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
     '',
   ].join('\n');
   writeFileSync(join(out, 'latest.md'), markdown);

@@ -1,17 +1,26 @@
 // @ts-check
 // The scale run: lookup, admission and recording on one hot key among 1, 10^4 and 10^5 keys, with an
 // empty history and with a dense one (5 hours of minute buckets, and 10^6 earlier usage records),
-// straight against each store.
+// straight against each store; on SQLite also a hot key with a 5-hour and a 7-day limit and a dense
+// history in both (a week of its 30-minute buckets).
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
 import { createLogger, createStorage } from 'tokengate';
 import { digestKey } from '../dist/src/keys/secret.js';
 import { newRecordId } from '../dist/src/usage/record-id.js';
+import { limitsOf } from '../dist/src/keys/limits.js';
 
 const WINDOW_MS = 5 * 3600_000;
 const MINUTE = 60_000;
 const HOT_KEY = 'tg-bench-hot-key';
+const WEEK_MS = 7 * 24 * 3600_000;
+/** The width of a 7-day limit's buckets. */
+const WEEK_BUCKET_MS = 30 * MINUTE;
+const PLAN_LIMITS = JSON.stringify([
+  { name: '5h', window: '5h', tokens: 1e12 },
+  { name: '7d', window: '7d', tokens: 1e12 },
+]);
 /** Requests ending at once in the recording measurement. */
 const RECORDING_LOOPS = 32;
 
@@ -22,11 +31,13 @@ export async function runScale({ databaseUrl, tempDir, keyCounts, measureMs, pas
   const rows = [];
   for (const backend of ['sqlite', 'postgres']) {
     for (const keys of keyCounts) {
-      for (const history of ['empty', 'dense']) {
+      // Several limits per key are decided by the SQLite store only, so far.
+      for (const history of backend === 'sqlite' ? ['empty', 'dense', 'plan'] : ['empty', 'dense']) {
         const store = backend === 'sqlite' ? await sqliteStore(tempDir()) : await postgresStore(await databaseUrl());
+        const past = history === 'empty' ? 0 : pastRecords;
         try {
-          await store.fill(keys, history === 'dense' ? pastRecords : 0);
-          rows.push({ backend, keys, history, pastRecords: history === 'dense' ? pastRecords : 0, ...(await measure(store.storage, measureMs)) });
+          await store.fill(keys, past, history === 'plan');
+          rows.push({ backend, keys, history, pastRecords: past, ...(await measure(store.storage, measureMs)) });
         } finally {
           await store.close();
         }
@@ -57,8 +68,8 @@ async function sqliteStore(dir) {
   const storage = await createStorage({ databasePath: path, logger: logger() });
   return {
     storage,
-    /** @param {number} keys @param {number} pastRecords with 5 h of buckets when above 0 */
-    async fill(keys, pastRecords) {
+    /** @param {number} keys @param {number} pastRecords with 5 h of buckets when above 0 @param {boolean} plan the hot key has a 5 h and a 7 d limit */
+    async fill(keys, pastRecords, plan) {
       const dense = pastRecords > 0;
       const db = new Database(path);
       const now = Date.now();
@@ -66,11 +77,15 @@ async function sqliteStore(dir) {
       const insertKey = db.prepare(
         'insert into api_keys (id, key_hash, key_prefix, name, token_limit_per_5h, expiry_date, created_at) values (?, ?, ?, ?, ?, ?, ?)',
       );
-      const insertBucket = db.prepare('insert into usage_buckets (key_id, bucket_start, tokens) values (?, ?, ?)');
+      const insertBucket = db.prepare("insert into usage_buckets (key_id, limit_name, bucket_start, tokens) values (?, ?, ?, ?)");
       db.transaction(() => {
         insertKey.run(hot.id, hot.hash, 'tg-bench', 'hot', 1e12, now + 24 * 3600_000, now);
         for (let i = 1; i < keys; i++) insertKey.run(`key_${i}`, digestKey(`tg-bench-filler-${i}`), 'tg-bench', 'filler', 1e12, now + 24 * 3600_000, now);
-        if (dense) for (let m = 1; m < WINDOW_MS / MINUTE; m++) insertBucket.run(hot.id, Math.floor(now / MINUTE) * MINUTE - m * MINUTE, 10);
+        if (dense) for (let m = 1; m < WINDOW_MS / MINUTE; m++) insertBucket.run(hot.id, '5h', Math.floor(now / MINUTE) * MINUTE - m * MINUTE, 10);
+        if (plan) {
+          db.prepare('update api_keys set limits = ? where id = ?').run(PLAN_LIMITS, hot.id);
+          for (let b = 1; b < WEEK_MS / WEEK_BUCKET_MS; b++) insertBucket.run(hot.id, '7d', Math.floor(now / WEEK_BUCKET_MS) * WEEK_BUCKET_MS - b * WEEK_BUCKET_MS, 10);
+        }
       })();
       if (dense) {
         db.prepare(
@@ -127,7 +142,8 @@ async function measure(storage, ms) {
   const admitOnce = async () => {
     const key = await storage.findKeyByDigest(digestKey(HOT_KEY));
     if (!key) throw new Error('the hot key is missing');
-    const admission = await storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate: 10, requestId: newRecordId(), now: Date.now(), windowMs: WINDOW_MS });
+    const limits = key.limits == null ? {} : { limits: limitsOf(key, WINDOW_MS) };
+    const admission = await storage.admit({ keyId: key.id, tokenLimit: key.tokenLimit, estimate: 10, requestId: newRecordId(), now: Date.now(), windowMs: WINDOW_MS, ...limits });
     if (!admission.admitted) throw new Error('the hot key was refused');
     return { key, reservation: admission.reservation };
   };

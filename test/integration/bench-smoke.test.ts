@@ -25,7 +25,7 @@ describe('npm run bench -- --smoke', () => {
     const out = tempDir();
     const run = spawnSync(process.execPath, ['bench/run.js', '--smoke', '--out', out], { cwd: join(import.meta.dirname, '../..'), encoding: 'utf8', timeout: 150_000 });
     expect(run.status, run.stderr).toBe(0);
-    const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { proxy: ProxyRow[]; scale: { backend: string; keys: number; decisionsPerSecond: number; recordsPerSecond: number }[] };
+    const result = JSON.parse(readFileSync(join(out, 'latest.json'), 'utf8')) as { proxy: ProxyRow[]; scale: { backend: string; keys: number; history: string; decisionsPerSecond: number; recordsPerSecond: number }[] };
     expect(result.proxy.map((row) => `${row.variant} ${row.response}`)).toEqual([
       'bare proxy JSON',
       'gate, SQLite JSON',
@@ -49,12 +49,24 @@ describe('npm run bench -- --smoke', () => {
       // The PostgreSQL server's CPU is measured for the rows that use it, and only for them.
       expect(typeof row.databaseCpuUsPerRequest, row.variant).toBe(row.variant.includes('PostgreSQL') && !row.variant.includes('down') ? 'number' : 'object');
     }
-    expect(result.scale.map((row) => `${row.backend} ${row.keys}`)).toEqual(['sqlite 1', 'sqlite 1', 'sqlite 100', 'sqlite 100', 'postgres 1', 'postgres 1', 'postgres 100', 'postgres 100']);
+    expect(result.scale.map((row) => `${row.backend} ${row.keys} ${row.history}`)).toEqual([
+      'sqlite 1 empty',
+      'sqlite 1 dense',
+      'sqlite 1 plan',
+      'sqlite 100 empty',
+      'sqlite 100 dense',
+      'sqlite 100 plan',
+      'postgres 1 empty',
+      'postgres 1 dense',
+      'postgres 100 empty',
+      'postgres 100 dense',
+    ]);
     for (const row of result.scale) {
       expect(row.decisionsPerSecond).toBeGreaterThan(0);
       expect(row.recordsPerSecond).toBeGreaterThan(0);
     }
     expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| gate, SQLite | JSON | ');
+    expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| sqlite | 100 | a 5 h and a 7 d limit: ');
     expect([...benchDirs()].filter((name) => !before.has(name))).toEqual([]);
   }, 180_000);
 });
