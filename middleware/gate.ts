@@ -135,9 +135,9 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   const { windowMs } = config;
   const weights = config.weightsOf(key.tokenWeights);
   const estimate = reservationFor(estimateFor(req, body, config), weights);
-  // A key with limits of its own is admitted on those that apply to the request's model.
   let admission;
   try {
+    // A key with limits of its own is admitted on those that apply to the request's model.
     const limits = key.limits == null ? undefined : limitsFor(key, windowMs, config.keyModelWins ? key.model : null, body.json);
     const request = { keyId: key.id, tokenLimit: key.tokenLimit, estimate, requestId: newRecordId(), now, windowMs, ...(limits ? { limits } : {}) };
     admission = await storageCall(config, 'admit', () => config.storage.admit(request));
@@ -169,7 +169,7 @@ async function gate(req: Request, res: Response, next: NextFunction, config: Gat
   metrics?.reservedTokens.inc(admission.reservation.tokens);
   req.tokenGate = {
     key: { id: key.id, name: key.name, model: key.model, tokenLimit: key.tokenLimit },
-    usage: { used: window.used, reserved: window.reserved, remaining, windowEndsAt: new Date(windowEndsAt) },
+    usage: { used: shown.window.used, reserved: shown.window.reserved, remaining, windowEndsAt: new Date(windowEndsAt) },
   };
   meterResponse(req, res, config, admission.reservation, body.bytes, weights, track);
   next();

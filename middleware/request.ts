@@ -2,6 +2,7 @@
 
 export interface TokenGateContext {
   key: { id: string; name: string; model: string | null; tokenLimit: number };
+  /** Of the key's one limit, or (a key with several) of the one with the least remaining. */
   usage: {
     /** Tokens recorded in the window at admission. */
     used: number;
