@@ -88,7 +88,12 @@ describe('observing a database outage', () => {
   it('answers degraded within 1 s of the database stopping, counts the journal, and is ok again after it returns', async () => {
     const key = main;
     await expect.poll(async () => (await health()).body.status, { timeout: 10_000 }).toBe('ok');
+    const reported = async (): Promise<number> => (await metricsNow()).value('tokengate_tokens_total', { source: 'reported' }) ?? 0;
+    const reportedBefore = await reported();
     expect((await call({ authorization: `Bearer ${key}` })).status).toBe(200);
+    // Its usage is in the database before it stops: a record still on its way would be journaled
+    // after the count below is read, and the journal would hold one more than the three counted.
+    await expect.poll(reported, { timeout: 5_000 }).toBeGreaterThan(reportedBefore);
 
     await pg.stop();
     const stoppedAt = Date.now();
