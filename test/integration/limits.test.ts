@@ -3,7 +3,8 @@ import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vites
 import { createStorage } from '../../src/storage/create.js';
 import { parseLimitSpec, type Limit } from '../../src/quota/limits.js';
 import { statsHandler } from '../../middleware/stats.js';
-import { quietLogger, startGate, tempDbPath, type Gate } from '../helpers/gate.js';
+import postgres from 'postgres';
+import { quietLogger, startGate, tempDbPath, tempDir, type Gate } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import Database from 'better-sqlite3';
@@ -37,6 +38,7 @@ async function ask(key: string, model = 'gpt-4o'): Promise<{ status: number; hea
 
 describe('a 5-hour and a weekly limit on one key', () => {
   it('admits until the 5-hour limit, again after 5 hours, then refuses by the weekly limit with a Retry-After pointing at its window', async () => {
+    const hits = upstream.hits;
     const { key, record } = await gate.storage.createKey({ name: 'plan', limits: limits('5h=1000', '7d=1500'), expiresAt: gate.clock.now() + 30 * 24 * HOUR }, gate.clock.now());
     expect(record.tokenLimit).toBe(1000);
     let settled = 0;
@@ -66,7 +68,8 @@ describe('a 5-hour and a weekly limit on one key', () => {
     expect(retryAfter).toBeGreaterThan(7 * 24 * 3600 - 5 * 3600 - 120);
     expect(retryAfter).toBeLessThanOrEqual(7 * 24 * 3600 - 5 * 3600);
     expect(weekly.headers.get('x-should-retry')).toBe('false');
-    expect(upstream.hits).toBeGreaterThanOrEqual(6);
+    // Six admitted, and neither refusal reached the upstream.
+    expect(upstream.hits).toBe(hits + 6);
   });
 });
 
@@ -142,12 +145,28 @@ describe('/stats of a key with several limits', () => {
 
 describe('stores that do not decide several limits yet', () => {
   it('PostgreSQL refuses a key with several limits at creation, naming the field', async () => {
-    const storage = await createStorage({ databaseUrl: await freshDatabase(), fallbackDir: tempDbPath(), logger: quietLogger() });
+    const storage = await createStorage({ databaseUrl: await freshDatabase(), fallbackDir: tempDir(), logger: quietLogger() });
     try {
       await expect(storage.createKey({ name: 'plan', limits: limits('5h=1000', '7d=1500'), expiresAt: Date.now() + HOUR })).rejects.toThrow(/^limits: several limits per key need the SQLite store/);
     } finally {
       await storage.close();
     }
+  });
+
+  it('PostgreSQL answers 503 for a key with several limits it meets (put there behind its back), never admitting it on one', async () => {
+    const url = await freshDatabase();
+    const storage = await createStorage({ databaseUrl: url, fallbackDir: tempDir(), keyCacheTtlMs: 0, logger: quietLogger() });
+    const onPostgres = await startGate(upstream, {}, storage);
+    onTestFinished(() => onPostgres.close());
+    const { key, record } = await storage.createKey({ name: 'plan', tokenLimit: 1000, expiresAt: onPostgres.clock.now() + HOUR }, onPostgres.clock.now());
+    const database = postgres(url, { max: 1, onnotice: () => undefined });
+    onTestFinished(() => database.end());
+    await database`update api_keys set limits = ${'[{"name":"5h","window":"5h","tokens":1000},{"name":"7d","window":"7d","tokens":1500}]'} where id = ${record.id}`;
+    const hits = upstream.hits;
+    const answer = await fetch(`${onPostgres.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: '{"model":"m"}' });
+    expect(answer.status).toBe(503);
+    expect(await answer.json()).toMatchObject({ error: { type: 'service_unavailable' } });
+    expect(upstream.hits).toBe(hits);
   });
 });
 

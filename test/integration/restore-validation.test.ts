@@ -152,7 +152,9 @@ describe('restore validation', () => {
     expect(listed(other)).toBe(listed(dbPath));
     const storage = await createStorage({ databasePath: other, lock: false, prune: false });
     try {
-      for (const key of await storage.listKeys()) expect((await storage.windowUsage(key.id, Date.now(), 5 * 3_600_000)).used).toBe(42);
+      const keys = await storage.listKeys();
+      expect(keys).toHaveLength(2);
+      for (const key of keys) expect((await storage.windowUsage(key.id, Date.now(), 5 * 3_600_000)).used).toBe(42);
     } finally {
       await storage.close();
     }
