@@ -4,14 +4,17 @@ import { join } from 'node:path';
 import type { KeyRecord } from './types.js';
 import { parseWeights } from '../usage/weights.js';
 import { parseStoredLimits } from '../keys/limits.js';
+import { LEGACY } from '../quota/limits.js';
 
 export const SNAPSHOT_FILE = 'snapshot.json';
 const FORMAT = 'tokengate-snapshot';
 
 export interface SnapshotKey extends KeyRecord {
   keyHash: string;
-  /** [bucket start, tokens] pairs of the buckets that may still count. */
+  /** [bucket start, tokens] pairs of the `5h` limit's buckets that may still count (a key without limits of its own has only these). */
   buckets: [number, number][];
+  /** The same pairs for each of the key's other limits, by limit name. */
+  limitBuckets?: Record<string, [number, number][]>;
 }
 
 export interface Snapshot {
@@ -64,9 +67,13 @@ function validKey(key: SnapshotKey | undefined): boolean {
     (key.limits === null || key.limits === undefined || limitsText(key.limits)) &&
     [key.tokenLimit, key.expiresAt, key.createdAt, key.totalLifetimeTokens, key.totalRequests].every(isInt) &&
     (key.lastUsedAt === null || isInt(key.lastUsedAt)) &&
-    Array.isArray(key.buckets) &&
-    key.buckets.every((bucket) => Array.isArray(bucket) && isInt(bucket[0]) && isInt(bucket[1]))
+    bucketPairs(key.buckets) &&
+    (key.limitBuckets === undefined || (typeof key.limitBuckets === 'object' && key.limitBuckets !== null && Object.values(key.limitBuckets).every(bucketPairs)))
   );
+}
+
+function bucketPairs(value: unknown): boolean {
+  return Array.isArray(value) && value.every((bucket) => Array.isArray(bucket) && isInt(bucket[0]) && isInt(bucket[1]));
 }
 
 function limitsText(value: unknown): boolean {
@@ -115,13 +122,27 @@ export function setAsideSnapshot(dir: string, now: number): string {
 /** A key as stored, with its digest: a snapshot key without its buckets. */
 export type StoredKey = Omit<SnapshotKey, 'buckets'>;
 
+/** A stored bucket; `limit` absent means the `5h` limit's. */
+export interface StoredBucket {
+  keyId: string;
+  limit?: string;
+  start: number;
+  tokens: number;
+}
+
 /** Stored keys and their buckets joined into snapshot keys. */
-export function withBuckets(keys: StoredKey[], buckets: { keyId: string; start: number; tokens: number }[]): SnapshotKey[] {
-  const byKey = new Map<string, [number, number][]>();
+export function withBuckets(keys: StoredKey[], buckets: StoredBucket[]): SnapshotKey[] {
+  const byKey = new Map<string, Map<string, [number, number][]>>();
   for (const bucket of buckets) {
-    const list = byKey.get(bucket.keyId) ?? [];
+    let limits = byKey.get(bucket.keyId);
+    if (!limits) byKey.set(bucket.keyId, (limits = new Map()));
+    const name = bucket.limit ?? LEGACY;
+    let list = limits.get(name);
+    if (!list) limits.set(name, (list = []));
     list.push([bucket.start, bucket.tokens]);
-    byKey.set(bucket.keyId, list);
   }
-  return keys.map((key) => ({ ...key, buckets: byKey.get(key.id) ?? [] }));
+  return keys.map((key) => {
+    const { [LEGACY]: legacy = [], ...others } = Object.fromEntries(byKey.get(key.id) ?? []);
+    return Object.keys(others).length > 0 ? { ...key, buckets: legacy, limitBuckets: others } : { ...key, buckets: legacy };
+  });
 }
