@@ -9,7 +9,6 @@ import type { ImportOutcome } from '../storage/admin.js';
 import { loadKeyFile, type ParsedKeyFile } from '../storage/key-file.js';
 import type { SnapshotKey } from '../storage/snapshot.js';
 import { maskKey } from '../keys/secret.js';
-import { refuseLimits } from '../keys/limits.js';
 import { environment, note, printJson, printLine, storeName, withAdminStore } from './shared.js';
 
 /** Files with at least this many keys get a progress bar on a terminal. */
@@ -33,7 +32,6 @@ export function importCommand(): Command {
     .action(async (file: string, options: ImportCommandOptions) => {
       const parsed = loadKeyFile(file, Date.now(), DEFAULT_WINDOW_MS);
       const report = await withAdminStore(async (store) => {
-        refuseLimits(store.backend === 'sqlite' ? null : parsed.keys.find((key) => key.limits != null)?.limits, store.backend);
         const planned = await store.importKeys(parsed.keys, { dryRun: true });
         if (options.dryRun || planned.added.length === 0) return { outcome: planned, backup: null };
         const { path } = await writeBackup(store, environment().backupDir);

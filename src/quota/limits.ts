@@ -2,7 +2,7 @@
 import { ValidationError } from '../errors.js';
 import { decide } from './admission.js';
 
-import type { Limit, Reservation, UsageRecord } from '../types.js';
+import type { Admission, AdmitRequest, Limit, LimitWindow, Meter, Reservation, UsageRecord } from '../types.js';
 import { bucketStart } from './window.js';
 
 export type { Limit };
@@ -257,6 +257,27 @@ export function decideAll(states: readonly LimitState[], estimate: number): Limi
 /** A refused request's Retry-After given each limit's msUntilAdmissible: it passes every limit once the last of them admits. */
 export function retryAfterAll(waits: readonly number[]): number {
   return Math.max(0, ...waits);
+}
+
+/** A limit's state as a store read it, with the oldest bucket that still counts: what an admission on several limits reports. */
+export interface LimitReading extends LimitState {
+  oldestBucketStart: number | undefined;
+}
+
+const limitWindow = (reading: LimitReading, reserving: number): LimitWindow => ({ limit: reading.limit, used: reading.used, reserved: reading.reserved + reserving, oldestBucketStart: reading.oldestBucketStart });
+
+/** A request every limit admitted (decideAll's parts, in the order of `readings`): its part against each, and each window counting it. */
+export function admittedOn(request: AdmitRequest, readings: readonly LimitReading[], parts: readonly LimitPart[]): Admission {
+  const meters: Meter[] = parts.map((part, index) => ({ limit: part.name, windowMs: readings[index]!.limit.windowMs, tokens: part.reserve, partial: part.partial }));
+  const reservation: Reservation = { id: request.requestId, keyId: request.keyId, tokens: Math.max(...meters.map((meter) => meter.tokens)), partial: meters.some((meter) => meter.partial), meters };
+  const limits = readings.map((reading, index) => limitWindow(reading, meters[index]!.tokens));
+  return { admitted: true, reservation, window: limits[0]!, limits };
+}
+
+/** A request refused by the limit `refusedBy`, given how long each limit (in the order of `readings`) takes to admit again. */
+export function refusedOn(readings: readonly LimitReading[], refusedBy: string, waits: readonly number[]): Admission {
+  const limits = readings.map((reading) => limitWindow(reading, 0));
+  return { admitted: false, window: limits.find((window) => window.limit.name === refusedBy)!, retryAfterMs: retryAfterAll(waits), limits, refusedBy };
 }
 
 /** The RateLimit-Policy item name of a limit; the legacy `5h` limit keeps today's `tokens-5h`. */

@@ -6,7 +6,8 @@ import { StorageError } from '../errors.js';
 import type { Logger } from '../types.js';
 import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, MirrorStorage, Reservation, SharedStorage, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+import { withBuckets } from '../quota/limits.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Limit, LimitWindow, MirrorStorage, Reservation, SharedStorage, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 export interface FallbackOptions {
   logger: Logger;
@@ -39,6 +40,13 @@ function withTimeout<T>(work: Promise<T>, ms: number, onLate?: (value: T) => voi
   });
   if (onLate) work.then((value) => timedOut && onLate(value)).catch(() => undefined);
   return Promise.race([work, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** What an admission the database never answered may hold there: the estimate, against each of its limits. */
+function unanswered(request: AdmitRequest): Reservation {
+  const { requestId: id, keyId, estimate: tokens, limits } = request;
+  const meters = limits?.map((limit) => ({ limit: limit.name, windowMs: limit.windowMs, tokens, partial: false }));
+  return { id, keyId, tokens, partial: false, ...(meters ? { meters } : {}) };
 }
 
 export class FallbackStorage implements Storage {
@@ -143,14 +151,16 @@ export class FallbackStorage implements Storage {
     const admission = await this.attempt(() => this.primary.admit(request), abandon);
     if (admission === DOWN) {
       // The database may have committed the reservation even though its answer was lost: deleted on recovery.
-      if (asked) this.unreleased.set(request.requestId, { id: request.requestId, keyId: request.keyId, tokens: request.estimate, partial: false });
+      if (asked) this.unreleased.set(request.requestId, unanswered(request));
       return this.file.admit(request);
     }
     if (admission.admitted) this.heldInDatabase.add(admission.reservation.id);
     return admission;
   }
 
-  async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
+  async settle(reservation: Reservation, given: UsageRecord): Promise<void> {
+    // The limits' buckets go with the record wherever it goes: the database, the journal, the mirror.
+    const record = withBuckets(given, reservation);
     try {
       validateCharge(record.tokens); // a bad charge is refused as it is, not journaled
     } catch (error) {
@@ -270,6 +280,11 @@ export class FallbackStorage implements Storage {
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
     const usage = await this.attempt(() => this.primary.windowUsage(keyId, now, windowMs));
     return usage === DOWN ? this.file.windowUsage(keyId, now, windowMs) : usage;
+  }
+
+  async limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
+    const usage = await this.attempt(() => this.primary.limitsUsage(keyId, limits, now));
+    return usage === DOWN ? this.file.limitsUsage!(keyId, limits, now) : usage;
   }
 
   createKey(input: NewKey, now?: number): Promise<CreatedKey> {

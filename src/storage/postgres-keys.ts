@@ -4,7 +4,6 @@ import type { PostgresDb } from '../db/postgres.js';
 import { apiKeys, keyColumns } from '../db/schema/postgres.js';
 import { ConflictError, NotFoundError } from '../errors.js';
 import { buildKey, patchChanges } from '../keys/build.js';
-import { refuseLimits } from '../keys/limits.js';
 import { validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { errorCode, withRetry } from './retry.js';
 import type { CreatedKey, KeyRecord, KeyStore } from './types.js';
@@ -17,7 +16,6 @@ export class PostgresKeys implements KeyStore {
   ) {}
 
   async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
-    refuseLimits(input.limits, 'PostgreSQL');
     const { record, key, keyHash } = buildKey(input, now);
     await withRetry('creating a key', async () => {
       try {
@@ -39,7 +37,6 @@ export class PostgresKeys implements KeyStore {
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
     const valid = validatePatch(patch);
-    refuseLimits(valid.limits, 'PostgreSQL');
     // Only token_limit_per_5h alone (it changes their 5h one) and clearing them need the key's limits.
     const current = valid.limits === null || (valid.tokenLimit !== undefined && valid.limits === undefined) ? (await this.getKey(id))?.limits : undefined;
     const changes = patchChanges(valid, current);

@@ -1,12 +1,12 @@
 // PostgreSQL storage through Drizzle on postgres.js: shared reservations, so quotas hold across instances.
-import { and, asc, eq, gt, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
 import { NotFoundError, StorageError } from '../errors.js';
 import type { OpenedPostgres } from '../db/postgres.js';
 import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
 import { GroupCommit } from '../quota/group-commit.js';
-import { judge, refusal } from '../quota/admission.js';
+import { judge, msUntilAdmissible, refusal } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
-import { LEGACY } from '../quota/limits.js';
+import { admittedOn, decideAll, LEGACY, MAX_WINDOW_MS, refusedOn, withBuckets as withLimitBuckets, type LimitReading } from '../quota/limits.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.js';
@@ -14,7 +14,7 @@ import { PostgresKeys } from './postgres-keys.js';
 import { Pruner, postgresTarget, type PruneOptions } from './prune.js';
 import { withRetry } from './retry.js';
 import { withBuckets, type SnapshotKey } from './snapshot.js';
-import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Reservation, SharedStorage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
+import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Limit, LimitWindow, Reservation, SharedStorage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 /** Default time after which a reservation no longer counts: its instance is presumed dead. */
 export const DEFAULT_RESERVATION_TTL_MS = 15 * 60_000;
@@ -39,8 +39,24 @@ interface Queued {
   reservation: Reservation;
 }
 
-/** Keys with several limits are decided by the SQLite store only, so far: here they are refused, never admitted on one limit. */
-export const SEVERAL_LIMITS = new StorageError('this key has several limits, which the PostgreSQL store does not decide yet', false);
+/** One limit's window and what is held against it, as the database has them. */
+interface LimitRow extends Record<string, unknown> {
+  used: string;
+  oldest: string | null;
+  reserved: string;
+  partial: boolean;
+  /** What this request holds against the limit already (a retried admission whose first attempt committed). */
+  mine: string | null;
+  mine_partial: boolean | null;
+}
+
+/** The id of the reservation row of a request's part against one of several limits. */
+const partRowId = (requestId: string, limit: string): string => `${requestId}:${limit}`;
+
+/** The reservation rows a request holds: one per limit when it was admitted on several. */
+const rowIds = (reservation: Reservation): string[] => (reservation.meters ? reservation.meters.map((meter) => partRowId(reservation.id, meter.limit)) : [reservation.id]);
+
+const FIVE_HOURS_MS = 5 * 3_600_000;
 
 /** Most usage records one statement writes. */
 const MAX_BATCH = 500;
@@ -110,7 +126,7 @@ export class PostgresStorage implements SharedStorage {
    * under the key's row lock: a larger lease, or this request alone. One round trip per key at a time.
    */
   async admit(request: AdmitRequest): Promise<Admission> {
-    if (request.limits) throw SEVERAL_LIMITS;
+    if (request.limits) return withRetry('admission', () => this.opened.db.transaction((tx) => this.decideAll(tx, request, request.limits!)));
     const { keyId, estimate, tokenLimit, now, requestId } = request;
     const known = this.leases.find(requestId);
     if (known) return { admitted: true, reservation: known.reservation, window: await this.windowUsage(keyId, now, request.windowMs) };
@@ -144,9 +160,7 @@ export class PostgresStorage implements SharedStorage {
     const since = countsAfter(now, windowMs);
     const inFlight = lease.inFlight;
     lease.takenSinceGrant = 0;
-    // The row lock serializes admissions of this key; the reads below run after it, on fresh data.
-    const locked = await tx.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.id, keyId)).for('update');
-    if (locked.length === 0) throw new NotFoundError(`no key with id ${keyId}`);
+    await this.lockKey(tx, keyId);
     const [row] = await tx.execute<WindowRow>(sql`
       with expired as (delete from ${reservations} where ${reservations.keyId} = ${keyId} and ${reservations.expiresAt} <= ${now})
       select
@@ -157,7 +171,7 @@ export class PostgresStorage implements SharedStorage {
         max(tokens) filter (where id = ${requestId}) as mine,
         bool_or(partial) filter (where id = ${requestId}) as mine_partial,
         max(tokens) filter (where id = ${lease.id} and expires_at > ${now}) as lease_row
-      from ${reservations} where key_id = ${keyId}`);
+      from ${reservations} where key_id = ${keyId} and limit_name = ${LEGACY}`);
     if (!row) throw new Error('window query returned no row');
     const used = Number(row.used);
     const reservedElsewhere = Number(row.reserved_elsewhere);
@@ -189,6 +203,73 @@ export class PostgresStorage implements SharedStorage {
     return { lease: false, admission: verdict };
   }
 
+  /** The key's row lock serializes its admissions across instances; reads after it see fresh data. */
+  private async lockKey(tx: Tx, keyId: string): Promise<void> {
+    const locked = await tx.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.id, keyId)).for('update');
+    if (locked.length === 0) throw new NotFoundError(`no key with id ${keyId}`);
+  }
+
+  /**
+   * A key with several limits is decided request by request under its row lock, each limit on its
+   * own window and reservation rows: the request holds a row per limit, so every limit's sum of
+   * usage and reservations stays within it across instances. (Its requests take no lease.)
+   */
+  private async decideAll(tx: Tx, request: AdmitRequest, limits: readonly Limit[]): Promise<Admission> {
+    const { keyId, requestId, now, estimate } = request;
+    await this.lockKey(tx, keyId);
+    const rows = await this.limitRows(tx, keyId, limits, now, requestId);
+    const readings: LimitReading[] = rows.map((row, index) => ({ limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved), partialInFlight: row.partial, oldestBucketStart: num(row.oldest) }));
+    if (rows[0]?.mine != null) {
+      // A retried admission whose first attempt committed: it is admitted on the parts it holds.
+      const parts = rows.map((row, index) => ({ name: limits[index]!.name, reserve: Number(row.mine), partial: row.mine_partial === true }));
+      return admittedOn(request, readings.map((reading, index) => ({ ...reading, reserved: reading.reserved - parts[index]!.reserve })), parts);
+    }
+    const decision = decideAll(readings, estimate);
+    if (!decision.admit) return refusedOn(readings, decision.refusedBy, await this.waits(tx, keyId, readings, now));
+    const admission = admittedOn(request, readings, decision.parts);
+    if (admission.admitted) {
+      const expiresAt = now + this.reservationTtlMs;
+      await tx.insert(reservations).values(admission.reservation.meters!.map((meter) => ({ id: partRowId(requestId, meter.limit), keyId, limitName: meter.limit, tokens: meter.tokens, partial: meter.partial, expiresAt })));
+    }
+    return admission;
+  }
+
+  /**
+   * Each limit's usage in its window and what is held against it, in the order of `limits`; `mine`
+   * is what `requestId` holds. In a transaction, expired reservations of the key go too.
+   */
+  private limitRows(db: Tx | OpenedPostgres['db'], keyId: string, limits: readonly Limit[], now: number, requestId?: string): Promise<LimitRow[]> {
+    const wanted = JSON.stringify(limits.map((limit, index) => ({ index, name: limit.name, since: countsAfter(now, limit.windowMs), part: requestId === undefined ? null : partRowId(requestId, limit.name) })));
+    const expired = db === this.opened.db ? sql`` : sql`with expired as (delete from ${reservations} where key_id = ${keyId} and expires_at <= ${now}) `;
+    return db.execute<LimitRow>(sql`${expired}
+      select
+        (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = wanted.name and bucket_start > wanted.since) as used,
+        (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = wanted.name and bucket_start > wanted.since) as oldest,
+        held.reserved, held.partial, mine.tokens as mine, mine.partial as mine_partial
+      from jsonb_to_recordset(${wanted}::jsonb) as wanted(index int, name text, since bigint, part text)
+      cross join lateral (
+        select coalesce(sum(tokens), 0) as reserved, coalesce(bool_or(partial), false) as partial
+        from ${reservations} where key_id = ${keyId} and limit_name = wanted.name and expires_at > ${now}
+      ) as held
+      left join ${reservations} as mine on mine.id = wanted.part
+      order by wanted.index`);
+  }
+
+  /** How long each limit takes to admit again, from its buckets (a refusal's Retry-After). */
+  private async waits(tx: Tx, keyId: string, readings: readonly LimitReading[], now: number): Promise<number[]> {
+    const earliest = Math.min(...readings.map((reading) => countsAfter(now, reading.limit.windowMs)));
+    const buckets = await tx
+      .select({ limit: usageBuckets.limitName, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+      .from(usageBuckets)
+      .where(and(eq(usageBuckets.keyId, keyId), inArray(usageBuckets.limitName, readings.map((reading) => reading.limit.name)), gt(usageBuckets.bucketStart, earliest)))
+      .orderBy(asc(usageBuckets.bucketStart));
+    return readings.map((reading) => {
+      const since = countsAfter(now, reading.limit.windowMs);
+      const own = buckets.filter((bucket) => bucket.limit === reading.limit.name && bucket.start > since);
+      return msUntilAdmissible({ ...reading, limit: reading.limit.tokens }, own, now, reading.limit.windowMs);
+    });
+  }
+
   private async holdLease(tx: Tx, lease: Lease, tokens: number, now: number): Promise<void> {
     await tx
       .insert(reservations)
@@ -207,7 +288,7 @@ export class PostgresStorage implements SharedStorage {
       await this.release(reservation);
       throw error;
     }
-    await this.commits.add({ record, reservation });
+    await this.commits.add({ record: withLimitBuckets(record, reservation), reservation });
   }
 
   /** Whatever the outcome, the lease stops counting the request (at worst its row holds more than needed). */
@@ -223,15 +304,18 @@ export class PostgresStorage implements SharedStorage {
    * locks them before touching a lease: no deadlock with it nor with other instances' batches.
    */
   private write(batch: readonly Queued[]): Promise<unknown> {
+    const released: string[] = [];
     const rows = batch.map(({ record, reservation }) => {
       const leased = this.leases.find(reservation.id);
+      if (!leased) released.push(...rowIds(reservation));
       return {
         id: record.id,
         key_id: record.keyId,
         tokens: record.tokens,
         at: record.at,
-        bucket: bucketStart(record.at),
-        reservation_id: leased ? null : reservation.id,
+        // A record of several limits counts in a bucket of each; the others, in the 5h minute bucket.
+        bucket: record.buckets ? null : bucketStart(record.at),
+        buckets: record.buckets ?? null,
         lease_id: leased?.lease.id ?? null,
         lease_take: leased ? Math.min(record.tokens, reservation.tokens) : 0,
       };
@@ -240,7 +324,7 @@ export class PostgresStorage implements SharedStorage {
       this.opened.db.execute(sql`
         with input as (
           select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
-            as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, reservation_id text, lease_id text, lease_take bigint)
+            as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, buckets jsonb, lease_id text, lease_take bigint)
         ), recorded as (
           insert into ${usageRecords} (id, key_id, tokens, recorded_at) select id, key_id, tokens, at from input
           on conflict (id) do nothing returning id
@@ -257,10 +341,15 @@ export class PostgresStorage implements SharedStorage {
           where ${apiKeys.id} = per_key.key_id and per_key.key_id in (select id from locked) returning ${apiKeys.id} as id
         ), bucketed as (
           insert into ${usageBuckets} (key_id, limit_name, bucket_start, tokens)
-          select key_id, ${LEGACY}, bucket, sum(tokens) from applied where tokens > 0 and key_id in (select id from charged) group by key_id, bucket
+          select key_id, name, start, sum(tokens) from (
+            select key_id, ${LEGACY} as name, bucket as start, tokens from applied where bucket is not null
+            union all
+            select key_id, part->>0, (part->>1)::bigint, tokens from applied cross join jsonb_array_elements(applied.buckets) as part where applied.buckets is not null
+          ) as counted
+          where tokens > 0 and key_id in (select id from charged) group by key_id, name, start
           on conflict (key_id, limit_name, bucket_start) do update set tokens = ${usageBuckets.tokens} + excluded.tokens
         ), released as (
-          delete from ${reservations} where id in (select reservation_id from input where reservation_id is not null)
+          delete from ${reservations} where id in (select jsonb_array_elements_text(${JSON.stringify(released)}::jsonb))
         ), taken as (
           update ${reservations} set tokens = greatest(${reservations.tokens} - per_lease.tokens, 0)
           from (select lease_id, sum(lease_take) as tokens from applied where lease_id is not null and key_id in (select id from charged) group by lease_id) as per_lease
@@ -273,7 +362,7 @@ export class PostgresStorage implements SharedStorage {
   /** A request admitted against a lease gives its estimate back here; one decided alone, in the database. */
   async release(reservation: Reservation): Promise<void> {
     if (this.leases.complete(reservation.id, 0)) return;
-    await withRetry('releasing a reservation', () => this.opened.db.delete(reservations).where(eq(reservations.id, reservation.id)));
+    await withRetry('releasing a reservation', () => this.opened.db.delete(reservations).where(inArray(reservations.id, rowIds(reservation))));
   }
 
   /**
@@ -311,9 +400,16 @@ export class PostgresStorage implements SharedStorage {
         select
           (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as used,
           (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as oldest,
-          (select coalesce(sum(tokens), 0) from ${reservations} where key_id = ${keyId} and expires_at > ${now} and not starts_with(id, ${this.leases.prefix})) as reserved`);
+          (select coalesce(sum(tokens), 0) from ${reservations} where key_id = ${keyId} and limit_name = ${LEGACY} and expires_at > ${now} and not starts_with(id, ${this.leases.prefix})) as reserved`);
       return { used: Number(row?.used ?? 0), reserved: Number(row?.reserved ?? 0) + this.leases.inFlight(keyId), oldestBucketStart: num(row?.oldest ?? null) };
     });
+  }
+
+  /** Each limit's window of a key with several, for /stats. */
+  limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
+    return withRetry('window usage', async () =>
+      (await this.limitRows(this.opened.db, keyId, limits, now)).map((row, index) => ({ limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved), oldestBucketStart: num(row.oldest) })),
+    );
   }
 
   createKey(input: NewKey, now?: number): Promise<CreatedKey> {
@@ -341,15 +437,22 @@ export class PostgresStorage implements SharedStorage {
     return this.keys.deleteKey(id);
   }
 
-  /** Every key with its digest and the buckets that start after `since`: what the file fallback mirrors. */
+  /**
+   * Every key with its digest and the buckets that may count: the `5h` limit's that start after
+   * `since` (or within 5 hours, the window of a key's own `5h` limit), and those of any other limit
+   * within the longest window: what the file fallback mirrors.
+   */
   snapshotKeys(since: number): Promise<SnapshotKey[]> {
     return withRetry('reading a snapshot', async () => {
+      const now = Date.now();
       const [keys, buckets] = await Promise.all([
         this.opened.db.select({ ...keyColumns, keyHash: apiKeys.keyHash }).from(apiKeys),
         this.opened.db
-          .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+          .select({ keyId: usageBuckets.keyId, limit: usageBuckets.limitName, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
           .from(usageBuckets)
-          .where(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since))),
+          .where(
+            sql`(${usageBuckets.limitName} = ${LEGACY} and ${usageBuckets.bucketStart} > ${Math.min(since, countsAfter(now, FIVE_HOURS_MS))}) or (${usageBuckets.limitName} <> ${LEGACY} and ${usageBuckets.bucketStart} > ${countsAfter(now, MAX_WINDOW_MS)})`,
+          ),
       ]);
       return withBuckets(keys, buckets);
     });

@@ -24,7 +24,7 @@ export interface QuotaStore {
   /** Gives a reservation back without recording anything. */
   release(reservation: Reservation): Promise<void>;
   windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage>;
-  /** Each limit's window of a key with several (stores that decide them: SQLite). */
+  /** Each limit's window of a key with several limits, for /stats; a store without it shows none. */
   limitsUsage?(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
   close(): Promise<void>;
 }
@@ -45,6 +45,7 @@ export interface Storage extends QuotaStore, KeyStore {}
 
 /** What a shared database store gives the fallback decorator beyond Storage. */
 export interface SharedStorage extends Storage {
+  limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
   /** Stops counting a request whose settle or release never reached the database, as if it charged `charged`. */
   forget(reservation: Reservation, charged: number): void;
   /** Every key with its digest and the buckets that start after `since`: what the mirror holds. */

@@ -80,6 +80,61 @@ describe('two gate instances on one PostgreSQL database', () => {
   });
 });
 
+describe('two gate instances on one PostgreSQL database, a key with two limits', () => {
+  let upstream: Upstream;
+  const actual = 40;
+  beforeAll(async () => {
+    upstream = await startUpstream((_req, _body, res) => {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ usage: { total_tokens: actual } }));
+      }, 10);
+    });
+  });
+  afterAll(() => upstream.close());
+
+  it('hold each limit under 200 concurrent requests split across both, counting each admitted request once in each', async () => {
+    const url = await freshDatabase();
+    const open = () => createStorage({ fallbackDir: tempDir(), logger: quietLogger(), fallbackTimeoutMs: 30_000, databaseUrl: url, poolSize: 5 });
+    const [a, b] = await Promise.all([open(), open()]);
+    const [gateA, gateB] = await Promise.all([serve(a!, upstream), serve(b!, upstream)]);
+    const database = postgres(url, { max: 1, onnotice: () => undefined });
+    try {
+      // Every request counts against 5h; the glm ones also against a weekly glm limit, which binds first for them.
+      const plan = [
+        { name: '5h', tokens: 3000, windowMs: WINDOW },
+        { name: 'glm', tokens: 1000, windowMs: 7 * 24 * HOUR, models: ['glm-*'] },
+      ];
+      const { key, record } = await a!.createKey({ name: 'plan', limits: plan, expiresAt: Date.now() + HOUR });
+      const responses = await Promise.all(
+        Array.from({ length: 200 }, async (_, i) => {
+          const model = i % 4 < 2 ? 'glm-4.7' : 'gpt-4o';
+          const body = JSON.stringify({ model, messages: [], max_tokens: 50 }); // an estimate above 40
+          const response = await fetch(`${i % 2 ? gateA.url : gateB.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body });
+          const answer = (await response.json()) as { error?: { limit?: string } };
+          return { model, status: response.status, limit: answer.error?.limit };
+        }),
+      );
+      expect(responses.filter(({ status }) => status !== 200 && status !== 429)).toEqual([]);
+      const admitted = responses.filter(({ status }) => status === 200);
+      const glm = admitted.filter(({ model }) => model === 'glm-4.7').length;
+      expect(new Set(responses.map(({ limit }) => limit))).toEqual(new Set([undefined, '5h', 'glm']));
+      await expect.poll(async () => (await a!.getKey(record.id))?.totalRequests, { timeout: 5000 }).toBe(admitted.length);
+      expect((await b!.getKey(record.id))?.totalLifetimeTokens).toBe(admitted.length * actual);
+      const used = Object.fromEntries((await database`select limit_name, sum(tokens)::int as tokens from usage_buckets where key_id = ${record.id} group by limit_name`).map((row) => [row.limit_name, row.tokens]));
+      expect(used).toEqual({ '5h': admitted.length * actual, glm: glm * actual });
+      // Within the limit, but for the one request admitted on a partial reservation.
+      expect(used['5h']).toBeLessThanOrEqual(3000 + actual);
+      expect(used.glm).toBeLessThanOrEqual(1000 + actual);
+      expect(await database`select id from reservations where key_id = ${record.id} and not starts_with(id, 'lease:')`).toEqual([]);
+    } finally {
+      await database.end();
+      await Promise.all([gateA.close(), gateB.close()]);
+      await Promise.all([a!.close(), b!.close()]);
+    }
+  });
+});
+
 describe('PostgreSQL storage', () => {
   let url: string;
   let storage: Storage;

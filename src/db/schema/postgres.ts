@@ -72,6 +72,8 @@ export const reservations = pgTable(
     keyId: text('key_id')
       .notNull()
       .references(() => apiKeys.id, { onDelete: 'cascade' }),
+    /** The limit the tokens are held against; a request admitted on several limits has a row for each. */
+    limitName: text('limit_name').notNull().default('5h'),
     tokens: bigint('tokens', { mode: 'number' }).notNull(),
     partial: boolean('partial').notNull(),
     expiresAt: ms('expires_at').notNull(),
