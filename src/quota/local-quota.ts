@@ -3,9 +3,8 @@
 import { performance } from 'node:perf_hooks';
 import { StorageError } from '../errors.js';
 import { validateCharge } from '../keys/validate.js';
-import type { Admission, AdmitRequest, Limit, LimitWindow, Meter, Reservation, UsageRecord, WindowUsage } from '../types.js';
-import { msUntilAdmissible } from './admission.js';
-import { bucketsOf, decideAll, LEGACY, meterId, meterOf, retryAfterAll, withBuckets } from './limits.js';
+import type { Admission, AdmitRequest, Limit, LimitWindow, Reservation, UsageRecord, WindowUsage } from '../types.js';
+import { bucketsOf, LEGACY, meterOf, withBuckets } from './limits.js';
 import { GroupCommit } from './group-commit.js';
 import { KeyWindow } from './key-window.js';
 import { ReservationBook } from './reservations.js';
@@ -107,34 +106,12 @@ export class LocalQuota {
     return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
   }
 
-  /**
-   * Admits against every limit that applies, in one step: each decides on its own window and what is
-   * held against it; the request is admitted only when all of them admit, and then holds its part
-   * (the estimate, or what remains: partial) against each.
-   */
+  /** Admits against every limit that applies, each read from its window in memory. */
   private admitAll(request: AdmitRequest, limits: readonly Limit[]): Admission {
-    const { keyId, now, estimate, requestId } = request;
-    const states = limits.map((limit) => {
-      const since = countsAfter(now, limit.windowMs);
-      const window = this.mirror(keyId, limit.name, since);
-      const recorded = window.usage(since)!;
-      const held = this.reservations.held(meterOf(keyId, limit.name));
-      return { limit, since, window, used: recorded.used, oldestBucketStart: recorded.oldestBucketStart, reserved: held.reserved, partialInFlight: held.partialInFlight };
+    return this.reservations.admitAll(request, limits, (limit, since) => {
+      const window = this.mirror(request.keyId, limit.name, since);
+      return { ...window.usage(since)!, buckets: () => window.buckets(since)! };
     });
-    const decision = decideAll(states, estimate);
-    const windows = (reserving: (index: number) => number): LimitWindow[] =>
-      states.map((state, index) => ({ limit: state.limit, used: state.used, reserved: state.reserved + reserving(index), oldestBucketStart: state.oldestBucketStart }));
-    if (!decision.admit) {
-      const waits = states.map((state) => msUntilAdmissible({ ...state, limit: state.limit.tokens }, state.window.buckets(state.since)!, now, state.limit.windowMs));
-      const seen = windows(() => 0);
-      const refused = seen.find((window) => window.limit.name === decision.refusedBy)!;
-      return { admitted: false, window: refused, retryAfterMs: retryAfterAll(waits), limits: seen, refusedBy: decision.refusedBy };
-    }
-    const meters: Meter[] = decision.parts.map((part, index) => ({ limit: part.name, windowMs: limits[index]!.windowMs, tokens: part.reserve, partial: part.partial }));
-    for (const meter of meters) this.reservations.add(meterId(requestId, meter.limit), meterOf(keyId, meter.limit), meter.tokens, meter.partial);
-    const reservation: Reservation = { id: requestId, keyId, tokens: Math.max(...meters.map((meter) => meter.tokens)), partial: meters.some((meter) => meter.partial), meters };
-    const seen = windows((index) => meters[index]!.tokens);
-    return { admitted: true, reservation, window: seen[0]!, limits: seen };
   }
 
   /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
@@ -149,8 +126,7 @@ export class LocalQuota {
   }
 
   release(reservation: Reservation): void {
-    if (!reservation.meters) return void this.reservations.remove(reservation.id);
-    for (const meter of reservation.meters) this.reservations.remove(meterId(reservation.id, meter.limit));
+    this.reservations.release(reservation);
   }
 
   windowUsage(keyId: string, now: number, windowMs: number): WindowUsage {

@@ -1,13 +1,23 @@
-// Reservations held in this process: per-key totals, whether a partial one is in flight, and admission against them.
-import type { Admission, AdmitRequest } from '../types.js';
-import { judge, refusal, type Held, type Recorded } from './admission.js';
-import type { Bucket } from './window.js';
+// Reservations held in this process: per-key totals, whether a partial one is in flight, and admission against them (one limit or several).
+import type { Admission, AdmitRequest, Limit, LimitWindow, Meter, Reservation } from '../types.js';
+import { judge, msUntilAdmissible, refusal, type Held, type Recorded } from './admission.js';
+import { decideAll, meterId, meterOf, retryAfterAll } from './limits.js';
+import { countsAfter, type Bucket } from './window.js';
 
 interface Entry {
   keyId: string;
   tokens: number;
   partial: boolean;
 }
+
+/** One limit's window of a key as the store reads it: its recorded usage, and (for a refusal's Retry-After only) its buckets. */
+export interface LimitReading extends Recorded {
+  /** The buckets starting after the window's start, oldest first. */
+  buckets(): readonly Bucket[];
+}
+
+/** How a store reads one limit's window of the key being admitted: the buckets that start after `since`. */
+export type WindowOf = (limit: Limit, since: number) => LimitReading;
 
 const NONE: Held = Object.freeze({ reserved: 0, partialInFlight: false });
 
@@ -32,6 +42,41 @@ export class ReservationBook {
     const { id, keyId, tokens, partial } = verdict.reservation;
     this.add(id, keyId, tokens, partial);
     return verdict;
+  }
+
+  /**
+   * Admits against every limit that applies, in one step: each decides on its own window and what is
+   * held against it; the request is admitted only when all of them admit, and then holds its part
+   * (the estimate, or what remains: partial) against each, booked as its meter.
+   */
+  admitAll(request: AdmitRequest, limits: readonly Limit[], windowOf: WindowOf): Admission {
+    const { keyId, now, estimate, requestId } = request;
+    const states = limits.map((limit) => {
+      const since = countsAfter(now, limit.windowMs);
+      const reading = windowOf(limit, since);
+      const held = this.held(meterOf(keyId, limit.name));
+      return { limit, reading, used: reading.used, oldestBucketStart: reading.oldestBucketStart, reserved: held.reserved, partialInFlight: held.partialInFlight };
+    });
+    const decision = decideAll(states, estimate);
+    const windows = (reserving: (index: number) => number): LimitWindow[] =>
+      states.map((state, index) => ({ limit: state.limit, used: state.used, reserved: state.reserved + reserving(index), oldestBucketStart: state.oldestBucketStart }));
+    if (!decision.admit) {
+      const waits = states.map((state) => msUntilAdmissible({ ...state, limit: state.limit.tokens }, state.reading.buckets(), now, state.limit.windowMs));
+      const seen = windows(() => 0);
+      const refused = seen.find((window) => window.limit.name === decision.refusedBy)!;
+      return { admitted: false, window: refused, retryAfterMs: retryAfterAll(waits), limits: seen, refusedBy: decision.refusedBy };
+    }
+    const meters: Meter[] = decision.parts.map((part, index) => ({ limit: part.name, windowMs: limits[index]!.windowMs, tokens: part.reserve, partial: part.partial }));
+    for (const meter of meters) this.add(meterId(requestId, meter.limit), meterOf(keyId, meter.limit), meter.tokens, meter.partial);
+    const reservation: Reservation = { id: requestId, keyId, tokens: Math.max(...meters.map((meter) => meter.tokens)), partial: meters.some((meter) => meter.partial), meters };
+    const seen = windows((index) => meters[index]!.tokens);
+    return { admitted: true, reservation, window: seen[0]!, limits: seen };
+  }
+
+  /** Drops what a reservation holds: its one booking, or its part against each limit (whichever store admitted it). */
+  release(reservation: Reservation): void {
+    if (!reservation.meters) return void this.remove(reservation.id);
+    for (const meter of reservation.meters) this.remove(meterId(reservation.id, meter.limit));
   }
 
   add(id: string, keyId: string, tokens: number, partial: boolean): void {

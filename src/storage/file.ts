@@ -2,11 +2,12 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
-import type { Logger } from '../types.js';
-import { ReservationBook } from '../quota/reservations.js';
-import { bucketStart, countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
+import type { Limit, LimitWindow, Logger } from '../types.js';
+import { bucketsOf, LEGACY, meterOf, withBuckets } from '../quota/limits.js';
+import { ReservationBook, type LimitReading } from '../quota/reservations.js';
+import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
-import { refuseLimits } from '../keys/limits.js';
+import { limitsOf } from '../keys/limits.js';
 import { isDerivedId, logRenamed } from '../db/random-ids.js';
 import { generateKeyId } from '../keys/secret.js';
 import { validateCharge, validatePatch, type KeyPatch, type NewKey } from '../keys/validate.js';
@@ -17,7 +18,8 @@ import type { Admission, AdmitRequest, CreatedKey, KeyRecord, MirrorStorage, Res
 
 interface MemKey extends KeyRecord {
   keyHash: string;
-  buckets: Map<number, number>;
+  /** Tokens by bucket start, by limit name (`5h` alone for a key without limits of its own). */
+  buckets: Map<string, Map<number, number>>;
 }
 
 export interface FileStorageOptions {
@@ -28,7 +30,10 @@ export interface FileStorageOptions {
    */
   role: 'standalone' | 'fallback';
   logger: Logger;
-  /** Buckets older than this are dropped from snapshots. Default: 5 hours. */
+  /**
+   * The window of keys without limits of their own: their buckets older than it are dropped from
+   * snapshots (those of a key's own limits, by each limit's window). Default: 5 hours.
+   */
   windowMs?: number;
   /** Standalone only: keys to start with when there is no snapshot yet (from the old JSON key file). */
   initialKeys?: () => SnapshotKey[];
@@ -37,6 +42,13 @@ export interface FileStorageOptions {
 const COMPACT_EVERY_MS = 60_000;
 
 const toRecord = ({ keyHash: _hash, buckets: _buckets, ...record }: MemKey): KeyRecord => record;
+
+/** A snapshot's key in memory: the `5h` limit's buckets and each other limit's, by name. */
+function memKey({ buckets, limitBuckets, ...key }: SnapshotKey): MemKey {
+  const byLimit = new Map([[LEGACY, new Map(buckets)]]);
+  for (const [name, pairs] of Object.entries(limitBuckets ?? {})) byLimit.set(name, new Map(pairs));
+  return { ...key, buckets: byLimit };
+}
 
 export class FileStorage implements MirrorStorage {
   readonly backend = 'file';
@@ -87,8 +99,7 @@ export class FileStorage implements MirrorStorage {
       logger.error({ err: error, movedTo: aside }, 'fallback snapshot unreadable: set aside, a new one comes from the database');
     }
     const keys = snapshot?.keys ?? (role === 'standalone' ? this.options.initialKeys?.() : undefined) ?? [];
-    if (keys.some((key) => key.limits != null)) throw new ConfigError('the file store does not decide keys with several limits yet: use the SQLite store for them');
-    for (const key of keys) this.putKey({ ...key, buckets: new Map(key.buckets) });
+    for (const key of keys) this.putKey(memKey(key));
     // Standalone, the snapshot is the store: it replaces ids derived from digests itself (a fallback's
     // mirror takes the database's ids at its next refresh, and its journal follows them on replay).
     const renamed = role === 'standalone' ? this.randomizeDerivedIds() : new Map<string, string>();
@@ -144,16 +155,11 @@ export class FileStorage implements MirrorStorage {
   }
 
   async admit(request: AdmitRequest): Promise<Admission> {
-    if (request.limits) throw new StorageError('this key has several limits, which the file store does not decide yet', false);
     if (this.unwritten > 0) throw new StorageError(`usage cannot be written to ${this.options.dir}: admitting nothing until a write succeeds`, true);
-    const { keyId, now, windowMs } = request;
-    const since = countsAfter(now, windowMs);
-    const buckets = (): Bucket[] =>
-      [...(this.keys.get(keyId)?.buckets ?? [])]
-        .filter(([start]) => start > since)
-        .sort((a, b) => a[0] - b[0])
-        .map(([start, tokens]) => ({ start, tokens }));
-    return this.reservations.admit(request, this.window(keyId, now, windowMs), buckets);
+    const { keyId, now, windowMs, limits } = request;
+    if (limits) return this.reservations.admitAll(request, limits, (limit, since) => this.reading(keyId, limit.name, since));
+    const window = this.reading(keyId, LEGACY, countsAfter(now, windowMs));
+    return this.reservations.admit(request, window, window.buckets);
   }
 
   /**
@@ -162,9 +168,11 @@ export class FileStorage implements MirrorStorage {
    * Standalone, a record the journal refuses stays in memory until a snapshot holds it, and nothing is
    * admitted meanwhile.
    */
-  async settle(reservation: Reservation, record: UsageRecord): Promise<void> {
-    this.reservations.remove(reservation.id);
-    validateCharge(record.tokens);
+  async settle(reservation: Reservation, usage: UsageRecord): Promise<void> {
+    this.reservations.release(reservation);
+    validateCharge(usage.tokens);
+    // It counts against each limit its request was admitted on, here or (in fallback) by the database.
+    const record = withBuckets(usage, reservation);
     const fresh = this.apply(record);
     if (!fresh && !this.unjournaled.has(record.id)) return;
     try {
@@ -197,7 +205,7 @@ export class FileStorage implements MirrorStorage {
   }
 
   async release(reservation: Reservation): Promise<void> {
-    this.reservations.remove(reservation.id);
+    this.reservations.release(reservation);
   }
 
   /** Counts a record the database has already taken (fallback role keeps its mirror current). */
@@ -206,12 +214,16 @@ export class FileStorage implements MirrorStorage {
   }
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
-    return { ...this.window(keyId, now, windowMs), reserved: this.reservations.held(keyId).reserved };
+    return this.limitWindow(keyId, LEGACY, now, windowMs);
+  }
+
+  /** Each limit's window, for /stats. */
+  async limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
+    return limits.map((limit) => ({ limit, ...this.limitWindow(keyId, limit.name, now, limit.windowMs) }));
   }
 
   async createKey(input: NewKey, now = Date.now()): Promise<CreatedKey> {
     this.standaloneOnly();
-    refuseLimits(input.limits, 'the file store');
     const { record, key, keyHash } = buildKey(input, now);
     if (this.byDigest.has(keyHash)) throw new ConflictError('a key with this value already exists');
     this.putKey({ ...record, keyHash, buckets: new Map() });
@@ -232,7 +244,6 @@ export class FileStorage implements MirrorStorage {
     this.standaloneOnly();
     const key = this.keys.get(id);
     if (!key) throw new NotFoundError(`no key with id ${id}`);
-    refuseLimits(patch.limits, 'the file store');
     const changes = patchChanges(validatePatch(patch), key.limits);
     Object.assign(key, changes);
     await this.persist();
@@ -264,7 +275,7 @@ export class FileStorage implements MirrorStorage {
     this.keys = new Map();
     this.byDigest = new Map();
     this.applied = new Set();
-    for (const key of keys) this.putKey({ ...key, buckets: new Map(key.buckets) });
+    for (const key of keys) this.putKey(memKey(key));
     this.persistNow();
   }
 
@@ -319,23 +330,37 @@ export class FileStorage implements MirrorStorage {
     key.totalLifetimeTokens += record.tokens;
     key.totalRequests += 1;
     key.lastUsedAt = Math.max(key.lastUsedAt ?? 0, record.at);
-    if (record.tokens > 0) {
-      const bucket = bucketStart(record.at);
-      key.buckets.set(bucket, (key.buckets.get(bucket) ?? 0) + record.tokens);
+    if (record.tokens === 0) return true;
+    for (const [limit, start] of bucketsOf(record)) {
+      let buckets = key.buckets.get(limit);
+      if (!buckets) key.buckets.set(limit, (buckets = new Map()));
+      buckets.set(start, (buckets.get(start) ?? 0) + record.tokens);
     }
     return true;
   }
 
-  private window(keyId: string, now: number, windowMs: number): WindowUsage {
-    const since = countsAfter(now, windowMs);
+  /** One limit's window of a key: the tokens of its buckets that start after `since`, and (for a Retry-After) those buckets. */
+  private reading(keyId: string, limit: string, since: number): LimitReading {
+    const buckets = this.keys.get(keyId)?.buckets.get(limit) ?? [];
     let used = 0;
     let oldest: number | undefined;
-    for (const [start, tokens] of this.keys.get(keyId)?.buckets ?? []) {
+    for (const [start, tokens] of buckets) {
       if (start <= since) continue;
       used += tokens;
       if (oldest === undefined || start < oldest) oldest = start;
     }
-    return { used, reserved: 0, oldestBucketStart: oldest };
+    const counting = () =>
+      [...buckets]
+        .filter(([start]) => start > since)
+        .sort((a, b) => a[0] - b[0])
+        .map(([start, tokens]) => ({ start, tokens }));
+    return { used, oldestBucketStart: oldest, buckets: counting };
+  }
+
+  /** One limit's window of a key at `now`: what is recorded in it, and what requests in flight hold against it. */
+  private limitWindow(keyId: string, limit: string, now: number, windowMs: number): WindowUsage {
+    const { used, oldestBucketStart } = this.reading(keyId, limit, countsAfter(now, windowMs));
+    return { used, reserved: this.reservations.held(meterOf(keyId, limit)).reserved, oldestBucketStart };
   }
 
   /** Standalone: folds the journal so far into a new snapshot, then drops the folded files. */
@@ -351,11 +376,26 @@ export class FileStorage implements MirrorStorage {
    */
   private persistNow(): number {
     const folded = this.journal.rotate();
-    const since = countsAfter(Date.now(), this.windowMs);
-    const keys = [...this.keys.values()].map((key) => ({ ...key, buckets: [...key.buckets].filter(([start]) => start > since) }));
-    writeSnapshot(this.options.dir, { journalGeneration: this.options.role === 'standalone' ? folded : Math.min(folded, this.oldestPending() - 1), writtenAt: Date.now(), keys });
+    const now = Date.now();
+    const keys = [...this.keys.values()].map((key) => this.snapshotKey(key, now));
+    writeSnapshot(this.options.dir, { journalGeneration: this.options.role === 'standalone' ? folded : Math.min(folded, this.oldestPending() - 1), writtenAt: now, keys });
     if (this.options.role === 'standalone') this.applied = new Set();
     return folded;
+  }
+
+  /** A key as the snapshot holds it: the buckets of each of its limits that still count at `now`, by that limit's window. */
+  private snapshotKey({ buckets, ...key }: MemKey, now: number): SnapshotKey {
+    const counting = (limit: Limit): [number, number][] => {
+      const since = countsAfter(now, limit.windowMs);
+      return [...(buckets.get(limit.name) ?? [])].filter(([start]) => start > since);
+    };
+    const limits = limitsOf(key, this.windowMs);
+    const five = limits.find((limit) => limit.name === LEGACY);
+    const others = limits.filter((limit) => limit !== five);
+    const snapshot: SnapshotKey = { ...key, buckets: five ? counting(five) : [] };
+    // Names the key no longer has are left behind: their usage counts against nothing.
+    if (others.length > 0) snapshot.limitBuckets = Object.fromEntries(others.map((limit) => [limit.name, counting(limit)]));
+    return snapshot;
   }
 
   private oldestPending(): number {

@@ -1,7 +1,8 @@
 // The admission decision and Retry-After arithmetic, without any I/O.
 import { describe, expect, it } from 'vitest';
 import { decide, msUntilAdmissible, remainingTokens } from '../../../src/quota/admission.js';
-import { ReservationBook } from '../../../src/quota/reservations.js';
+import { meterOf, parseLimitSpec } from '../../../src/quota/limits.js';
+import { ReservationBook, type LimitReading } from '../../../src/quota/reservations.js';
 import { BUCKET_MS, bucketStart, msUntilLeaves } from '../../../src/quota/window.js';
 
 const state = (used: number, reserved = 0, partialInFlight = false) => ({ limit: 1000, used, reserved, partialInFlight });
@@ -102,5 +103,45 @@ describe('ReservationBook.admit: the admission flow of a store whose reservation
     const refused = book.admit(request('b', 10), { used: 1000, oldestBucketStart: buckets[0]!.start }, read);
     expect(reads).toBe(1);
     expect(refused).toEqual({ admitted: false, window: { used: 1000, reserved: 10, oldestBucketStart: buckets[0]!.start }, retryAfterMs: msUntilLeaves(buckets[0]!.start, NOW, WINDOW) });
+  });
+});
+
+describe('ReservationBook.admitAll: one decision across several limits', () => {
+  const NOW = 30 * 24 * 3600_000;
+  const five = parseLimitSpec('5h=1000', 'test');
+  const week = parseLimitSpec('7d=1500', 'test');
+  const request = (requestId: string, estimate: number) => ({ keyId: 'k', tokenLimit: 1000, limits: [five, week], estimate, requestId, now: NOW, windowMs: five.windowMs });
+
+  it("books each limit's part under its meter, partial where the estimate does not fit, and releases every part", () => {
+    const book = new ReservationBook();
+    const windows: Record<string, LimitReading> = { '5h': { used: 100, oldestBucketStart: NOW - 3600_000, buckets: () => [] }, '7d': { used: 1200, oldestBucketStart: NOW - 48 * 3600_000, buckets: () => [] } };
+    const admission = book.admitAll(request('a', 500), [five, week], (limit) => windows[limit.name]!);
+    if (!admission.admitted) throw new Error('not admitted');
+    expect(admission.reservation).toEqual({
+      id: 'a',
+      keyId: 'k',
+      tokens: 500,
+      partial: true,
+      meters: [
+        { limit: '5h', windowMs: five.windowMs, tokens: 500, partial: false },
+        { limit: '7d', windowMs: week.windowMs, tokens: 300, partial: true },
+      ],
+    });
+    expect(admission.limits!.map((seen) => seen.reserved)).toEqual([500, 300]);
+    expect(book.held(meterOf('k', '5h'))).toEqual({ reserved: 500, partialInFlight: false });
+    expect(book.held(meterOf('k', '7d'))).toEqual({ reserved: 300, partialInFlight: true });
+    book.release(admission.reservation);
+    expect(book.total).toBe(0);
+  });
+
+  it('names the limit that refuses, and waits (from the buckets) until every limit admits', () => {
+    const book = new ReservationBook();
+    let reads = 0;
+    const full = (limit: typeof five, start: number): LimitReading => ({ used: limit.tokens, oldestBucketStart: start, buckets: () => (reads++, [{ start, tokens: limit.tokens }]) });
+    const starts = { '5h': NOW - 3600_000, '7d': NOW - 24 * 3600_000 };
+    const refused = book.admitAll(request('a', 1), [five, week], (limit) => full(limit, starts[limit.name as '5h' | '7d']));
+    expect(refused).toMatchObject({ admitted: false, refusedBy: '5h', window: { used: 1000 }, retryAfterMs: msUntilLeaves(starts['7d'], NOW, week.windowMs) });
+    expect(reads).toBe(2);
+    expect(book.total).toBe(0);
   });
 });
