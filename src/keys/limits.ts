@@ -4,11 +4,6 @@ import { checkLimits, checkLimitSet, legacyLimit, limitView, type Limit, type Li
 import { DEFAULT_WINDOW_MS } from '../quota/window.js';
 import type { KeyRecord } from '../types.js';
 
-/** Refuses several limits in a store that cannot decide them yet (PostgreSQL, the file store), at the way in. */
-export function refuseLimits(limits: readonly Limit[] | string | null | undefined, store: string): void {
-  if (limits != null) throw new ValidationError('limits', `several limits per key need the SQLite store in this version, not ${store}`);
-}
-
 /** The name of the limit `token_limit_per_5h` stands for. */
 export const FIVE_HOURS = '5h';
 

@@ -1,9 +1,9 @@
 // Several limits per key: their text and JSON forms, which apply to a request, the decision across them, their headers.
 import { ValidationError } from '../errors.js';
-import { decide } from './admission.js';
+import { decide, msUntilAdmissible } from './admission.js';
 
 import type { Admission, AdmitRequest, Limit, LimitWindow, Meter, Reservation, UsageRecord } from '../types.js';
-import { bucketStart } from './window.js';
+import { bucketStart, type Bucket } from './window.js';
 
 export type { Limit };
 
@@ -267,11 +267,16 @@ export interface LimitReading extends LimitState {
 const limitWindow = (reading: LimitReading, reserving: number): LimitWindow => ({ limit: reading.limit, used: reading.used, reserved: reading.reserved + reserving, oldestBucketStart: reading.oldestBucketStart });
 
 /** A request every limit admitted (decideAll's parts, in the order of `readings`): its part against each, and each window counting it. */
-export function admittedOn(request: AdmitRequest, readings: readonly LimitReading[], parts: readonly LimitPart[]): Admission {
+export function admittedOn(request: AdmitRequest, readings: readonly LimitReading[], parts: readonly LimitPart[]): Extract<Admission, { admitted: true }> {
   const meters: Meter[] = parts.map((part, index) => ({ limit: part.name, windowMs: readings[index]!.limit.windowMs, tokens: part.reserve, partial: part.partial }));
   const reservation: Reservation = { id: request.requestId, keyId: request.keyId, tokens: Math.max(...meters.map((meter) => meter.tokens)), partial: meters.some((meter) => meter.partial), meters };
   const limits = readings.map((reading, index) => limitWindow(reading, meters[index]!.tokens));
   return { admitted: true, reservation, window: limits[0]!, limits };
+}
+
+/** How long until a limit admits again, from its buckets that still count, oldest first (msUntilAdmissible of one limit). */
+export function limitWait(reading: LimitReading, buckets: readonly Bucket[], now: number): number {
+  return msUntilAdmissible({ ...reading, limit: reading.limit.tokens }, buckets, now, reading.limit.windowMs);
 }
 
 /** A request refused by the limit `refusedBy`, given how long each limit (in the order of `readings`) takes to admit again. */

@@ -1,7 +1,7 @@
 // Reservations held in this process: per-key totals, whether a partial one is in flight, and admission against them (one limit or several).
-import type { Admission, AdmitRequest, Limit, LimitWindow, Meter, Reservation } from '../types.js';
-import { judge, msUntilAdmissible, refusal, type Held, type Recorded } from './admission.js';
-import { decideAll, meterId, meterOf, retryAfterAll } from './limits.js';
+import type { Admission, AdmitRequest, Limit, Reservation } from '../types.js';
+import { judge, refusal, type Held, type Recorded } from './admission.js';
+import { admittedOn, decideAll, limitWait, meterId, meterOf, refusedOn, type LimitReading } from './limits.js';
 import { countsAfter, type Bucket } from './window.js';
 
 interface Entry {
@@ -11,13 +11,13 @@ interface Entry {
 }
 
 /** One limit's window of a key as the store reads it: its recorded usage, and (for a refusal's Retry-After only) its buckets. */
-export interface LimitReading extends Recorded {
+export interface WindowReading extends Recorded {
   /** The buckets starting after the window's start, oldest first. */
   buckets(): readonly Bucket[];
 }
 
 /** How a store reads one limit's window of the key being admitted: the buckets that start after `since`. */
-export type WindowOf = (limit: Limit, since: number) => LimitReading;
+export type WindowOf = (limit: Limit, since: number) => WindowReading;
 
 const NONE: Held = Object.freeze({ reserved: 0, partialInFlight: false });
 
@@ -51,26 +51,16 @@ export class ReservationBook {
    */
   admitAll(request: AdmitRequest, limits: readonly Limit[], windowOf: WindowOf): Admission {
     const { keyId, now, estimate, requestId } = request;
-    const states = limits.map((limit) => {
-      const since = countsAfter(now, limit.windowMs);
-      const reading = windowOf(limit, since);
-      const held = this.held(meterOf(keyId, limit.name));
-      return { limit, reading, used: reading.used, oldestBucketStart: reading.oldestBucketStart, reserved: held.reserved, partialInFlight: held.partialInFlight };
+    const windows = limits.map((limit) => windowOf(limit, countsAfter(now, limit.windowMs)));
+    const readings: LimitReading[] = limits.map((limit, index) => {
+      const { used, oldestBucketStart } = windows[index]!;
+      return { limit, used, oldestBucketStart, ...this.held(meterOf(keyId, limit.name)) };
     });
-    const decision = decideAll(states, estimate);
-    const windows = (reserving: (index: number) => number): LimitWindow[] =>
-      states.map((state, index) => ({ limit: state.limit, used: state.used, reserved: state.reserved + reserving(index), oldestBucketStart: state.oldestBucketStart }));
-    if (!decision.admit) {
-      const waits = states.map((state) => msUntilAdmissible({ ...state, limit: state.limit.tokens }, state.reading.buckets(), now, state.limit.windowMs));
-      const seen = windows(() => 0);
-      const refused = seen.find((window) => window.limit.name === decision.refusedBy)!;
-      return { admitted: false, window: refused, retryAfterMs: retryAfterAll(waits), limits: seen, refusedBy: decision.refusedBy };
-    }
-    const meters: Meter[] = decision.parts.map((part, index) => ({ limit: part.name, windowMs: limits[index]!.windowMs, tokens: part.reserve, partial: part.partial }));
-    for (const meter of meters) this.add(meterId(requestId, meter.limit), meterOf(keyId, meter.limit), meter.tokens, meter.partial);
-    const reservation: Reservation = { id: requestId, keyId, tokens: Math.max(...meters.map((meter) => meter.tokens)), partial: meters.some((meter) => meter.partial), meters };
-    const seen = windows((index) => meters[index]!.tokens);
-    return { admitted: true, reservation, window: seen[0]!, limits: seen };
+    const decision = decideAll(readings, estimate);
+    if (!decision.admit) return refusedOn(readings, decision.refusedBy, readings.map((reading, index) => limitWait(reading, windows[index]!.buckets(), now)));
+    const admission = admittedOn(request, readings, decision.parts);
+    for (const meter of admission.reservation.meters!) this.add(meterId(requestId, meter.limit), meterOf(keyId, meter.limit), meter.tokens, meter.partial);
+    return admission;
   }
 
   /** Drops what a reservation holds: its one booking, or its part against each limit (whichever store admitted it). */

@@ -284,7 +284,7 @@ export class FallbackStorage implements Storage {
 
   async limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
     const usage = await this.attempt(() => this.primary.limitsUsage(keyId, limits, now));
-    return usage === DOWN ? this.file.limitsUsage!(keyId, limits, now) : usage;
+    return usage === DOWN ? this.file.limitsUsage(keyId, limits, now) : usage;
   }
 
   createKey(input: NewKey, now?: number): Promise<CreatedKey> {

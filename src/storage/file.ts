@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { Limit, LimitWindow, Logger } from '../types.js';
 import { bucketsOf, LEGACY, meterOf, withBuckets } from '../quota/limits.js';
-import { ReservationBook, type LimitReading } from '../quota/reservations.js';
+import { ReservationBook, type WindowReading } from '../quota/reservations.js';
 import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { limitsOf } from '../keys/limits.js';
@@ -340,7 +340,7 @@ export class FileStorage implements MirrorStorage {
   }
 
   /** One limit's window of a key: the tokens of its buckets that start after `since`, and (for a Retry-After) those buckets. */
-  private reading(keyId: string, limit: string, since: number): LimitReading {
+  private reading(keyId: string, limit: string, since: number): WindowReading {
     const buckets = this.keys.get(keyId)?.buckets.get(limit) ?? [];
     let used = 0;
     let oldest: number | undefined;
@@ -379,6 +379,8 @@ export class FileStorage implements MirrorStorage {
     const now = Date.now();
     const keys = [...this.keys.values()].map((key) => this.snapshotKey(key, now));
     writeSnapshot(this.options.dir, { journalGeneration: this.options.role === 'standalone' ? folded : Math.min(folded, this.oldestPending() - 1), writtenAt: now, keys });
+    // Memory keeps what the snapshot keeps, so that neither a long-running store's maps nor its decisions grow with its history.
+    for (const key of keys) this.keys.get(key.id)!.buckets = memKey(key).buckets;
     if (this.options.role === 'standalone') this.applied = new Set();
     return folded;
   }

@@ -4,9 +4,9 @@ import { NotFoundError, StorageError } from '../errors.js';
 import type { OpenedPostgres } from '../db/postgres.js';
 import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
 import { GroupCommit } from '../quota/group-commit.js';
-import { judge, msUntilAdmissible, refusal } from '../quota/admission.js';
+import { judge, refusal } from '../quota/admission.js';
 import { bucketStart, countsAfter } from '../quota/window.js';
-import { admittedOn, decideAll, LEGACY, MAX_WINDOW_MS, refusedOn, withBuckets as withLimitBuckets, type LimitReading } from '../quota/limits.js';
+import { admittedOn, decideAll, LEGACY, limitWait, MAX_WINDOW_MS, refusedOn, withBuckets as withLimitBuckets, type LimitReading } from '../quota/limits.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.js';
@@ -227,10 +227,8 @@ export class PostgresStorage implements SharedStorage {
     const decision = decideAll(readings, estimate);
     if (!decision.admit) return refusedOn(readings, decision.refusedBy, await this.waits(tx, keyId, readings, now));
     const admission = admittedOn(request, readings, decision.parts);
-    if (admission.admitted) {
-      const expiresAt = now + this.reservationTtlMs;
-      await tx.insert(reservations).values(admission.reservation.meters!.map((meter) => ({ id: partRowId(requestId, meter.limit), keyId, limitName: meter.limit, tokens: meter.tokens, partial: meter.partial, expiresAt })));
-    }
+    const expiresAt = now + this.reservationTtlMs;
+    await tx.insert(reservations).values(admission.reservation.meters!.map((meter) => ({ id: partRowId(requestId, meter.limit), keyId, limitName: meter.limit, tokens: meter.tokens, partial: meter.partial, expiresAt })));
     return admission;
   }
 
@@ -266,7 +264,7 @@ export class PostgresStorage implements SharedStorage {
     return readings.map((reading) => {
       const since = countsAfter(now, reading.limit.windowMs);
       const own = buckets.filter((bucket) => bucket.limit === reading.limit.name && bucket.start > since);
-      return msUntilAdmissible({ ...reading, limit: reading.limit.tokens }, own, now, reading.limit.windowMs);
+      return limitWait(reading, own, now);
     });
   }
 

@@ -56,6 +56,7 @@ export interface SharedStorage extends Storage {
 
 /** What the fallback decorator decides from while the database is away: a mirror of it with a journal. */
 export interface MirrorStorage extends Storage {
+  limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
   /** Counts a record the database has already taken. */
   observe(record: UsageRecord): void;
   /** Replays the journal through `apply`, deleting each file once all its records are in; the records taken. */

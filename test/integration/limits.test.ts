@@ -5,7 +5,7 @@ import { parseLimitSpec, type Limit } from '../../src/quota/limits.js';
 import { statsHandler } from '../../middleware/stats.js';
 import postgres from 'postgres';
 import { quietLogger, startGate, tempDbPath, tempDir, type Gate } from '../helpers/gate.js';
-import { freshDatabase } from '../helpers/postgres.js';
+import { freshDatabase, startPostgres } from '../helpers/postgres.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import Database from 'better-sqlite3';
 import express from 'express';
@@ -199,6 +199,51 @@ describe('PostgreSQL rows of a request on several limits', () => {
       ['7d', 150, 0],
     ]);
   });
+});
+
+describe('a key with two limits while PostgreSQL is down', () => {
+  it('is decided by each limit from the fallback, and the replay records each limit\'s usage once', async () => {
+    const pg = await startPostgres();
+    onTestFinished(() => pg.close());
+    const storage = await createStorage({ databaseUrl: pg.url, fallbackDir: tempDir(), fallbackTimeoutMs: 500, keyCacheTtlMs: 0, logger: quietLogger() });
+    // Real time: the fallback's snapshot keeps the buckets that count now.
+    const onPostgres = await startGate(upstream, { now: () => Date.now() }, storage);
+    onTestFinished(() => onPostgres.close());
+    const plan = limits('5h=1000', '7d=1500');
+    const { key, record } = await storage.createKey({ name: 'plan', limits: plan, expiresAt: Date.now() + 30 * 24 * HOUR });
+    const send = async () => {
+      const response = await fetch(`${onPostgres.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: '{"model":"m"}' });
+      return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+    };
+    for (let i = 1; i <= 2; i++) {
+      expect((await send()).status).toBe(200);
+      await onPostgres.settled(record.id, i);
+    }
+    await pg.stop();
+    for (let i = 3; i <= 4; i++) {
+      expect((await send()).status).toBe(200);
+      await onPostgres.settled(record.id, i);
+    }
+    expect(storage.health().mode).toBe('fallback');
+    // The mirror counted the usage recorded before the outage in each limit.
+    expect(await send()).toMatchObject({ status: 429, body: { error: { limit: '5h', tokens_used: 1000 } } });
+    expect((await storage.limitsUsage!(record.id, plan, Date.now())).map((seen) => [seen.limit.name, seen.used])).toEqual([
+      ['5h', 1000],
+      ['7d', 1000],
+    ]);
+    await pg.start();
+    await expect.poll(() => storage.health(), { timeout: 20_000, interval: 100 }).toMatchObject({ mode: 'primary', journalPendingRecords: 0 });
+    const database = postgres(pg.url, { max: 1, onnotice: () => undefined });
+    onTestFinished(() => database.end());
+    const used = await database`select limit_name, sum(tokens)::int as tokens from usage_buckets where key_id = ${record.id} group by limit_name order by limit_name`;
+    expect(used.map((row) => [row.limit_name, row.tokens])).toEqual([
+      ['5h', 4 * USED],
+      ['7d', 4 * USED],
+    ]);
+    expect(await database`select id from reservations where key_id = ${record.id} and not starts_with(id, 'lease:')`).toEqual([]);
+    // Back on the database, the key is refused by the limit the outage's usage spent.
+    expect(await send()).toMatchObject({ status: 429, body: { error: { limit: '5h' } } });
+  }, 60_000);
 });
 
 describe('pruning the buckets of several limits', () => {
