@@ -1,8 +1,8 @@
 // @ts-check
 // The scale run: lookup, admission and recording on one hot key among 1, 10^4 and 10^5 keys, with an
 // empty history and with a dense one (5 hours of minute buckets, and 10^6 earlier usage records),
-// straight against each store; on SQLite also a hot key with a 5-hour and a 7-day limit and a dense
-// history in both (a week of its 30-minute buckets).
+// straight against each store; also a hot key with a 5-hour and a 7-day limit and a dense history in
+// both (a week of its 30-minute buckets).
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import postgres from 'postgres';
@@ -31,8 +31,7 @@ export async function runScale({ databaseUrl, tempDir, keyCounts, measureMs, pas
   const rows = [];
   for (const backend of ['sqlite', 'postgres']) {
     for (const keys of keyCounts) {
-      // Several limits per key are decided by the SQLite store only, so far.
-      for (const history of backend === 'sqlite' ? ['empty', 'dense', 'plan'] : ['empty', 'dense']) {
+      for (const history of ['empty', 'dense', 'plan']) {
         const store = backend === 'sqlite' ? await sqliteStore(tempDir()) : await postgresStore(await databaseUrl());
         const past = history === 'empty' ? 0 : pastRecords;
         try {
@@ -105,8 +104,8 @@ async function postgresStore(url) {
   const storage = await createStorage({ databaseUrl: url, fallback: false, logger: logger() });
   return {
     storage,
-    /** @param {number} keys @param {number} pastRecords with 5 h of buckets when above 0 */
-    async fill(keys, pastRecords) {
+    /** @param {number} keys @param {number} pastRecords with 5 h of buckets when above 0 @param {boolean} plan the hot key has a 5 h and a 7 d limit */
+    async fill(keys, pastRecords, plan) {
       const dense = pastRecords > 0;
       const sql = postgres(url, { max: 1, onnotice: () => undefined });
       const now = Date.now();
@@ -124,6 +123,11 @@ async function postgresStore(url) {
                   select lpad(to_hex((${now}::bigint - i) / 65536), 8, '0') || '-' || lpad(to_hex((${now}::bigint - i) % 65536), 4, '0')
                          || '-7000-8000-' || lpad(to_hex(i), 12, '0'), ${hot.id}, 10, ${now}::bigint - i
                   from generate_series(1, ${pastRecords}) i`;
+      }
+      if (plan) {
+        await sql`update api_keys set limits = ${PLAN_LIMITS} where id = ${hot.id}`;
+        await sql`insert into usage_buckets (key_id, limit_name, bucket_start, tokens)
+                  select ${hot.id}, '7d', ${Math.floor(now / WEEK_BUCKET_MS) * WEEK_BUCKET_MS}::bigint - b * ${WEEK_BUCKET_MS}::bigint, 10 from generate_series(1, ${WEEK_MS / WEEK_BUCKET_MS - 1}) b`;
       }
       await sql.end();
     },

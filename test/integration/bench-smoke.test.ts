@@ -58,8 +58,10 @@ describe('npm run bench -- --smoke', () => {
       'sqlite 100 plan',
       'postgres 1 empty',
       'postgres 1 dense',
+      'postgres 1 plan',
       'postgres 100 empty',
       'postgres 100 dense',
+      'postgres 100 plan',
     ]);
     for (const row of result.scale) {
       expect(row.decisionsPerSecond).toBeGreaterThan(0);
@@ -67,6 +69,7 @@ describe('npm run bench -- --smoke', () => {
     }
     expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| gate, SQLite | JSON | ');
     expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| sqlite | 100 | a 5 h and a 7 d limit: ');
+    expect(readFileSync(join(out, 'latest.md'), 'utf8')).toContain('| postgres | 100 | a 5 h and a 7 d limit: ');
     expect([...benchDirs()].filter((name) => !before.has(name))).toEqual([]);
   }, 180_000);
 });
