@@ -1,6 +1,7 @@
-// Shares of keys' budgets this process holds in PostgreSQL, and the requests admitted against them here.
+// Shares of keys' budgets this process holds in PostgreSQL, one per key and limit, and the requests admitted against them here.
 import { randomUUID } from 'node:crypto';
 import type { Reservation, WindowUsage } from '../types.js';
+import { LEGACY, meterOf } from './limits.js';
 
 /** A lease stops admitting once its view of the window is this old: the next admission reads the database again. */
 export const LEASE_VIEW_MS = 2_000;
@@ -24,9 +25,10 @@ export interface LeaseView {
 }
 
 /**
- * One lease: a reservation row of `held` tokens. This process admits a request against it while its
- * estimate fits in what is not in flight. The database's row never holds less than `held` (when in
- * doubt, `held` is lowered first), so the sum of all leases and reservations stays within the limit.
+ * One lease: a reservation row of `held` tokens against one limit of a key. This process admits a
+ * request against it while its estimate fits in what is not in flight. The database's row never holds
+ * less than `held` (when in doubt, `held` is lowered first), so the sum of all leases and reservations
+ * stays within the limit.
  */
 export class Lease {
   /** Tokens the row holds, as far as this process can be sure. */
@@ -47,9 +49,19 @@ export class Lease {
   constructor(
     readonly id: string,
     readonly keyId: string,
+    /** The limit the row holds tokens against (`5h` for a key without limits of its own). */
+    readonly limit: string,
   ) {}
 
-  /** Whether a request with this estimate can be admitted here, without the database. */
+  /** Where the lease is booked: its key and limit. */
+  get meter(): string {
+    return meterOf(this.keyId, this.limit);
+  }
+
+  /**
+   * Whether a request with this estimate can be admitted here, without the database: the lease holds
+   * it, and the window as this process sees it (usage that ran over its estimates included) has room.
+   */
   admits(estimate: number, tokenLimit: number, now: number): boolean {
     const { view } = this;
     return (
@@ -58,8 +70,23 @@ export class Lease {
       now >= view.at &&
       now - view.at < LEASE_VIEW_MS &&
       now - this.confirmedAt < LEASE_TTL_MS / 2 &&
-      this.held - this.inFlight >= estimate
+      this.held - this.inFlight >= estimate &&
+      tokenLimit - view.used - this.settledSinceView - view.reservedElsewhere - this.inFlight >= estimate
     );
+  }
+
+  /** The database granted the row `held` tokens on this view: settles since the grant was sent took some already. */
+  granted(held: number, view: LeaseView, now: number): void {
+    this.held = held - this.takenSinceGrant;
+    this.view = view;
+    this.settledSinceView = 0;
+    this.confirmedAt = now;
+  }
+
+  /** Deciding request by request: the row keeps only what is in flight, and admits nothing more here. */
+  shrunk(inFlight: number): void {
+    this.held = inFlight - this.takenSinceGrant;
+    this.view = undefined;
   }
 
   /** The window as this process sees it: the last view, moved by what went through this lease since. */
@@ -88,48 +115,57 @@ export class Lease {
   }
 }
 
-/** This process's leases, one current lease per key, and which lease each admitted request went through. */
+/** A request admitted against leases: its reservation and the lease of each limit it holds its estimate on. */
+export interface Leased {
+  reservation: Reservation;
+  leases: readonly Lease[];
+}
+
+/** This process's leases, one current lease per key and limit, and which leases each admitted request went through. */
 export class LeaseBook {
   /** Prefix of this process's lease rows: other instances' rows never start with it. */
   readonly prefix = `lease:${randomUUID()}:`;
   private sequence = 0;
   private readonly current = new Map<string, Lease>();
-  private readonly requests = new Map<string, { lease: Lease; reservation: Reservation }>();
+  private readonly requests = new Map<string, Leased>();
 
-  /** The key's current lease, opened (empty, with a row id never used before) when there is none. */
-  lease(keyId: string): Lease {
-    let lease = this.current.get(keyId);
+  /** The current lease of the key's limit, opened (empty, with a row id never used before) when there is none. */
+  lease(keyId: string, limit: string = LEGACY): Lease {
+    const meter = meterOf(keyId, limit);
+    let lease = this.current.get(meter);
     if (!lease) {
-      lease = new Lease(`${this.prefix}${++this.sequence}`, keyId);
-      this.current.set(keyId, lease);
+      lease = new Lease(`${this.prefix}${++this.sequence}`, keyId, limit);
+      this.current.set(meter, lease);
     }
     return lease;
   }
 
-  /** Admits a request against the lease (the caller checked that it fits). */
-  admit(lease: Lease, reservation: Reservation, now: number): void {
-    lease.inFlight += reservation.tokens;
-    lease.lastUsedAt = now;
-    this.requests.set(reservation.id, { lease, reservation });
+  /** Admits a request against a lease of each limit it is held on (the caller checked that it fits in each). */
+  admit(leases: readonly Lease[], reservation: Reservation, now: number): void {
+    for (const lease of leases) {
+      lease.inFlight += reservation.tokens;
+      lease.lastUsedAt = now;
+    }
+    this.requests.set(reservation.id, { reservation, leases });
   }
 
-  /** The request's reservation and lease, when it was admitted against a lease here. */
-  find(requestId: string): { lease: Lease; reservation: Reservation } | undefined {
+  /** The request's reservation and leases, when it was admitted against leases here. */
+  find(requestId: string): Leased | undefined {
     return this.requests.get(requestId);
   }
 
-  /** Ends a request admitted against a lease: `charged` tokens come off it, the rest of its estimate returns. */
+  /** Ends a request admitted against leases: `charged` tokens come off each, the rest of its estimate returns. */
   complete(requestId: string, charged: number): boolean {
     const entry = this.requests.get(requestId);
     if (!entry) return false;
     this.requests.delete(requestId);
-    entry.lease.complete(entry.reservation.tokens, charged);
+    for (const lease of entry.leases) lease.complete(entry.reservation.tokens, charged);
     return true;
   }
 
-  /** In-flight estimates of this process's lease for the key. */
-  inFlight(keyId: string): number {
-    return this.current.get(keyId)?.inFlight ?? 0;
+  /** In-flight estimates of this process's lease of the key's limit. */
+  inFlight(keyId: string, limit: string = LEGACY): number {
+    return this.current.get(meterOf(keyId, limit))?.inFlight ?? 0;
   }
 
   /**
@@ -142,16 +178,21 @@ export class LeaseBook {
     for (const lease of this.current.values()) {
       const idle = lease.inFlight === 0 && lease.granting === undefined && now - lease.lastUsedAt > LEASE_IDLE_MS;
       if (idle) {
-        this.current.delete(lease.keyId);
+        this.current.delete(lease.meter);
         drop.push(lease);
       } else if (lease.held > 0) renew.push(lease);
     }
     return { renew, drop };
   }
 
+  /** Usage reached the database another way (a replayed journal): every lease asks the database again before it admits. */
+  forgetViews(): void {
+    for (const lease of this.current.values()) lease.view = undefined;
+  }
+
   /** Stops admitting against a lease (its row is gone); requests in flight on it finish as usual. */
   retire(lease: Lease): void {
-    if (this.current.get(lease.keyId) === lease) this.current.delete(lease.keyId);
+    if (this.current.get(lease.meter) === lease) this.current.delete(lease.meter);
   }
 
   /** Forgets every lease (the store is closing); returns their row ids. */

@@ -402,6 +402,8 @@ export class FallbackStorage implements Storage {
       return;
     }
     if (probe.signal.aborted) return;
+    // The leases' views lack what the files decided meanwhile: the next admission of each key reads the database.
+    this.primary.forgetWindows();
     // Same tick as the last emptiness check: no record can slip into the journal in between.
     this.mode = 'primary';
     this.lastReplay = { at: Date.now(), records: replayed };

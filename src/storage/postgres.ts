@@ -34,6 +34,9 @@ type Tx = Parameters<Parameters<OpenedPostgres['db']['transaction']>[0]>[0];
 /** What the database decided: a (re)granted lease to admit against here, or the request on its own. */
 type Decided = { lease: true; held: number; view: LeaseView } | { lease: false; admission: Admission };
 
+/** The same for a key with several limits: a lease of each limit that applies, or the request on its own. */
+type DecidedAll = { lease: true; held: number[]; views: LeaseView[] } | { lease: false; admission: Admission };
+
 interface Queued {
   record: UsageRecord;
   reservation: Reservation;
@@ -43,8 +46,11 @@ interface Queued {
 interface LimitRow extends Record<string, unknown> {
   used: string;
   oldest: string | null;
+  /** Held by everything but this process's leases. */
   reserved: string;
   partial: boolean;
+  /** What this process's lease of the limit holds. */
+  lease_row: string | null;
   /** What this request holds against the limit already (a retried admission whose first attempt committed). */
   mine: string | null;
   mine_partial: boolean | null;
@@ -126,7 +132,7 @@ export class PostgresStorage implements SharedStorage {
    * under the key's row lock: a larger lease, or this request alone. One round trip per key at a time.
    */
   async admit(request: AdmitRequest): Promise<Admission> {
-    if (request.limits) return withRetry('admission', () => this.opened.db.transaction((tx) => this.decideAll(tx, request, request.limits!)));
+    if (request.limits) return this.admitOnLimits(request, request.limits);
     const { keyId, estimate, tokenLimit, now, requestId } = request;
     const known = this.leases.find(requestId);
     if (known) return { admitted: true, reservation: known.reservation, window: await this.windowUsage(keyId, now, request.windowMs) };
@@ -145,14 +151,48 @@ export class PostgresStorage implements SharedStorage {
         lease.granting = undefined;
       }
       if (!decided.lease) return decided.admission;
-      lease.held = decided.held - lease.takenSinceGrant;
-      lease.view = decided.view;
-      lease.settledSinceView = 0;
-      lease.confirmedAt = now;
+      lease.granted(decided.held, decided.view, now);
     }
     const reservation = { id: requestId, keyId, tokens: estimate, partial: false };
-    this.leases.admit(lease, reservation, now);
+    this.leases.admit([lease], reservation, now);
     return { admitted: true, reservation, window: lease.window() };
+  }
+
+  /**
+   * A key with several limits has a lease of each: a request whose estimate fits in the lease of
+   * every limit that applies is admitted here; otherwise one round trip decides them together, under
+   * the key's row lock: larger leases, or this request alone, with a reservation row per limit.
+   */
+  private async admitOnLimits(request: AdmitRequest, limits: readonly Limit[]): Promise<Admission> {
+    const { keyId, estimate, now, requestId } = request;
+    const known = this.leases.find(requestId);
+    if (known) {
+      const seen = await this.limitsUsage(keyId, limits, now);
+      return { admitted: true, reservation: known.reservation, window: seen[0]!, limits: seen };
+    }
+    const current = () => limits.map((limit) => this.leases.lease(keyId, limit.name));
+    let leases = current();
+    for (let busy = leases.find((lease) => lease.granting); busy; busy = leases.find((lease) => lease.granting)) {
+      await busy.granting!.catch(() => undefined);
+      leases = current();
+    }
+    if (!leases.every((lease, index) => lease.admits(estimate, limits[index]!.tokens, now))) {
+      const deciding = withRetry('admission', () => this.opened.db.transaction((tx) => this.decideAll(tx, request, limits, leases)));
+      for (const lease of leases) lease.granting = deciding;
+      let decided: DecidedAll;
+      try {
+        decided = await deciding;
+      } finally {
+        for (const lease of leases) lease.granting = undefined;
+      }
+      if (!decided.lease) return decided.admission;
+      leases.forEach((lease, index) => lease.granted(decided.held[index]!, decided.views[index]!, now));
+    }
+    const meters = limits.map((limit) => ({ limit: limit.name, windowMs: limit.windowMs, tokens: estimate, partial: false }));
+    const reservation = { id: requestId, keyId, tokens: estimate, partial: false, meters };
+    this.leases.admit(leases, reservation, now);
+    const seen = leases.map((lease, index) => ({ limit: limits[index]!, ...lease.window() }));
+    return { admitted: true, reservation, window: seen[0]!, limits: seen };
   }
 
   private async decide(tx: Tx, request: AdmitRequest, lease: Lease): Promise<Decided> {
@@ -183,13 +223,11 @@ export class PostgresStorage implements SharedStorage {
     }
     const held = row.partial ? 0 : lease.target(tokenLimit - used - reservedElsewhere, estimate, tokenLimit);
     if (held > 0) {
-      await this.holdLease(tx, lease, held, now);
+      await this.holdLeases(tx, [lease], [held], now);
       return { lease: true, held, view: { used, oldestBucketStart, reservedElsewhere, tokenLimit, at: now } };
     }
     // Near the limit: the lease keeps only what is in flight, and this request is decided alone.
-    if (num(row.lease_row) !== inFlight && (row.lease_row !== null || inFlight > 0)) await this.holdLease(tx, lease, inFlight, now);
-    lease.held = inFlight - lease.takenSinceGrant;
-    lease.view = undefined;
+    await this.shrinkLeases(tx, [lease], [row.lease_row], [inFlight], now);
     const verdict = judge(request, window, { reserved: window.reserved, partialInFlight: row.partial });
     if (!verdict.admitted) {
       const buckets = await tx
@@ -210,43 +248,60 @@ export class PostgresStorage implements SharedStorage {
   }
 
   /**
-   * A key with several limits is decided request by request under its row lock, each limit on its
-   * own window and reservation rows: the request holds a row per limit, so every limit's sum of
-   * usage and reservations stays within it across instances. (Its requests take no lease.)
+   * Decides a request of a key with several limits under the key's row lock, each limit on its own
+   * window and reservation rows: when each has room, its lease grows (as decide() does for one);
+   * near any of them, the leases keep what is in flight, and the request is decided alone and holds a
+   * reservation row per limit. Either way every limit's sum of usage, leases and reservations stays
+   * within it across instances.
    */
-  private async decideAll(tx: Tx, request: AdmitRequest, limits: readonly Limit[]): Promise<Admission> {
+  private async decideAll(tx: Tx, request: AdmitRequest, limits: readonly Limit[], leases: readonly Lease[]): Promise<DecidedAll> {
     const { keyId, requestId, now, estimate } = request;
+    const inFlight = leases.map((lease) => lease.inFlight);
+    for (const lease of leases) lease.takenSinceGrant = 0;
     await this.lockKey(tx, keyId);
-    const rows = await this.limitRows(tx, keyId, limits, now, requestId);
-    const readings: LimitReading[] = rows.map((row, index) => ({ limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved), partialInFlight: row.partial, oldestBucketStart: num(row.oldest) }));
+    const rows = await this.limitRows(tx, keyId, limits, now, requestId, leases);
+    const readings: LimitReading[] = rows.map((row, index) => ({ limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved) + inFlight[index]!, partialInFlight: row.partial, oldestBucketStart: num(row.oldest) }));
     if (rows[0]?.mine != null) {
       // A retried admission whose first attempt committed: it is admitted on the parts it holds.
       const parts = rows.map((row, index) => ({ name: limits[index]!.name, reserve: Number(row.mine), partial: row.mine_partial === true }));
-      return admittedOn(request, readings.map((reading, index) => ({ ...reading, reserved: reading.reserved - parts[index]!.reserve })), parts);
+      return { lease: false, admission: admittedOn(request, readings.map((reading, index) => ({ ...reading, reserved: reading.reserved - parts[index]!.reserve })), parts) };
     }
+    const held = rows.map((row, index) => (row.partial ? 0 : leases[index]!.target(limits[index]!.tokens - Number(row.used) - Number(row.reserved), estimate, limits[index]!.tokens)));
+    if (held.every((tokens) => tokens > 0)) {
+      await this.holdLeases(tx, leases, held, now);
+      const views = rows.map((row, index) => ({ used: Number(row.used), oldestBucketStart: num(row.oldest), reservedElsewhere: Number(row.reserved), tokenLimit: limits[index]!.tokens, at: now }));
+      return { lease: true, held, views };
+    }
+    await this.shrinkLeases(tx, leases, rows.map((row) => row.lease_row), inFlight, now);
     const decision = decideAll(readings, estimate);
-    if (!decision.admit) return refusedOn(readings, decision.refusedBy, await this.waits(tx, keyId, readings, now));
+    if (!decision.admit) return { lease: false, admission: refusedOn(readings, decision.refusedBy, await this.waits(tx, keyId, readings, now)) };
     const admission = admittedOn(request, readings, decision.parts);
     const expiresAt = now + this.reservationTtlMs;
     await tx.insert(reservations).values(admission.reservation.meters!.map((meter) => ({ id: partRowId(requestId, meter.limit), keyId, limitName: meter.limit, tokens: meter.tokens, partial: meter.partial, expiresAt })));
-    return admission;
+    return { lease: false, admission };
   }
 
   /**
    * Each limit's usage in its window and what is held against it, in the order of `limits`; `mine`
-   * is what `requestId` holds. In a transaction, expired reservations of the key go too.
+   * is what `requestId` holds, `lease_row` what `leases` (of the same limits) hold. In a transaction,
+   * expired reservations of the key go too.
    */
-  private limitRows(db: Tx | OpenedPostgres['db'], keyId: string, limits: readonly Limit[], now: number, requestId?: string): Promise<LimitRow[]> {
-    const wanted = JSON.stringify(limits.map((limit, index) => ({ index, name: limit.name, since: countsAfter(now, limit.windowMs), part: requestId === undefined ? null : partRowId(requestId, limit.name) })));
+  private limitRows(db: Tx | OpenedPostgres['db'], keyId: string, limits: readonly Limit[], now: number, requestId?: string, leases?: readonly Lease[]): Promise<LimitRow[]> {
+    const wanted = JSON.stringify(
+      limits.map((limit, index) => ({ index, name: limit.name, since: countsAfter(now, limit.windowMs), part: requestId === undefined ? null : partRowId(requestId, limit.name), lease: leases?.[index]!.id ?? null })),
+    );
     const expired = db === this.opened.db ? sql`` : sql`with expired as (delete from ${reservations} where key_id = ${keyId} and expires_at <= ${now}) `;
     return db.execute<LimitRow>(sql`${expired}
       select
         (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = wanted.name and bucket_start > wanted.since) as used,
         (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = wanted.name and bucket_start > wanted.since) as oldest,
-        held.reserved, held.partial, mine.tokens as mine, mine.partial as mine_partial
-      from jsonb_to_recordset(${wanted}::jsonb) as wanted(index int, name text, since bigint, part text)
+        held.reserved, held.partial, held.lease_row, mine.tokens as mine, mine.partial as mine_partial
+      from jsonb_to_recordset(${wanted}::jsonb) as wanted(index int, name text, since bigint, part text, lease text)
       cross join lateral (
-        select coalesce(sum(tokens), 0) as reserved, coalesce(bool_or(partial), false) as partial
+        select
+          coalesce(sum(tokens) filter (where not starts_with(id, ${this.leases.prefix})), 0) as reserved,
+          coalesce(bool_or(partial), false) as partial,
+          max(tokens) filter (where id = wanted.lease) as lease_row
         from ${reservations} where key_id = ${keyId} and limit_name = wanted.name and expires_at > ${now}
       ) as held
       left join ${reservations} as mine on mine.id = wanted.part
@@ -268,11 +323,20 @@ export class PostgresStorage implements SharedStorage {
     });
   }
 
-  private async holdLease(tx: Tx, lease: Lease, tokens: number, now: number): Promise<void> {
+  /** Writes each lease's row with its tokens, renewed. */
+  private async holdLeases(tx: Tx, leases: readonly Lease[], tokens: readonly number[], now: number): Promise<void> {
+    const expiresAt = now + LEASE_TTL_MS;
     await tx
       .insert(reservations)
-      .values({ id: lease.id, keyId: lease.keyId, tokens, partial: false, expiresAt: now + LEASE_TTL_MS })
-      .onConflictDoUpdate({ target: reservations.id, set: { tokens, expiresAt: now + LEASE_TTL_MS } });
+      .values(leases.map((lease, index) => ({ id: lease.id, keyId: lease.keyId, limitName: lease.limit, tokens: tokens[index]!, partial: false, expiresAt })))
+      .onConflictDoUpdate({ target: reservations.id, set: { tokens: sql`excluded.tokens`, expiresAt: sql`excluded.expires_at` } });
+  }
+
+  /** Near a limit: each lease's row keeps only what is in flight on it (written when it holds anything else), and the lease admits nothing more. */
+  private async shrinkLeases(tx: Tx, leases: readonly Lease[], rows: readonly (string | null)[], inFlight: readonly number[], now: number): Promise<void> {
+    const stale = leases.flatMap((lease, index) => (num(rows[index]!) !== inFlight[index] && (rows[index] !== null || inFlight[index]! > 0) ? [index] : []));
+    if (stale.length > 0) await this.holdLeases(tx, stale.map((index) => leases[index]!), stale.map((index) => inFlight[index]!), now);
+    leases.forEach((lease, index) => lease.shrunk(inFlight[index]!));
   }
 
   /**
@@ -314,15 +378,15 @@ export class PostgresStorage implements SharedStorage {
         // A record of several limits counts in a bucket of each; the others, in the 5h minute bucket.
         bucket: record.buckets ? null : bucketStart(record.at),
         buckets: record.buckets ?? null,
-        lease_id: leased?.lease.id ?? null,
-        lease_take: leased ? Math.min(record.tokens, reservation.tokens) : 0,
+        // What each lease the request went through gives up: its charge, up to its estimate.
+        leases: leased ? leased.leases.map((lease) => [lease.id, Math.min(record.tokens, reservation.tokens)]) : null,
       };
     });
     return withRetry('recording usage', () =>
       this.opened.db.execute(sql`
         with input as (
           select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
-            as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, buckets jsonb, lease_id text, lease_take bigint)
+            as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, buckets jsonb, leases jsonb)
         ), recorded as (
           insert into ${usageRecords} (id, key_id, tokens, recorded_at) select id, key_id, tokens, at from input
           on conflict (id) do nothing returning id
@@ -350,7 +414,10 @@ export class PostgresStorage implements SharedStorage {
           delete from ${reservations} where id in (select jsonb_array_elements_text(${JSON.stringify(released)}::jsonb))
         ), taken as (
           update ${reservations} set tokens = greatest(${reservations.tokens} - per_lease.tokens, 0)
-          from (select lease_id, sum(lease_take) as tokens from applied where lease_id is not null and key_id in (select id from charged) group by lease_id) as per_lease
+          from (
+            select lease->>0 as lease_id, sum((lease->>1)::bigint) as tokens from applied cross join jsonb_array_elements(applied.leases) as lease
+            where applied.leases is not null and key_id in (select id from charged) group by 1
+          ) as per_lease
           where ${reservations.id} = per_lease.lease_id
         )
         select count(*) from recorded`),
@@ -369,6 +436,10 @@ export class PostgresStorage implements SharedStorage {
    */
   forget(reservation: Reservation, charged: number): void {
     this.leases.complete(reservation.id, charged);
+  }
+
+  forgetWindows(): void {
+    this.leases.forgetViews();
   }
 
   /** Renews the leases in use and gives back the idle ones; a lease whose row is gone is retired. */
@@ -406,7 +477,11 @@ export class PostgresStorage implements SharedStorage {
   /** Each limit's window of a key with several, for /stats. */
   limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
     return withRetry('window usage', async () =>
-      (await this.limitRows(this.opened.db, keyId, limits, now)).map((row, index) => ({ limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved), oldestBucketStart: num(row.oldest) })),
+      (await this.limitRows(this.opened.db, keyId, limits, now)).map((row, index) => {
+        const limit = limits[index]!;
+        // This process's leases count by what is in flight on them, not their spare (as in windowUsage).
+        return { limit, used: Number(row.used), reserved: Number(row.reserved) + this.leases.inFlight(keyId, limit.name), oldestBucketStart: num(row.oldest) };
+      }),
     );
   }
 

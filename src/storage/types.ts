@@ -46,6 +46,8 @@ export interface Storage extends QuotaStore, KeyStore {}
 /** What a shared database store gives the fallback decorator beyond Storage. */
 export interface SharedStorage extends Storage {
   limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
+  /** Usage reached the database another way (the fallback's replayed journal): windows this store holds in memory are read again. */
+  forgetWindows(): void;
   /** Stops counting a request whose settle or release never reached the database, as if it charged `charged`. */
   forget(reservation: Reservation, charged: number): void;
   /** Every key with its digest and the buckets that start after `since`: what the mirror holds. */

@@ -70,6 +70,43 @@ describe('PostgreSQL leases', () => {
     expect(lease!.tokens + 200 * 60).toBeLessThanOrEqual(10_000_000);
   });
 
+  it('of a key with several limits, one per limit, admit its busy requests and record them per limit in a few statements', async () => {
+    const { storage, statements } = countingStore();
+    const plan = [
+      { name: '5h', tokens: 10_000_000, windowMs: WINDOW },
+      { name: '7d', tokens: 20_000_000, windowMs: 7 * 24 * 3600_000 },
+    ];
+    const { record } = await storage.createKey({ name: 'busy', limits: plan, expiresAt: Date.now() + 3600_000 });
+    const before = statements();
+    const admissions: Admission[] = [];
+    for (let i = 0; i < 200; i++) {
+      admissions.push(await storage.admit({ keyId: record.id, tokenLimit: 10_000_000, limits: plan, estimate: 100, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW }));
+    }
+    expect(admissions.every((a) => a.admitted)).toBe(true);
+    expect(statements() - before).toBeLessThan(20);
+    expect(admissions.at(-1)!.limits?.map((seen) => [seen.limit.name, seen.used, seen.reserved])).toEqual([
+      ['5h', 0, 200 * 100],
+      ['7d', 0, 200 * 100],
+    ]);
+    expect(await direct`select limit_name, key_id from reservations order by limit_name`).toEqual([
+      { limit_name: '5h', key_id: record.id },
+      { limit_name: '7d', key_id: record.id },
+    ]);
+
+    const beforeSettles = statements();
+    await Promise.all(admissions.map((a, i) => (a.admitted ? storage.settle(a.reservation, { id: `r${i}`, keyId: record.id, tokens: 60, at: Date.now() }) : undefined)));
+    expect(statements() - beforeSettles).toBeLessThan(10);
+    expect(await storage.getKey(record.id)).toMatchObject({ totalRequests: 200, totalLifetimeTokens: 200 * 60 });
+    expect((await storage.limitsUsage(record.id, plan, Date.now())).map((seen) => [seen.limit.name, seen.used, seen.reserved])).toEqual([
+      ['5h', 200 * 60, 0],
+      ['7d', 200 * 60, 0],
+    ]);
+    // Each lease row gave up what was charged against its limit: used + held never exceeds it.
+    for (const [index, lease] of (await direct`select tokens::int from reservations order by limit_name`).entries()) {
+      expect(lease.tokens + 200 * 60).toBeLessThanOrEqual(plan[index]!.tokens);
+    }
+  });
+
   it('decide a key near its limit request by request: a full reservation, then one partial, then nothing', async () => {
     const storage = await open();
     const { record } = await storage.createKey({ name: 'small', tokenLimit: 100, expiresAt: Date.now() + 3600_000 });
