@@ -9,6 +9,8 @@ import type { ImportOutcome } from '../storage/admin.js';
 import { loadKeyFile, type ParsedKeyFile } from '../storage/key-file.js';
 import type { SnapshotKey } from '../storage/snapshot.js';
 import { maskKey } from '../keys/secret.js';
+import { limitsOf } from '../keys/limits.js';
+import { LEGACY } from '../quota/limits.js';
 import { environment, note, printJson, printLine, storeName, withAdminStore } from './shared.js';
 
 /** Files with at least this many keys get a progress bar on a terminal. */
@@ -107,7 +109,7 @@ export function exportCommand(): Command {
     .action(async (options: ExportCommandOptions) => {
       const now = Date.now();
       const keys = await withAdminStore((store) => store.exportKeys(countsAfter(now, DEFAULT_WINDOW_MS)));
-      const text = `${JSON.stringify({ exported_at: new Date(now).toISOString(), keys: keys.map(exportEntry) }, null, 2)}\n`;
+      const text = `${JSON.stringify({ exported_at: new Date(now).toISOString(), keys: keys.map((key) => exportEntry(key, now)) }, null, 2)}\n`;
       if (options.out === undefined) {
         process.stdout.write(text);
         note(`exported ${keys.length} key(s) from ${storeName()}`);
@@ -120,8 +122,22 @@ export function exportCommand(): Command {
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
+/** Usage as the key file lists it: one entry per bucket. */
+const usageWindows = (buckets: readonly [number, number][]) => buckets.map(([start, tokens]) => ({ window_start: iso(start), tokens_used: tokens }));
+
+/** The usage of each of the key's limits but `5h` (whose usage is `usage_windows`) that still counts at `now`; undefined when there is none. */
+function limitUsageWindows(key: SnapshotKey, now: number): Record<string, unknown> | undefined {
+  if (!key.limitBuckets) return undefined;
+  const entries = limitsOf(key, DEFAULT_WINDOW_MS)
+    .filter((limit) => limit.name !== LEGACY)
+    .map((limit) => [limit.name, usageWindows((key.limitBuckets![limit.name] ?? []).filter(([start]) => start > countsAfter(now, limit.windowMs)))] as const)
+    .filter(([, windows]) => windows.length > 0);
+  return entries.length > 0 ? Object.fromEntries(entries) : undefined;
+}
+
 /** One key in the old format; the plaintext is explicitly absent. */
-function exportEntry(key: SnapshotKey): Record<string, unknown> {
+function exportEntry(key: SnapshotKey, now: number): Record<string, unknown> {
+  const limitUsage = limitUsageWindows(key, now);
   return {
     key: null,
     key_id: key.id,
@@ -136,6 +152,7 @@ function exportEntry(key: SnapshotKey): Record<string, unknown> {
     total_requests: key.totalRequests,
     token_weights: key.tokenWeights,
     limits: key.limits == null ? null : (JSON.parse(key.limits) as unknown),
-    usage_windows: key.buckets.map(([start, tokens]) => ({ window_start: iso(start), tokens_used: tokens })),
+    usage_windows: usageWindows(key.buckets),
+    ...(limitUsage ? { limit_usage_windows: limitUsage } : {}),
   };
 }

@@ -93,10 +93,12 @@ export function classifyImport(keys: SnapshotKey[], existing: Map<string, KeyRec
   return outcome;
 }
 
-/** The rows an imported key becomes: its key row and its buckets still inside the window. */
+/** The rows an imported key becomes: its key row and the buckets of each limit still inside its window. */
 export function importRows(key: SnapshotKey): TableRow[] {
-  const buckets = key.buckets.map(([start, tokens]): TableRow => ({ table: 'usage_buckets', row: rowOf(usageBuckets, { keyId: key.id, limitName: LEGACY, bucketStart: start, tokens }) as Row }));
-  return [{ table: 'api_keys', row: rowOf(apiKeys, key) as Row }, ...buckets];
+  const bucketRows = (limitName: string, buckets: readonly [number, number][]): TableRow[] =>
+    buckets.map(([start, tokens]) => ({ table: 'usage_buckets', row: rowOf(usageBuckets, { keyId: key.id, limitName, bucketStart: start, tokens }) as Row }));
+  const others = Object.entries(key.limitBuckets ?? {}).flatMap(([name, buckets]) => bucketRows(name, buckets));
+  return [{ table: 'api_keys', row: rowOf(apiKeys, key) as Row }, ...bucketRows(LEGACY, key.buckets), ...others];
 }
 
 export interface ImportOptions {

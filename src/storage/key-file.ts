@@ -6,7 +6,7 @@ import { isoDateMs, MAX_MODEL_LENGTH, MAX_NAME_LENGTH } from '../keys/validate.j
 import { bucketStart, countsAfter } from '../quota/window.js';
 import type { SnapshotKey } from './snapshot.js';
 import { formatWeights, parseWeights } from '../usage/weights.js';
-import { checkLimits } from '../quota/limits.js';
+import { bucketStartFor, checkLimits, LEGACY, type Limit } from '../quota/limits.js';
 import { storedLimits } from '../keys/limits.js';
 
 interface Entry {
@@ -23,6 +23,8 @@ interface Entry {
   /** Written by `tokengate export`: the key's limits, as the admin API takes them. */
   limits?: unknown;
   usage_windows?: unknown;
+  /** Written by `tokengate export`: the usage of each of the key's limits but `5h`, by limit name. */
+  limit_usage_windows?: unknown;
   rolling_window_cache?: unknown;
 }
 
@@ -109,7 +111,8 @@ export function parseKeyFile(parsed: unknown, path: string, now: number, windowM
       else seen.set(raw.key, index);
     }
     const usage = entryUsage(raw, problem);
-    if (problems.length > before || usage === undefined) return;
+    const limitUsage = entryLimitUsage(raw, problem);
+    if (problems.length > before || usage === undefined || limitUsage === undefined) return;
     const buckets = new Map<number, number>();
     for (const { at, tokens } of usage) {
       if (at <= since) {
@@ -119,7 +122,9 @@ export function parseKeyFile(parsed: unknown, path: string, now: number, windowM
       result.usageInWindow++;
       buckets.set(bucketStart(at), (buckets.get(bucketStart(at)) ?? 0) + tokens);
     }
-    result.keys.push(snapshotKey(raw, now, [...buckets].sort((a, b) => a[0] - b[0])));
+    const key = snapshotKey(raw, now, [...buckets].sort((a, b) => a[0] - b[0]));
+    if (limitUsage.length > 0) key.limitBuckets = Object.fromEntries(limitUsage.map(({ limit, usage: dated }) => [limit.name, limitBuckets(limit, dated, now, result)]));
+    result.keys.push(key);
   });
   if (problems.length > 0) throw new KeyFileError(path, problems);
   return result;
@@ -167,6 +172,48 @@ function entryUsage(raw: Entry, problem: (field: string, what: string) => void):
   if (typeof cache !== 'object' || Array.isArray(cache)) return void problem('rolling_window_cache', 'not an object');
   const buckets = dated(cache.buckets ?? [], { field: 'rolling_window_cache.buckets', at: 'timestamp', tokens: 'tokens', time: cacheTime, notADate: 'not epoch milliseconds or an ISO 8601 date' }, problem);
   return windows && buckets;
+}
+
+/** The entry's `limit_usage_windows`, each list with the limit it belongs to; undefined when any of it is bad. */
+function entryLimitUsage(raw: Entry, problem: (field: string, what: string) => void): { limit: Limit; usage: DatedUsage[] }[] | undefined {
+  const given = raw.limit_usage_windows;
+  if (given == null) return [];
+  if (typeof given !== 'object' || Array.isArray(given)) return void problem('limit_usage_windows', 'not an object of usage windows by limit name');
+  const limits = validLimits(raw.limits);
+  let ok = true;
+  const lists = Object.entries(given).map(([name, list]) => {
+    const limit = limits.find((candidate) => candidate.name === name && name !== LEGACY);
+    const usage = dated(list, { field: `limit_usage_windows.${name}`, at: 'window_start', tokens: 'tokens_used', time: isoDateMs, notADate: NOT_A_DATE }, problem);
+    if (!limit) problem(`limit_usage_windows.${name}`, name === LEGACY ? 'the 5h limit\'s usage is usage_windows' : 'not the name of one of the key\'s limits');
+    ok &&= limit !== undefined && usage !== undefined;
+    return { limit: limit!, usage: usage! };
+  });
+  return ok ? lists : undefined;
+}
+
+/** The entry's limits when they are valid (checkEntry reports them when not). */
+function validLimits(value: unknown): Limit[] {
+  try {
+    return value == null ? [] : checkLimits(value, 'limits');
+  } catch {
+    return [];
+  }
+}
+
+/** One limit's usage in its own buckets, what still counts in its window; the rest counted as outside. */
+function limitBuckets(limit: Limit, usage: readonly DatedUsage[], now: number, result: ParsedKeyFile): [number, number][] {
+  const since = countsAfter(now, limit.windowMs);
+  const buckets = new Map<number, number>();
+  for (const { at, tokens } of usage) {
+    if (at <= since) {
+      result.usageOutsideWindow++;
+      continue;
+    }
+    result.usageInWindow++;
+    const start = bucketStartFor(at, limit.windowMs);
+    buckets.set(start, (buckets.get(start) ?? 0) + tokens);
+  }
+  return [...buckets].sort((a, b) => a[0] - b[0]);
 }
 
 /** Where a list of dated usage is in an entry: its field, the names of its two fields, how its dates read and what a bad one is told. */

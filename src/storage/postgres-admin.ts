@@ -1,5 +1,5 @@
 // Import, export, dump and restore on PostgreSQL, over a pool of its own (never the gate's).
-import { and, asc, eq, gt, inArray } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, ne, or } from 'drizzle-orm';
 import { LEGACY } from '../quota/limits.js';
 import type { OpenedPostgres, PostgresDb } from '../db/postgres.js';
 import { schemaTag } from '../db/migrations.js';
@@ -60,10 +60,10 @@ export class PostgresAdmin implements AdminStore {
     return this.snapshot(async (tx) => {
       const keys = await tx.select().from(apiKeys).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id));
       const buckets = await tx
-        .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+        .select({ keyId: usageBuckets.keyId, limit: usageBuckets.limitName, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
-        // The key file carries the usage of the one 5h limit it knows.
-        .where(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)))
+        // The 5h limit's usage inside the window; each other limit's as pruning left it (export keeps what counts).
+        .where(or(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)), ne(usageBuckets.limitName, LEGACY)))
         .orderBy(asc(usageBuckets.bucketStart));
       return withBuckets(keys, buckets);
     });

@@ -1,6 +1,6 @@
 // Import, export, dump and restore on SQLite, over a connection of its own (never the gate's).
 import type Database from 'better-sqlite3';
-import { and, asc, eq, getTableColumns, gt, inArray, sql } from 'drizzle-orm';
+import { and, asc, eq, getTableColumns, gt, inArray, ne, or, sql } from 'drizzle-orm';
 import { LEGACY } from '../quota/limits.js';
 import type { OpenedSqlite, SqliteDb } from '../db/sqlite.js';
 import { schemaTag } from '../db/migrations.js';
@@ -61,10 +61,10 @@ export class SqliteAdmin implements AdminStore {
     return this.transaction('BEGIN', false, async () => {
       const keys = this.db.select().from(apiKeys).orderBy(asc(apiKeys.createdAt), asc(apiKeys.id)).all();
       const buckets = this.db
-        .select({ keyId: usageBuckets.keyId, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+        .select({ keyId: usageBuckets.keyId, limit: usageBuckets.limitName, start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
         .from(usageBuckets)
-        // The key file carries the usage of the one 5h limit it knows.
-        .where(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)))
+        // The 5h limit's usage inside the window; each other limit's as pruning left it (export keeps what counts).
+        .where(or(and(eq(usageBuckets.limitName, LEGACY), gt(usageBuckets.bucketStart, since)), ne(usageBuckets.limitName, LEGACY)))
         .orderBy(asc(usageBuckets.bucketStart))
         .all();
       return withBuckets(keys, buckets);

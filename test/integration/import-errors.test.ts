@@ -65,8 +65,11 @@ describe('tokengate import: malformed input', () => {
       { ...good, key: 'pk_13', expiry_date: now + DAY },
       { ...good, key: 'pk_14', created_at: '2026-01-10T09:00:00', last_used: now },
       { ...good, key: 'pk_15', usage_windows: [{ window_start: now, tokens_used: 1 }] },
+      // The usage of a key's other limits: only under the name of one of them, never 5h's, dated.
+      { ...good, key: 'pk_16', limits: [{ window: '5h', tokens: 10 }, { window: '7d', tokens: 20 }], limit_usage_windows: { '30d': [], '5h': [], '7d': [{ window_start: 'then', tokens_used: 1 }] } },
+      { ...good, key: 'pk_17', limit_usage_windows: [] },
     ];
-    const line = expectFailure(run(target, ['import', writeKeyFile(entries)]), /17 problem/);
+    const line = expectFailure(run(target, ['import', writeKeyFile(entries)]), /21 problem/);
     for (const field of [
       'keys[1].key: not a string',
       'keys[2].key: duplicate of keys[0]',
@@ -85,6 +88,10 @@ describe('tokengate import: malformed input', () => {
       'keys[14].created_at: not an ISO 8601 date',
       'keys[14].last_used: not an ISO 8601 date',
       'keys[15].usage_windows[0].window_start: not an ISO 8601 date',
+      "keys[16].limit_usage_windows.30d: not the name of one of the key's limits",
+      "keys[16].limit_usage_windows.5h: the 5h limit's usage is usage_windows",
+      'keys[16].limit_usage_windows.7d[0].window_start: not an ISO 8601 date',
+      'keys[17].limit_usage_windows: not an object of usage windows by limit name',
     ]) {
       expect(line).toContain(field);
     }
