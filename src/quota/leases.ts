@@ -20,7 +20,9 @@ export interface LeaseView {
   oldestBucketStart: number | undefined;
   /** Tokens reserved for the key by everything but this process's lease. */
   reservedElsewhere: number;
+  /** The limit the view was read for: a lease admits for that limit only. */
   tokenLimit: number;
+  windowMs: number;
   at: number;
 }
 
@@ -37,6 +39,8 @@ export class Lease {
   inFlight = 0;
   /** Tokens taken from the row by settles completed since the running grant was sent. */
   takenSinceGrant = 0;
+  /** Usage settled through this lease since the running grant was sent: its view may not hold it. */
+  settledSinceGrant = 0;
   /** When the row was last written or renewed (its expiry is this plus LEASE_TTL_MS). */
   confirmedAt = 0;
   lastUsedAt = 0;
@@ -62,11 +66,12 @@ export class Lease {
    * Whether a request with this estimate can be admitted here, without the database: the lease holds
    * it, and the window as this process sees it (usage that ran over its estimates included) has room.
    */
-  admits(estimate: number, tokenLimit: number, now: number): boolean {
+  admits(estimate: number, tokenLimit: number, windowMs: number, now: number): boolean {
     const { view } = this;
     return (
       view !== undefined &&
       view.tokenLimit === tokenLimit &&
+      view.windowMs === windowMs &&
       now >= view.at &&
       now - view.at < LEASE_VIEW_MS &&
       now - this.confirmedAt < LEASE_TTL_MS / 2 &&
@@ -75,11 +80,21 @@ export class Lease {
     );
   }
 
-  /** The database granted the row `held` tokens on this view: settles since the grant was sent took some already. */
+  /** A round trip for the lease starts: what settles take and charge from now on is counted apart. Returns what is in flight. */
+  deciding(): number {
+    this.takenSinceGrant = 0;
+    this.settledSinceGrant = 0;
+    return this.inFlight;
+  }
+
+  /**
+   * The database granted the row `held` tokens on this view: settles since the grant was sent took
+   * some already, and their usage counts on top of the view (counted twice at worst, never missed).
+   */
   granted(held: number, view: LeaseView, now: number): void {
     this.held = held - this.takenSinceGrant;
     this.view = view;
-    this.settledSinceView = 0;
+    this.settledSinceView = this.settledSinceGrant;
     this.confirmedAt = now;
   }
 
@@ -111,6 +126,7 @@ export class Lease {
     this.inFlight -= estimate;
     this.held -= taken;
     this.takenSinceGrant += taken;
+    this.settledSinceGrant += charged;
     this.settledSinceView += charged;
   }
 }

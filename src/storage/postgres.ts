@@ -62,6 +62,13 @@ const partRowId = (requestId: string, limit: string): string => `${requestId}:${
 /** The reservation rows a request holds: one per limit when it was admitted on several. */
 const rowIds = (reservation: Reservation): string[] => (reservation.meters ? reservation.meters.map((meter) => partRowId(reservation.id, meter.limit)) : [reservation.id]);
 
+/**
+ * The reservation rows a settled request gives up. A record replayed from the journal comes with a
+ * stand-in reservation: its buckets say which limits' rows its request may still hold.
+ */
+const releasedRows = (reservation: Reservation, record: UsageRecord): string[] =>
+  reservation.meters || !record.buckets ? rowIds(reservation) : [record.id, ...record.buckets.map(([limit]) => partRowId(record.id, limit))];
+
 const FIVE_HOURS_MS = 5 * 3_600_000;
 
 /** Most usage records one statement writes. */
@@ -141,7 +148,7 @@ export class PostgresStorage implements SharedStorage {
       await lease.granting.catch(() => undefined);
       lease = this.leases.lease(keyId);
     }
-    if (!lease.admits(estimate, tokenLimit, now)) {
+    if (!lease.admits(estimate, tokenLimit, request.windowMs, now)) {
       const deciding = withRetry('admission', () => this.opened.db.transaction((tx) => this.decide(tx, request, lease)));
       lease.granting = deciding;
       let decided: Decided;
@@ -176,7 +183,7 @@ export class PostgresStorage implements SharedStorage {
       await busy.granting!.catch(() => undefined);
       leases = current();
     }
-    if (!leases.every((lease, index) => lease.admits(estimate, limits[index]!.tokens, now))) {
+    if (!leases.every((lease, index) => lease.admits(estimate, limits[index]!.tokens, limits[index]!.windowMs, now))) {
       const deciding = withRetry('admission', () => this.opened.db.transaction((tx) => this.decideAll(tx, request, limits, leases)));
       for (const lease of leases) lease.granting = deciding;
       let decided: DecidedAll;
@@ -198,8 +205,7 @@ export class PostgresStorage implements SharedStorage {
   private async decide(tx: Tx, request: AdmitRequest, lease: Lease): Promise<Decided> {
     const { keyId, requestId, now, windowMs, tokenLimit, estimate } = request;
     const since = countsAfter(now, windowMs);
-    const inFlight = lease.inFlight;
-    lease.takenSinceGrant = 0;
+    const inFlight = lease.deciding();
     await this.lockKey(tx, keyId);
     const [row] = await tx.execute<WindowRow>(sql`
       with expired as (delete from ${reservations} where ${reservations.keyId} = ${keyId} and ${reservations.expiresAt} <= ${now})
@@ -224,10 +230,10 @@ export class PostgresStorage implements SharedStorage {
     const held = row.partial ? 0 : lease.target(tokenLimit - used - reservedElsewhere, estimate, tokenLimit);
     if (held > 0) {
       await this.holdLeases(tx, [lease], [held], now);
-      return { lease: true, held, view: { used, oldestBucketStart, reservedElsewhere, tokenLimit, at: now } };
+      return { lease: true, held, view: { used, oldestBucketStart, reservedElsewhere, tokenLimit, windowMs, at: now } };
     }
     // Near the limit: the lease keeps only what is in flight, and this request is decided alone.
-    await this.shrinkLeases(tx, [lease], [row.lease_row], [inFlight], now);
+    await this.shrinkLeases(tx, [{ lease, row: row.lease_row, inFlight }], now);
     const verdict = judge(request, window, { reserved: window.reserved, partialInFlight: row.partial });
     if (!verdict.admitted) {
       const buckets = await tx
@@ -250,30 +256,40 @@ export class PostgresStorage implements SharedStorage {
   /**
    * Decides a request of a key with several limits under the key's row lock, each limit on its own
    * window and reservation rows: when each has room, its lease grows (as decide() does for one);
-   * near any of them, the leases keep what is in flight, and the request is decided alone and holds a
-   * reservation row per limit. Either way every limit's sum of usage, leases and reservations stays
-   * within it across instances.
+   * near any of them, that limit's lease keeps only what is in flight, the others stay as they are
+   * (counted whole), and the request is decided alone and holds a reservation row per limit. Either
+   * way every limit's sum of usage, leases and reservations stays within it across instances.
    */
   private async decideAll(tx: Tx, request: AdmitRequest, limits: readonly Limit[], leases: readonly Lease[]): Promise<DecidedAll> {
     const { keyId, requestId, now, estimate } = request;
-    const inFlight = leases.map((lease) => lease.inFlight);
-    for (const lease of leases) lease.takenSinceGrant = 0;
+    const inFlight = leases.map((lease) => lease.deciding());
     await this.lockKey(tx, keyId);
     const rows = await this.limitRows(tx, keyId, limits, now, requestId, leases);
-    const readings: LimitReading[] = rows.map((row, index) => ({ limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved) + inFlight[index]!, partialInFlight: row.partial, oldestBucketStart: num(row.oldest) }));
+    /** The limit's window, this process's lease counted as `own`. */
+    const reading = (index: number, own: number): LimitReading => {
+      const row = rows[index]!;
+      return { limit: limits[index]!, used: Number(row.used), reserved: Number(row.reserved) + own, partialInFlight: row.partial, oldestBucketStart: num(row.oldest) };
+    };
     if (rows[0]?.mine != null) {
       // A retried admission whose first attempt committed: it is admitted on the parts it holds.
       const parts = rows.map((row, index) => ({ name: limits[index]!.name, reserve: Number(row.mine), partial: row.mine_partial === true }));
-      return { lease: false, admission: admittedOn(request, readings.map((reading, index) => ({ ...reading, reserved: reading.reserved - parts[index]!.reserve })), parts) };
+      return { lease: false, admission: admittedOn(request, rows.map((_, index) => reading(index, inFlight[index]! - parts[index]!.reserve)), parts) };
     }
     const held = rows.map((row, index) => (row.partial ? 0 : leases[index]!.target(limits[index]!.tokens - Number(row.used) - Number(row.reserved), estimate, limits[index]!.tokens)));
     if (held.every((tokens) => tokens > 0)) {
       await this.holdLeases(tx, leases, held, now);
-      const views = rows.map((row, index) => ({ used: Number(row.used), oldestBucketStart: num(row.oldest), reservedElsewhere: Number(row.reserved), tokenLimit: limits[index]!.tokens, at: now }));
+      const views = rows.map((row, index) => ({ used: Number(row.used), oldestBucketStart: num(row.oldest), reservedElsewhere: Number(row.reserved), tokenLimit: limits[index]!.tokens, windowMs: limits[index]!.windowMs, at: now }));
       return { lease: true, held, views };
     }
-    await this.shrinkLeases(tx, leases, rows.map((row) => row.lease_row), inFlight, now);
-    const decision = decideAll(readings, estimate);
+    // Only the leases of the limits near their end shrink: the key's requests that those do not apply to keep theirs.
+    const near = leases.flatMap((lease, index) => (held[index] === 0 ? [{ lease, row: rows[index]!.lease_row, inFlight: inFlight[index]! }] : []));
+    await this.shrinkLeases(tx, near, now);
+    // A kept lease's row counts whole in the decision; the windows reported count this process's leases by what is in flight, as windowUsage does.
+    const decision = decideAll(
+      rows.map((row, index) => reading(index, held[index] === 0 ? inFlight[index]! : Math.max(num(row.lease_row) ?? 0, inFlight[index]!))),
+      estimate,
+    );
+    const readings = rows.map((_, index) => reading(index, inFlight[index]!));
     if (!decision.admit) return { lease: false, admission: refusedOn(readings, decision.refusedBy, await this.waits(tx, keyId, readings, now)) };
     const admission = admittedOn(request, readings, decision.parts);
     const expiresAt = now + this.reservationTtlMs;
@@ -332,11 +348,14 @@ export class PostgresStorage implements SharedStorage {
       .onConflictDoUpdate({ target: reservations.id, set: { tokens: sql`excluded.tokens`, expiresAt: sql`excluded.expires_at` } });
   }
 
-  /** Near a limit: each lease's row keeps only what is in flight on it (written when it holds anything else), and the lease admits nothing more. */
-  private async shrinkLeases(tx: Tx, leases: readonly Lease[], rows: readonly (string | null)[], inFlight: readonly number[], now: number): Promise<void> {
-    const stale = leases.flatMap((lease, index) => (num(rows[index]!) !== inFlight[index] && (rows[index] !== null || inFlight[index]! > 0) ? [index] : []));
-    if (stale.length > 0) await this.holdLeases(tx, stale.map((index) => leases[index]!), stale.map((index) => inFlight[index]!), now);
-    leases.forEach((lease, index) => lease.shrunk(inFlight[index]!));
+  /**
+   * Near a limit: each lease's row keeps only what is in flight on it (`row`: what it holds now;
+   * written when that differs), and the lease admits nothing more.
+   */
+  private async shrinkLeases(tx: Tx, near: readonly { lease: Lease; row: string | null; inFlight: number }[], now: number): Promise<void> {
+    const stale = near.filter(({ row, inFlight }) => num(row) !== inFlight && (row !== null || inFlight > 0));
+    if (stale.length > 0) await this.holdLeases(tx, stale.map(({ lease }) => lease), stale.map(({ inFlight }) => inFlight), now);
+    for (const { lease, inFlight } of near) lease.shrunk(inFlight);
   }
 
   /**
@@ -369,7 +388,7 @@ export class PostgresStorage implements SharedStorage {
     const released: string[] = [];
     const rows = batch.map(({ record, reservation }) => {
       const leased = this.leases.find(reservation.id);
-      if (!leased) released.push(...rowIds(reservation));
+      if (!leased) released.push(...releasedRows(reservation, record));
       return {
         id: record.id,
         key_id: record.keyId,

@@ -1,7 +1,7 @@
 // Several limits per key on SQLite and PostgreSQL: a 5-hour and a weekly limit, a model-scoped limit, their headers, 429s and /stats.
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { createStorage } from '../../src/storage/create.js';
-import { parseLimitSpec, type Limit } from '../../src/quota/limits.js';
+import { bucketStartFor, parseLimitSpec, type Limit } from '../../src/quota/limits.js';
 import { statsHandler } from '../../middleware/stats.js';
 import postgres from 'postgres';
 import { quietLogger, startGate, tempDbPath, tempDir, type Gate } from '../helpers/gate.js';
@@ -188,7 +188,9 @@ describe('PostgreSQL rows of a request on several limits', () => {
     // The 5h limit's partial reservation admits nothing else of the key meanwhile.
     const refused = await storage.admit({ ...request, requestId: 'r2', estimate: 1 });
     expect(refused).toMatchObject({ admitted: false, refusedBy: '5h' });
-    await storage.settle(first.reservation, { id: 'r1', keyId: record.id, tokens: 150, at });
+    // Settled as a replay of the journal does: a stand-in reservation, the record's buckets naming its limits.
+    const journaled = { id: 'r1', keyId: record.id, tokens: 150, at, buckets: first.reservation.meters!.map((meter) => [meter.limit, bucketStartFor(at, meter.windowMs)] as const) };
+    await storage.settle({ id: 'r1', keyId: record.id, tokens: 0, partial: false }, journaled);
     expect(await database`select id from reservations where key_id = ${record.id}`).toEqual([{ id: 'lease:old:1' }]);
     expect(await database`select limit_name, bucket_start::float8 as start, tokens::int from usage_buckets where key_id = ${record.id} order by limit_name`).toEqual([
       { limit_name: '5h', start: Math.floor(at / 60_000) * 60_000, tokens: 150 },

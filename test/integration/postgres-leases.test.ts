@@ -107,6 +107,24 @@ describe('PostgreSQL leases', () => {
     }
   });
 
+  it('of a key whose scoped limit is spent keep serving its other models from the unscoped lease', async () => {
+    const { storage, statements } = countingStore();
+    const plan = [
+      { name: '5h', tokens: 1_000_000, windowMs: WINDOW },
+      { name: 'glm', tokens: 100, windowMs: WINDOW, models: ['glm-*'] },
+    ];
+    const { record } = await storage.createKey({ name: 'mixed', limits: plan, expiresAt: Date.now() + 3600_000 });
+    const admit = (limits: typeof plan) => storage.admit({ keyId: record.id, tokenLimit: 1_000_000, limits, estimate: 30, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW });
+    expect((await admit([plan[0]!])).admitted).toBe(true); // the 5h lease is granted
+    const glm: Admission[] = [];
+    for (let i = 0; i < 6; i++) glm.push(await admit(plan));
+    expect(glm.map((a) => (a.admitted ? a.reservation.meters!.map((meter) => meter.tokens) : (a as { refusedBy?: string }).refusedBy))).toEqual([[30, 30], [30, 30], [30, 30], [30, 10], 'glm', 'glm']);
+    // The spent glm limit shrank its own lease only: the 5h lease still admits without the database.
+    const before = statements();
+    for (let i = 0; i < 20; i++) expect((await admit([plan[0]!])).admitted).toBe(true);
+    expect(statements() - before).toBe(0);
+  });
+
   it('decide a key near its limit request by request: a full reservation, then one partial, then nothing', async () => {
     const storage = await open();
     const { record } = await storage.createKey({ name: 'small', tokenLimit: 100, expiresAt: Date.now() + 3600_000 });

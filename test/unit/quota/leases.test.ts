@@ -3,25 +3,27 @@ import { describe, expect, it } from 'vitest';
 import { Lease, LeaseBook, LEASE_IDLE_MS, LEASE_TTL_MS, LEASE_VIEW_MS } from '../../../src/quota/leases.js';
 
 const T = 1_000_000;
+const W = 5 * 3_600_000;
 
 function granted(held: number): Lease {
   const lease = new Lease('lease:test:1', 'k', '5h');
   lease.held = held;
   lease.confirmedAt = T;
-  lease.view = { used: 500, oldestBucketStart: 42, reservedElsewhere: 70, tokenLimit: 1000, at: T };
+  lease.view = { used: 500, oldestBucketStart: 42, reservedElsewhere: 70, tokenLimit: 1000, windowMs: W, at: T };
   return lease;
 }
 
 describe('Lease', () => {
   it('admits while the estimate fits, its view is fresh, its row renewed and the limit unchanged', () => {
     const lease = granted(100);
-    expect(lease.admits(100, 1000, T)).toBe(true);
-    expect(lease.admits(101, 1000, T)).toBe(false);
-    expect(lease.admits(10, 1000, T + LEASE_VIEW_MS)).toBe(false);
-    expect(lease.admits(10, 1000, T - 1)).toBe(false); // a clock that went back
-    expect(lease.admits(10, 2000, T)).toBe(false); // the key's limit changed
+    expect(lease.admits(100, 1000, W, T)).toBe(true);
+    expect(lease.admits(101, 1000, W, T)).toBe(false);
+    expect(lease.admits(10, 1000, W, T + LEASE_VIEW_MS)).toBe(false);
+    expect(lease.admits(10, 1000, W, T - 1)).toBe(false); // a clock that went back
+    expect(lease.admits(10, 2000, W, T)).toBe(false); // the key's limit changed
+    expect(lease.admits(10, 1000, 2 * W, T)).toBe(false); // ...or its window
     lease.view!.at = T + LEASE_TTL_MS / 2;
-    expect(lease.admits(10, 1000, T + LEASE_TTL_MS / 2)).toBe(false); // not renewed for half its TTL
+    expect(lease.admits(10, 1000, W, T + LEASE_TTL_MS / 2)).toBe(false); // not renewed for half its TTL
   });
 
   it('stops admitting once the window as it sees it is spent, usage that ran over its estimates included', () => {
@@ -30,17 +32,17 @@ describe('Lease', () => {
     book.admit([lease], { id: 'a', keyId: 'k', tokens: 10, partial: false }, T);
     book.complete('a', 420); // 500 used + 420 + 70 elsewhere: 10 remain
     expect(lease.held - lease.inFlight).toBe(290);
-    expect(lease.admits(10, 1000, T)).toBe(true);
-    expect(lease.admits(11, 1000, T)).toBe(false);
+    expect(lease.admits(10, 1000, W, T)).toBe(true);
+    expect(lease.admits(11, 1000, W, T)).toBe(false);
   });
 
   it('admits nothing once told that usage reached the database another way', () => {
     const book = new LeaseBook();
     const lease = book.lease('k', '7d');
-    lease.granted(100, { used: 0, oldestBucketStart: undefined, reservedElsewhere: 0, tokenLimit: 1000, at: T }, T);
-    expect(lease.admits(10, 1000, T)).toBe(true);
+    lease.granted(100, { used: 0, oldestBucketStart: undefined, reservedElsewhere: 0, tokenLimit: 1000, windowMs: W, at: T }, T);
+    expect(lease.admits(10, 1000, W, T)).toBe(true);
     book.forgetViews();
-    expect(lease.admits(10, 1000, T)).toBe(false);
+    expect(lease.admits(10, 1000, W, T)).toBe(false);
     expect(book.lease('k', '7d')).toBe(lease);
     expect(book.lease('k')).not.toBe(lease); // the key's 5h lease is another
   });
