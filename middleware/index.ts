@@ -1,6 +1,6 @@
 // The Express face of tokengate.
 export { tokenGate, type TokenGateMiddleware } from './gate.js';
-export { statsHandler, type StatsOptions } from './stats.js';
+export { statsHandler, statsUsageHandler, type StatsOptions } from './stats.js';
 export { metricsHandler, healthHandler, readyHandler } from './ops.js';
 export type { TokenGateOptions } from './options.js';
 export type { Rejection, RejectionHandler } from './reject.js';

@@ -1,5 +1,5 @@
 // Public entry point of the tokengate package.
-export { tokenGate, statsHandler, metricsHandler, healthHandler, readyHandler } from '../middleware/index.js';
+export { tokenGate, statsHandler, statsUsageHandler, metricsHandler, healthHandler, readyHandler } from '../middleware/index.js';
 export type { TokenGateMiddleware, TokenGateOptions, StatsOptions, Rejection, RejectionHandler, RejectionType, ErrorType, ErrorBody, RequestBody, TokenGateContext } from '../middleware/index.js';
 export { proxy, type ProxyOptions, type ProxyHandler } from './sidecar/proxy.js';
 export type { KeyStyle } from './sidecar/headers.js';

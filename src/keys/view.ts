@@ -77,6 +77,17 @@ export function windowStart(window: WindowUsage, now: number): number {
   return window.oldestBucketStart ?? now;
 }
 
+/** One limit's window as /stats shows it: the limit, what is used and reserved, what remains, when the window ends. */
+export function limitStats(seen: LimitWindow, now: number): LimitStats {
+  return {
+    ...limitView(seen.limit),
+    used: seen.used,
+    reserved: seen.reserved,
+    remaining: remainingTokens({ limit: seen.limit.tokens, used: seen.used, reserved: seen.reserved }),
+    window_ends_at: iso(windowStart(seen, now) + seen.limit.windowMs),
+  };
+}
+
 /**
  * `window`: the key's `5h` limit's (or, without one, its first limit's) window, which
  * current_usage describes; `limits`: each limit's.
@@ -90,13 +101,7 @@ export function statsView(record: KeyRecord, window: WindowUsage, now: number, w
     name: view.name,
     model: view.model,
     token_limit_per_5h: view.token_limit_per_5h,
-    limits: limits.map((seen) => ({
-      ...limitView(seen.limit),
-      used: seen.used,
-      reserved: seen.reserved,
-      remaining: remainingTokens({ limit: seen.limit.tokens, used: seen.used, reserved: seen.reserved }),
-      window_ends_at: iso(windowStart(seen, now) + seen.limit.windowMs),
-    })),
+    limits: limits.map((seen) => limitStats(seen, now)),
     expiry_date: view.expiry_date,
     created_at: view.created_at,
     last_used: view.last_used,

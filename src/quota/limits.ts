@@ -247,7 +247,7 @@ export type LimitsDecision = { admit: true; parts: LimitPart[] } | { admit: fals
 export function decideAll(states: readonly LimitState[], estimate: number): LimitsDecision {
   const parts: LimitPart[] = [];
   for (const state of states) {
-    const decision = decide({ ...state, limit: state.limit.tokens }, estimate);
+    const decision = decide({ limit: state.limit.tokens, used: state.used, reserved: state.reserved, partialInFlight: state.partialInFlight }, estimate);
     if (!decision.admit) return { admit: false, refusedBy: state.limit.name };
     parts.push({ name: state.limit.name, reserve: decision.reserve, partial: decision.partial });
   }

@@ -7,7 +7,7 @@ import type { Admission, AdmitRequest, Limit, LimitWindow, Reservation, UsageRec
 import { bucketsOf, LEGACY, meterOf, withBuckets } from './limits.js';
 import { GroupCommit } from './group-commit.js';
 import { KeyWindow } from './key-window.js';
-import { ReservationBook } from './reservations.js';
+import { ReservationBook, type LimitWindows } from './reservations.js';
 import { countsAfter, type Bucket } from './window.js';
 
 /** What a store made of a record: counted now, counted before, or refused for good (its key is gone). */
@@ -106,12 +106,15 @@ export class LocalQuota {
     return this.reservations.admit(request, window.usage(since)!, () => window.buckets(since)!);
   }
 
+  /** Each limit's window, read from memory: what admission on several limits decides from. */
+  private readonly windows: LimitWindows = {
+    usage: (keyId, limit, since) => this.mirror(keyId, limit, since).usage(since)!,
+    buckets: (keyId, limit, since) => this.mirror(keyId, limit, since).buckets(since)!,
+  };
+
   /** Admits against every limit that applies, each read from its window in memory. */
   private admitAll(request: AdmitRequest, limits: readonly Limit[]): Admission {
-    return this.reservations.admitAll(request, limits, (limit, since) => {
-      const window = this.mirror(request.keyId, limit.name, since);
-      return { ...window.usage(since)!, buckets: () => window.buckets(since)! };
-    });
+    return this.reservations.admitAll(request, limits, this.windows);
   }
 
   /** Queues the record for the transaction that commits at the end of this turn of the event loop. */
@@ -136,6 +139,12 @@ export class LocalQuota {
   /** Each limit's window, for /stats. */
   limitsUsage(keyId: string, limits: readonly Limit[], now: number): LimitWindow[] {
     return limits.map((limit) => ({ limit, ...this.limitUsage(keyId, limit.name, now, limit.windowMs, meterOf(keyId, limit.name)) }));
+  }
+
+  /** A limit's buckets that count at `now`, oldest first (those the store refused included). */
+  usageBuckets(keyId: string, limit: Limit, now: number): Bucket[] {
+    const since = countsAfter(now, limit.windowMs);
+    return [...this.mirror(keyId, limit.name, since).buckets(since)!];
   }
 
   private limitUsage(keyId: string, limit: string, now: number, windowMs: number, heldAs: string): WindowUsage {

@@ -10,14 +10,13 @@ interface Entry {
   partial: boolean;
 }
 
-/** One limit's window of a key as the store reads it: its recorded usage, and (for a refusal's Retry-After only) its buckets. */
-export interface WindowReading extends Recorded {
-  /** The buckets starting after the window's start, oldest first. */
-  buckets(): readonly Bucket[];
+/** How a store reads a key's window of one limit, from the buckets that start after `since`. */
+export interface LimitWindows {
+  /** The usage they hold, and the oldest of them. */
+  usage(keyId: string, limit: string, since: number): Recorded;
+  /** The buckets themselves, oldest first: read for a refusal's Retry-After only. */
+  buckets(keyId: string, limit: string, since: number): readonly Bucket[];
 }
-
-/** How a store reads one limit's window of the key being admitted: the buckets that start after `since`. */
-export type WindowOf = (limit: Limit, since: number) => WindowReading;
 
 const NONE: Held = Object.freeze({ reserved: 0, partialInFlight: false });
 
@@ -49,15 +48,20 @@ export class ReservationBook {
    * held against it; the request is admitted only when all of them admit, and then holds its part
    * (the estimate, or what remains: partial) against each, booked as its meter.
    */
-  admitAll(request: AdmitRequest, limits: readonly Limit[], windowOf: WindowOf): Admission {
+  admitAll(request: AdmitRequest, limits: readonly Limit[], windows: LimitWindows): Admission {
     const { keyId, now, estimate, requestId } = request;
-    const windows = limits.map((limit) => windowOf(limit, countsAfter(now, limit.windowMs)));
-    const readings: LimitReading[] = limits.map((limit, index) => {
-      const { used, oldestBucketStart } = windows[index]!;
-      return { limit, used, oldestBucketStart, ...this.held(meterOf(keyId, limit.name)) };
-    });
+    // Plain loops and literals: this runs for every request of a key with several limits.
+    const readings: LimitReading[] = [];
+    for (const limit of limits) {
+      const { used, oldestBucketStart } = windows.usage(keyId, limit.name, countsAfter(now, limit.windowMs));
+      const { reserved, partialInFlight } = this.held(meterOf(keyId, limit.name));
+      readings.push({ limit, used, oldestBucketStart, reserved, partialInFlight });
+    }
     const decision = decideAll(readings, estimate);
-    if (!decision.admit) return refusedOn(readings, decision.refusedBy, readings.map((reading, index) => limitWait(reading, windows[index]!.buckets(), now)));
+    if (!decision.admit) {
+      const waits = readings.map((reading) => limitWait(reading, windows.buckets(keyId, reading.limit.name, countsAfter(now, reading.limit.windowMs)), now));
+      return refusedOn(readings, decision.refusedBy, waits);
+    }
     const admission = admittedOn(request, readings, decision.parts);
     for (const meter of admission.reservation.meters!) this.add(meterId(requestId, meter.limit), meterOf(keyId, meter.limit), meter.tokens, meter.partial);
     return admission;

@@ -1,4 +1,4 @@
-// The admin API: /admin/keys create, list, show, update, delete, behind a Bearer admin token.
+// The admin API: /admin/keys create, list, show, update, delete, and each key's usage over time, behind a Bearer admin token.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response, type Router } from 'express';
 import { errorBody, type ErrorFields } from '../http/error-body.js';
@@ -9,6 +9,8 @@ import { checkWeights, formatWeights } from '../usage/weights.js';
 import { checkLimits, type Limit } from '../quota/limits.js';
 import type { Logger } from '../types.js';
 import type { Storage } from '../storage/types.js';
+import { usageOf } from '../../middleware/stats.js';
+import { windowFor } from '../../middleware/options.js';
 
 export interface AdminOptions {
   storage: Storage;
@@ -36,6 +38,7 @@ const notFound: RequestHandler = (req, res) => {
 export function adminRouter(options: AdminOptions): Router {
   const router = express.Router();
   const { adminToken, storage } = options;
+  const windowMs = windowFor(storage, undefined, 'adminRouter');
   if (adminToken === undefined) {
     router.use(notFound);
     return router;
@@ -75,12 +78,21 @@ export function adminRouter(options: AdminOptions): Router {
     }))
     .all(methodNotAllowed('GET, PATCH, DELETE'));
 
+  // What /stats/usage shows the key's holder: each limit's window and its usage over it.
+  router
+    .route('/keys/:id/usage')
+    .get(handle(async (req, res) => {
+      const record = await storage.getKey(String(req.params.id));
+      if (!record) throw new NotFoundError(`No key with id ${req.params.id}.`);
+      res.json({ id: record.id, ...(await usageOf(storage, record, Date.now(), windowMs)) });
+    }))
+    .all(methodNotAllowed('GET'));
+
   router.use(notFound);
   router.use(adminErrors(options.logger));
   return router;
 }
 
-/** `Authorization: Bearer <ADMIN_TOKEN>`, compared over SHA-256 digests in constant time, so neither content nor length leaks. */
 /** An async handler whose failure goes to the error handler (Express 5 does that itself; Express 4 does not). */
 function handle(work: (req: Request, res: Response) => Promise<void>): RequestHandler {
   return (req, res, next) => {
@@ -88,6 +100,7 @@ function handle(work: (req: Request, res: Response) => Promise<void>): RequestHa
   };
 }
 
+/** `Authorization: Bearer <ADMIN_TOKEN>`, compared over SHA-256 digests in constant time, so neither content nor length leaks. */
 function requireToken(adminToken: string): RequestHandler {
   const expected = digest(adminToken);
   return (req, res, next) => {

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import express, { type Express, type RequestHandler } from 'express';
 import { Gauge } from 'prom-client';
 import { tokenGate, type TokenGateMiddleware } from '../../middleware/gate.js';
-import { statsHandler } from '../../middleware/stats.js';
+import { statsHandler, statsUsageHandler } from '../../middleware/stats.js';
 import { errorBody } from '../http/error-body.js';
 import { healthHandler, metricsHandler, readyHandler } from '../../middleware/ops.js';
 import { scheduleBackups, type BackupSchedule } from '../ops/backup-schedule.js';
@@ -48,6 +48,8 @@ export function createSidecarApp(parts: SidecarParts): SidecarApp {
   app.get('/metrics', metricsHandler(metrics));
   app.get('/stats', statsHandler({ storage, allowQueryKey: config.allowQueryKey, logger }));
   app.all('/stats', onlyGet);
+  app.get('/stats/usage', statsUsageHandler({ storage, allowQueryKey: config.allowQueryKey, logger }));
+  app.all('/stats/usage', onlyGet);
   app.use('/admin', adminRouter({ storage, adminToken: config.adminToken, logger }));
   const { bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, tokenWeights: weights } = config;
   // With OVERRIDE_MODEL the upstream gets the key's model: limits scoped to models match that one.
@@ -68,7 +70,7 @@ export function createSidecarApp(parts: SidecarParts): SidecarApp {
 
 const onlyGet: RequestHandler = (req, res) => {
   res.setHeader('Allow', 'GET, HEAD');
-  res.status(405).json(errorBody({ type: 'invalid_request_error', code: 'method_not_allowed', message: `${req.method} is not allowed on /stats; use GET.` }));
+  res.status(405).json(errorBody({ type: 'invalid_request_error', code: 'method_not_allowed', message: `${req.method} is not allowed on ${req.path}; use GET.` }));
 };
 
 export interface RunningSidecar {

@@ -4,7 +4,7 @@ import { derivedDigestPrefix } from '../db/random-ids.js';
 import pRetry from 'p-retry';
 import { StorageError } from '../errors.js';
 import type { Logger } from '../types.js';
-import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
+import { countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { withBuckets } from '../quota/limits.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Limit, LimitWindow, MirrorStorage, Reservation, SharedStorage, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
@@ -285,6 +285,11 @@ export class FallbackStorage implements Storage {
   async limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
     const usage = await this.attempt(() => this.primary.limitsUsage(keyId, limits, now));
     return usage === DOWN ? this.file.limitsUsage(keyId, limits, now) : usage;
+  }
+
+  async usageBuckets(keyId: string, limit: Limit, now: number): Promise<Bucket[]> {
+    const buckets = await this.attempt(() => this.primary.usageBuckets(keyId, limit, now));
+    return buckets === DOWN ? this.file.usageBuckets(keyId, limit, now) : buckets;
   }
 
   createKey(input: NewKey, now?: number): Promise<CreatedKey> {

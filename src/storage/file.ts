@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { Limit, LimitWindow, Logger } from '../types.js';
 import { bucketsOf, LEGACY, meterOf, withBuckets } from '../quota/limits.js';
-import { ReservationBook, type WindowReading } from '../quota/reservations.js';
-import { countsAfter, DEFAULT_WINDOW_MS } from '../quota/window.js';
+import { ReservationBook, type LimitWindows } from '../quota/reservations.js';
+import { countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
 import { limitsOf } from '../keys/limits.js';
 import { isDerivedId, logRenamed } from '../db/random-ids.js';
@@ -157,7 +157,7 @@ export class FileStorage implements MirrorStorage {
   async admit(request: AdmitRequest): Promise<Admission> {
     if (this.unwritten > 0) throw new StorageError(`usage cannot be written to ${this.options.dir}: admitting nothing until a write succeeds`, true);
     const { keyId, now, windowMs, limits } = request;
-    if (limits) return this.reservations.admitAll(request, limits, (limit, since) => this.reading(keyId, limit.name, since));
+    if (limits) return this.reservations.admitAll(request, limits, this.windows);
     const window = this.reading(keyId, LEGACY, countsAfter(now, windowMs));
     return this.reservations.admit(request, window, window.buckets);
   }
@@ -215,6 +215,10 @@ export class FileStorage implements MirrorStorage {
 
   async windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage> {
     return this.limitWindow(keyId, LEGACY, now, windowMs);
+  }
+
+  async usageBuckets(keyId: string, limit: Limit, now: number): Promise<Bucket[]> {
+    return [...this.reading(keyId, limit.name, countsAfter(now, limit.windowMs)).buckets()];
   }
 
   /** Each limit's window, for /stats. */
@@ -339,8 +343,14 @@ export class FileStorage implements MirrorStorage {
     return true;
   }
 
+  /** Each limit's window, read from memory: what admission on several limits decides from. */
+  private readonly windows: LimitWindows = {
+    usage: (keyId, limit, since) => this.reading(keyId, limit, since),
+    buckets: (keyId, limit, since) => this.reading(keyId, limit, since).buckets(),
+  };
+
   /** One limit's window of a key: the tokens of its buckets that start after `since`, and (for a Retry-After) those buckets. */
-  private reading(keyId: string, limit: string, since: number): WindowReading {
+  private reading(keyId: string, limit: string, since: number): { used: number; oldestBucketStart: number | undefined; buckets(): Bucket[] } {
     const buckets = this.keys.get(keyId)?.buckets.get(limit) ?? [];
     let used = 0;
     let oldest: number | undefined;

@@ -5,7 +5,7 @@ import type { OpenedPostgres } from '../db/postgres.js';
 import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
 import { GroupCommit } from '../quota/group-commit.js';
 import { judge, refusal } from '../quota/admission.js';
-import { bucketStart, countsAfter } from '../quota/window.js';
+import { bucketStart, countsAfter, type Bucket } from '../quota/window.js';
 import { admittedOn, decideAll, LEGACY, limitWait, MAX_WINDOW_MS, refusedOn, withBuckets as withLimitBuckets, type LimitReading } from '../quota/limits.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
@@ -501,6 +501,16 @@ export class PostgresStorage implements SharedStorage {
         // This process's leases count by what is in flight on them, not their spare (as in windowUsage).
         return { limit, used: Number(row.used), reserved: Number(row.reserved) + this.leases.inFlight(keyId, limit.name), oldestBucketStart: num(row.oldest) };
       }),
+    );
+  }
+
+  usageBuckets(keyId: string, limit: Limit, now: number): Promise<Bucket[]> {
+    return withRetry('window usage', () =>
+      this.opened.db
+        .select({ start: usageBuckets.bucketStart, tokens: usageBuckets.tokens })
+        .from(usageBuckets)
+        .where(and(eq(usageBuckets.keyId, keyId), eq(usageBuckets.limitName, limit.name), gt(usageBuckets.bucketStart, countsAfter(now, limit.windowMs))))
+        .orderBy(asc(usageBuckets.bucketStart)),
     );
   }
 

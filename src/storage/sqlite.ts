@@ -6,6 +6,7 @@ import { StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
 import { apiKeys, healthProbes, keyColumns, usageBuckets, usageRecords } from '../db/schema/sqlite.js';
 import type { Logger } from '../types.js';
+import type { Bucket } from '../quota/window.js';
 import { LocalQuota, type ApplyOutcome } from '../quota/local-quota.js';
 import { bucketsOf } from '../quota/limits.js';
 import type { KeyPatch, NewKey } from '../keys/validate.js';
@@ -205,6 +206,10 @@ export class SqliteStorage implements Storage {
 
   async limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]> {
     return this.quota.limitsUsage(keyId, limits, now);
+  }
+
+  async usageBuckets(keyId: string, limit: Limit, now: number): Promise<Bucket[]> {
+    return this.quota.usageBuckets(keyId, limit, now);
   }
 
   createKey(input: NewKey, now?: number): Promise<CreatedKey> {

@@ -2,6 +2,7 @@
 import type { KeyPatch, NewKey } from '../keys/validate.js';
 import type { KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth, Limit, LimitWindow } from '../types.js';
 import type { SnapshotKey } from './snapshot.js';
+import type { Bucket } from '../quota/window.js';
 
 export type { KeyPatch, NewKey, KeyRecord, CreatedKey, WindowUsage, AdmitRequest, Reservation, Admission, UsageRecord, RecordingState, StorageHealth, Limit, LimitWindow };
 
@@ -26,6 +27,8 @@ export interface QuotaStore {
   windowUsage(keyId: string, now: number, windowMs: number): Promise<WindowUsage>;
   /** Each limit's window of a key with several limits, for /stats; a store without it shows none. */
   limitsUsage?(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
+  /** A limit's buckets that count at `now`, oldest first, for /stats/usage; a store without it shows no usage over time. */
+  usageBuckets?(keyId: string, limit: Limit, now: number): Promise<Bucket[]>;
   close(): Promise<void>;
 }
 
@@ -46,6 +49,7 @@ export interface Storage extends QuotaStore, KeyStore {}
 /** What a shared database store gives the fallback decorator beyond Storage. */
 export interface SharedStorage extends Storage {
   limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
+  usageBuckets(keyId: string, limit: Limit, now: number): Promise<Bucket[]>;
   /** Usage reached the database another way (the fallback's replayed journal): windows this store holds in memory are read again. */
   forgetWindows(): void;
   /** Stops counting a request whose settle or release never reached the database, as if it charged `charged`. */
@@ -59,6 +63,7 @@ export interface SharedStorage extends Storage {
 /** What the fallback decorator decides from while the database is away: a mirror of it with a journal. */
 export interface MirrorStorage extends Storage {
   limitsUsage(keyId: string, limits: readonly Limit[], now: number): Promise<LimitWindow[]>;
+  usageBuckets(keyId: string, limit: Limit, now: number): Promise<Bucket[]>;
   /** Counts a record the database has already taken. */
   observe(record: UsageRecord): void;
   /** Replays the journal through `apply`, deleting each file once all its records are in; the records taken. */

@@ -248,4 +248,24 @@ describe('/stats', () => {
     expect((await fetch(`${sidecar.url}/stats`)).status).toBe(401);
     expect(upstream.hits).toBe(hits);
   });
+
+  it('/stats/usage gives the caller its usage over the window, and the admin API the same for any key; neither reaches the upstream', async () => {
+    const { key, id } = await sidecar.createKey({ token_limit_per_5h: 1000 });
+    const answer = await fetch(`${sidecar.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${key}` }, body: '{}' });
+    await answer.text();
+    await sidecar.settled(key, 1);
+    const hits = upstream.hits;
+    const own = await fetch(`${sidecar.url}/stats/usage`, { headers: { authorization: `Bearer ${key}` } });
+    expect(own.status).toBe(200);
+    const usage = (await own.json()) as { limits: { name: string; used: number; resolution_seconds: number; points: { tokens: number }[] }[] };
+    expect(usage.limits.map(({ name, used, resolution_seconds }) => ({ name, used, resolution_seconds }))).toEqual([{ name: '5h', used: 40, resolution_seconds: 300 }]);
+    expect(usage.limits[0]!.points.reduce((sum, point) => sum + point.tokens, 0)).toBe(40);
+    const admin = await sidecar.admin('GET', `/admin/keys/${id}/usage`);
+    expect(await admin.json()).toMatchObject({ id, limits: [{ name: '5h', used: 40, points: usage.limits[0]!.points }] });
+    expect((await sidecar.admin('GET', `/admin/keys/${id}/usage`, undefined, null)).status).toBe(401);
+    expect((await sidecar.admin('GET', '/admin/keys/key_0000000000000000/usage')).status).toBe(404);
+    expect((await fetch(`${sidecar.url}/stats/usage`, { method: 'POST', headers: { authorization: `Bearer ${key}` } })).status).toBe(405);
+    expect((await fetch(`${sidecar.url}/stats/usage`)).status).toBe(401);
+    expect(upstream.hits).toBe(hits);
+  });
 });

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { decide, msUntilAdmissible, remainingTokens } from '../../../src/quota/admission.js';
 import { meterOf, parseLimitSpec } from '../../../src/quota/limits.js';
-import { ReservationBook, type WindowReading } from '../../../src/quota/reservations.js';
+import { ReservationBook, type LimitWindows } from '../../../src/quota/reservations.js';
 import { BUCKET_MS, bucketStart, msUntilLeaves } from '../../../src/quota/window.js';
 
 const state = (used: number, reserved = 0, partialInFlight = false) => ({ limit: 1000, used, reserved, partialInFlight });
@@ -114,8 +114,8 @@ describe('ReservationBook.admitAll: one decision across several limits', () => {
 
   it("books each limit's part under its meter, partial where the estimate does not fit, and releases every part", () => {
     const book = new ReservationBook();
-    const windows: Record<string, WindowReading> = { '5h': { used: 100, oldestBucketStart: NOW - 3600_000, buckets: () => [] }, '7d': { used: 1200, oldestBucketStart: NOW - 48 * 3600_000, buckets: () => [] } };
-    const admission = book.admitAll(request('a', 500), [five, week], (limit) => windows[limit.name]!);
+    const usage: Record<string, { used: number; oldestBucketStart: number }> = { '5h': { used: 100, oldestBucketStart: NOW - 3600_000 }, '7d': { used: 1200, oldestBucketStart: NOW - 48 * 3600_000 } };
+    const admission = book.admitAll(request('a', 500), [five, week], { usage: (_key, limit) => usage[limit]!, buckets: () => [] });
     if (!admission.admitted) throw new Error('not admitted');
     expect(admission.reservation).toEqual({
       id: 'a',
@@ -137,9 +137,13 @@ describe('ReservationBook.admitAll: one decision across several limits', () => {
   it('names the limit that refuses, and waits (from the buckets) until every limit admits', () => {
     const book = new ReservationBook();
     let reads = 0;
-    const full = (limit: typeof five, start: number): WindowReading => ({ used: limit.tokens, oldestBucketStart: start, buckets: () => (reads++, [{ start, tokens: limit.tokens }]) });
     const starts = { '5h': NOW - 3600_000, '7d': NOW - 24 * 3600_000 };
-    const refused = book.admitAll(request('a', 1), [five, week], (limit) => full(limit, starts[limit.name as '5h' | '7d']));
+    const tokens = { '5h': five.tokens, '7d': week.tokens };
+    const full: LimitWindows = {
+      usage: (_key, limit) => ({ used: tokens[limit as '5h' | '7d'], oldestBucketStart: starts[limit as '5h' | '7d'] }),
+      buckets: (_key, limit) => (reads++, [{ start: starts[limit as '5h' | '7d'], tokens: tokens[limit as '5h' | '7d'] }]),
+    };
+    const refused = book.admitAll(request('a', 1), [five, week], full);
     expect(refused).toMatchObject({ admitted: false, refusedBy: '5h', window: { used: 1000 }, retryAfterMs: msUntilLeaves(starts['7d'], NOW, week.windowMs) });
     expect(reads).toBe(2);
     expect(book.total).toBe(0);
