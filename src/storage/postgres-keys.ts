@@ -37,13 +37,17 @@ export class PostgresKeys implements KeyStore {
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
     const valid = validatePatch(patch);
-    // Only token_limit_per_5h alone (it changes their 5h one) and clearing them need the key's limits.
-    const current = valid.limits === null || (valid.tokenLimit !== undefined && valid.limits === undefined) ? (await this.getKey(id))?.limits : undefined;
-    const changes = patchChanges(valid, current);
-    const updated =
-      Object.keys(changes).length === 0
-        ? await this.getKey(id)
-        : (await withRetry('updating a key', () => this.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns)))[0];
+    const updated = await withRetry('updating a key', () =>
+      this.db.transaction(async (tx) => {
+        // The row is locked before its limits are read (token_limit_per_5h alone changes their 5h one):
+        // a change made meanwhile by another request or instance is built on, never lost.
+        const [current] = await tx.select(keyColumns).from(apiKeys).where(eq(apiKeys.id, id)).for('update');
+        if (!current) return undefined;
+        const changes = patchChanges(valid, current.limits);
+        if (Object.keys(changes).length === 0) return current;
+        return (await tx.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns))[0];
+      }),
+    );
     this.forget(id);
     if (!updated) throw new NotFoundError(`no key with id ${id}`);
     return updated;

@@ -38,8 +38,17 @@ export class SqliteKeys implements KeyStore {
   }
 
   async updateKey(id: string, patch: KeyPatch): Promise<KeyRecord> {
-    const changes = patchChanges(validatePatch(patch), this.byId.get({ id })?.limits);
-    const updated = Object.keys(changes).length === 0 ? this.byId.get({ id }) : this.db.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns).get();
+    const valid = validatePatch(patch);
+    // One write transaction: a change of the key's limits by another process (the CLI beside the gate) cannot slip between the read and the update.
+    const updated = this.db.transaction(
+      (tx) => {
+        const current = tx.select(keyColumns).from(apiKeys).where(eq(apiKeys.id, id)).get();
+        if (!current) return undefined;
+        const changes = patchChanges(valid, current.limits);
+        return Object.keys(changes).length === 0 ? current : tx.update(apiKeys).set(changes).where(eq(apiKeys.id, id)).returning(keyColumns).get();
+      },
+      { behavior: 'immediate' },
+    );
     this.forget(id);
     if (!updated) throw new NotFoundError(`no key with id ${id}`);
     return updated;

@@ -144,6 +144,26 @@ describe('PostgreSQL storage', () => {
   });
   afterAll(() => storage.close());
 
+  it("builds each change of a key's limits on the one before, however many arrive at once from two instances", async () => {
+    const other = await createStorage({ databaseUrl: url, fallback: false, logger: quietLogger() });
+    try {
+      for (let round = 0; round < 10; round++) {
+        const { record } = await storage.createKey({ name: `race ${round}`, tokenLimit: 100, expiresAt: Date.now() + HOUR });
+        // One sets a plan, the other the 5h limit alone: whichever goes second must see the first.
+        await Promise.all([
+          storage.updateKey(record.id, { limits: [{ name: '5h', tokens: 1000, windowMs: WINDOW }, { name: '7d', tokens: 5000, windowMs: 7 * 24 * HOUR }] }),
+          other.updateKey(record.id, { tokenLimit: 2000 }),
+        ]);
+        const final = (await storage.getKey(record.id))!;
+        const five = final.limits === null ? final.tokenLimit : (JSON.parse(final.limits) as { name: string; tokens: number }[]).find((limit) => limit.name === '5h')!.tokens;
+        expect(final.tokenLimit, `round ${round}`).toBe(five);
+        expect([1000, 2000]).toContain(five);
+      }
+    } finally {
+      await other.close();
+    }
+  });
+
   it('stops counting the reservations of a crashed instance after the reservation TTL', async () => {
     const now = Date.UTC(2026, 10, 28, 12);
     const { record } = await storage.createKey({ name: 'ttl', tokenLimit: 100, expiresAt: now + HOUR }, now);
