@@ -113,17 +113,11 @@ export function parseKeyFile(parsed: unknown, path: string, now: number, windowM
     const usage = entryUsage(raw, problem);
     const limitUsage = entryLimitUsage(raw, problem);
     if (problems.length > before || usage === undefined || limitUsage === undefined) return;
-    const buckets = new Map<number, number>();
-    for (const { at, tokens } of usage) {
-      if (at <= since) {
-        result.usageOutsideWindow++;
-        continue;
-      }
-      result.usageInWindow++;
-      buckets.set(bucketStart(at), (buckets.get(bucketStart(at)) ?? 0) + tokens);
+    const key = snapshotKey(raw, now, inBuckets(usage, since, bucketStart, result));
+    if (limitUsage.length > 0) {
+      const buckets = ({ limit, usage: dated }: (typeof limitUsage)[number]) => inBuckets(dated, countsAfter(now, limit.windowMs), (at) => bucketStartFor(at, limit.windowMs), result);
+      key.limitBuckets = Object.fromEntries(limitUsage.map((entry) => [entry.limit.name, buckets(entry)]));
     }
-    const key = snapshotKey(raw, now, [...buckets].sort((a, b) => a[0] - b[0]));
-    if (limitUsage.length > 0) key.limitBuckets = Object.fromEntries(limitUsage.map(({ limit, usage: dated }) => [limit.name, limitBuckets(limit, dated, now, result)]));
     result.keys.push(key);
   });
   if (problems.length > 0) throw new KeyFileError(path, problems);
@@ -200,9 +194,8 @@ function validLimits(value: unknown): Limit[] {
   }
 }
 
-/** One limit's usage in its own buckets, what still counts in its window; the rest counted as outside. */
-function limitBuckets(limit: Limit, usage: readonly DatedUsage[], now: number, result: ParsedKeyFile): [number, number][] {
-  const since = countsAfter(now, limit.windowMs);
+/** Dated usage in buckets (`bucketOf` its start), what still counts after `since`; the rest counted as outside the window. */
+function inBuckets(usage: readonly DatedUsage[], since: number, bucketOf: (at: number) => number, result: ParsedKeyFile): [number, number][] {
   const buckets = new Map<number, number>();
   for (const { at, tokens } of usage) {
     if (at <= since) {
@@ -210,7 +203,7 @@ function limitBuckets(limit: Limit, usage: readonly DatedUsage[], now: number, r
       continue;
     }
     result.usageInWindow++;
-    const start = bucketStartFor(at, limit.windowMs);
+    const start = bucketOf(at);
     buckets.set(start, (buckets.get(start) ?? 0) + tokens);
   }
   return [...buckets].sort((a, b) => a[0] - b[0]);
