@@ -11,6 +11,7 @@ import { lookupKey } from './gate.js';
 import { windowFor, type TokenGateOptions } from './options.js';
 import { rejections, type Rejection } from './reject.js';
 import { errorBodyFor } from '../src/http/error-body.js';
+import { closeUnfinishedUpload } from '../src/http/request-body.js';
 
 export type StatsOptions = Pick<TokenGateOptions, 'storage' | 'windowMs' | 'getKey' | 'allowQueryKey' | 'now' | 'logger'>;
 
@@ -53,6 +54,8 @@ function keyHandler(options: StatsOptions, name: string, answer: (storage: Stora
   const windowMs = windowFor(storage, options.windowMs, name);
   const logger = options.logger ?? defaultLogger();
   return async (req, res) => {
+    // Nothing of a body is read here: a client still sending one cannot hold the connection with it.
+    closeUnfinishedUpload(req, res);
     const send = (rejection: Rejection): void => {
       if (rejection.retryAfter !== undefined) res.setHeader('Retry-After', String(rejection.retryAfter));
       res.status(rejection.status).json(errorBodyFor(req, rejection));

@@ -130,7 +130,7 @@ function limitUsageWindows(key: SnapshotKey, now: number): Record<string, unknow
   if (!key.limitBuckets) return undefined;
   const entries = limitsOf(key, DEFAULT_WINDOW_MS)
     .filter((limit) => limit.name !== LEGACY)
-    .map((limit) => [limit.name, usageWindows((key.limitBuckets![limit.name] ?? []).filter(([start]) => start > countsAfter(now, limit.windowMs)))] as const)
+    .map((limit) => [limit.name, usageWindows((Object.hasOwn(key.limitBuckets!, limit.name) ? key.limitBuckets![limit.name]! : []).filter(([start]) => start > countsAfter(now, limit.windowMs)))] as const)
     .filter(([, windows]) => windows.length > 0);
   return entries.length > 0 ? Object.fromEntries(entries) : undefined;
 }

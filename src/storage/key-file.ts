@@ -53,6 +53,9 @@ export class KeyFileError extends ConfigError {
   }
 }
 
+/** How far ahead of this machine's clock a file's usage may be dated (the clock of the machine that wrote it). */
+const CLOCK_SKEW_MS = 5 * 60_000;
+
 /** What a date field that is not one is told: the rule is ISO 8601, as everywhere else (`isoDateMs`). */
 const NOT_A_DATE = 'not an ISO 8601 date, or date-time with a time zone';
 
@@ -110,8 +113,9 @@ export function parseKeyFile(parsed: unknown, path: string, now: number, windowM
       if (seen.has(raw.key)) problem('key', `duplicate of keys[${seen.get(raw.key)}]`);
       else seen.set(raw.key, index);
     }
-    const usage = entryUsage(raw, problem);
-    const limitUsage = entryLimitUsage(raw, problem);
+    const latest = now + CLOCK_SKEW_MS;
+    const usage = entryUsage(raw, problem, latest);
+    const limitUsage = entryLimitUsage(raw, problem, latest);
     if (problems.length > before || usage === undefined || limitUsage === undefined) return;
     const key = snapshotKey(raw, now, inBuckets(usage, since, bucketStart, result));
     if (limitUsage.length > 0) {
@@ -159,38 +163,39 @@ function checkEntry(raw: Entry, problem: (field: string, what: string) => void):
  * had one, in `rolling_window_cache.buckets` ({timestamp, tokens}, finer-grained): the cache wins
  * when present, so nothing is counted twice. Both are validated.
  */
-function entryUsage(raw: Entry, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
-  const windows = dated(raw.usage_windows ?? [], { field: 'usage_windows', at: 'window_start', tokens: 'tokens_used', time: isoDateMs, notADate: NOT_A_DATE }, problem);
+function entryUsage(raw: Entry, problem: (field: string, what: string) => void, latest: number): DatedUsage[] | undefined {
+  const windows = dated(raw.usage_windows ?? [], { field: 'usage_windows', at: 'window_start', tokens: 'tokens_used', time: isoDateMs, notADate: NOT_A_DATE, latest }, problem);
   if (raw.rolling_window_cache == null) return windows;
   const cache = raw.rolling_window_cache as { buckets?: unknown };
   if (typeof cache !== 'object' || Array.isArray(cache)) return void problem('rolling_window_cache', 'not an object');
-  const buckets = dated(cache.buckets ?? [], { field: 'rolling_window_cache.buckets', at: 'timestamp', tokens: 'tokens', time: cacheTime, notADate: 'not epoch milliseconds or an ISO 8601 date' }, problem);
+  const buckets = dated(cache.buckets ?? [], { field: 'rolling_window_cache.buckets', at: 'timestamp', tokens: 'tokens', time: cacheTime, notADate: 'not epoch milliseconds or an ISO 8601 date', latest }, problem);
   return windows && buckets;
 }
 
 /** The entry's `limit_usage_windows`, each list with the limit it belongs to; undefined when any of it is bad. */
-function entryLimitUsage(raw: Entry, problem: (field: string, what: string) => void): { limit: Limit; usage: DatedUsage[] }[] | undefined {
+function entryLimitUsage(raw: Entry, problem: (field: string, what: string) => void, latest: number): { limit: Limit; usage: DatedUsage[] }[] | undefined {
   const given = raw.limit_usage_windows;
   if (given == null) return [];
   if (typeof given !== 'object' || Array.isArray(given)) return void problem('limit_usage_windows', 'not an object of usage windows by limit name');
   const limits = validLimits(raw.limits);
   let ok = true;
   const lists = Object.entries(given).map(([name, list]) => {
-    const limit = limits.find((candidate) => candidate.name === name && name !== LEGACY);
-    const usage = dated(list, { field: `limit_usage_windows.${name}`, at: 'window_start', tokens: 'tokens_used', time: isoDateMs, notADate: NOT_A_DATE }, problem);
-    if (!limit) problem(`limit_usage_windows.${name}`, name === LEGACY ? 'the 5h limit\'s usage is usage_windows' : 'not the name of one of the key\'s limits');
+    const limit = limits?.find((candidate) => candidate.name === name && name !== LEGACY);
+    const usage = dated(list, { field: `limit_usage_windows.${name}`, at: 'window_start', tokens: 'tokens_used', time: isoDateMs, notADate: NOT_A_DATE, latest }, problem);
+    // Invalid limits are reported as such (checkEntry), not once more for each name here.
+    if (!limit && limits !== undefined) problem(`limit_usage_windows.${name}`, name === LEGACY ? 'the 5h limit\'s usage is usage_windows' : 'not the name of one of the key\'s limits');
     ok &&= limit !== undefined && usage !== undefined;
     return { limit: limit!, usage: usage! };
   });
   return ok ? lists : undefined;
 }
 
-/** The entry's limits when they are valid (checkEntry reports them when not). */
-function validLimits(value: unknown): Limit[] {
+/** The entry's limits; undefined when they are not valid (checkEntry reports them). */
+function validLimits(value: unknown): Limit[] | undefined {
   try {
     return value == null ? [] : checkLimits(value, 'limits');
   } catch {
-    return [];
+    return undefined;
   }
 }
 
@@ -216,6 +221,8 @@ interface DatedList {
   tokens: string;
   time: (value: unknown) => number;
   notADate: string;
+  /** The latest date usage can have: later, it would count until long after the window (a typo in the year). */
+  latest: number;
 }
 
 function dated(list: unknown, shape: DatedList, problem: (field: string, what: string) => void): DatedUsage[] | undefined {
@@ -226,6 +233,9 @@ function dated(list: unknown, shape: DatedList, problem: (field: string, what: s
     const tokens = item?.[shape.tokens];
     if (Number.isNaN(at)) {
       problem(`${shape.field}[${i}].${shape.at}`, shape.notADate);
+      ok = false;
+    } else if (at > shape.latest) {
+      problem(`${shape.field}[${i}].${shape.at}`, 'in the future');
       ok = false;
     }
     if (!count(tokens)) {

@@ -281,14 +281,14 @@ export class PostgresStorage implements SharedStorage {
       const views = rows.map((row, index) => ({ used: Number(row.used), oldestBucketStart: num(row.oldest), reservedElsewhere: Number(row.reserved), tokenLimit: limits[index]!.tokens, windowMs: limits[index]!.windowMs, at: now }));
       return { lease: true, held, views };
     }
-    // Only the leases of the limits near their end shrink: the key's requests that those do not apply to keep theirs.
-    const near = leases.flatMap((lease, index) => (held[index] === 0 ? [{ lease, row: rows[index]!.lease_row, inFlight: inFlight[index]! }] : []));
-    await this.shrinkLeases(tx, near, now);
+    // A lease is kept only where its limit has room for the request with the lease's whole row counted:
+    // the key's requests that the other limits do not apply to go on without the database. The rest shrink.
+    const whole = (index: number): number => Math.max(num(rows[index]!.lease_row) ?? 0, inFlight[index]!);
+    const free = (index: number): number => limits[index]!.tokens - Number(rows[index]!.used) - Number(rows[index]!.reserved);
+    const kept = leases.map((_, index) => held[index]! > 0 && free(index) - whole(index) >= estimate);
+    await this.shrinkLeases(tx, leases.flatMap((lease, index) => (kept[index] ? [] : [{ lease, row: rows[index]!.lease_row, inFlight: inFlight[index]! }])), now);
     // A kept lease's row counts whole in the decision; the windows reported count this process's leases by what is in flight, as windowUsage does.
-    const decision = decideAll(
-      rows.map((row, index) => reading(index, held[index] === 0 ? inFlight[index]! : Math.max(num(row.lease_row) ?? 0, inFlight[index]!))),
-      estimate,
-    );
+    const decision = decideAll(rows.map((_, index) => reading(index, kept[index] ? whole(index) : inFlight[index]!)), estimate);
     const readings = rows.map((_, index) => reading(index, inFlight[index]!));
     if (!decision.admit) return { lease: false, admission: refusedOn(readings, decision.refusedBy, await this.waits(tx, keyId, readings, now)) };
     const admission = admittedOn(request, readings, decision.parts);

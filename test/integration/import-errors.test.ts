@@ -68,8 +68,10 @@ describe('tokengate import: malformed input', () => {
       // The usage of a key's other limits: only under the name of one of them, never 5h's, dated.
       { ...good, key: 'pk_16', limits: [{ window: '5h', tokens: 10 }, { window: '7d', tokens: 20 }], limit_usage_windows: { '30d': [], '5h': [], '7d': [{ window_start: 'then', tokens_used: 1 }] } },
       { ...good, key: 'pk_17', limit_usage_windows: [] },
+      // A year mistyped: usage dated after now would count long after its window.
+      { ...good, key: 'pk_18', usage_windows: [{ window_start: iso(now + 36 * 365 * DAY), tokens_used: 5 }] },
     ];
-    const line = expectFailure(run(target, ['import', writeKeyFile(entries)]), /21 problem/);
+    const line = expectFailure(run(target, ['import', writeKeyFile(entries)]), /22 problem/);
     for (const field of [
       'keys[1].key: not a string',
       'keys[2].key: duplicate of keys[0]',
@@ -92,6 +94,7 @@ describe('tokengate import: malformed input', () => {
       "keys[16].limit_usage_windows.5h: the 5h limit's usage is usage_windows",
       'keys[16].limit_usage_windows.7d[0].window_start: not an ISO 8601 date',
       'keys[17].limit_usage_windows: not an object of usage windows by limit name',
+      'keys[18].usage_windows[0].window_start: in the future',
     ]) {
       expect(line).toContain(field);
     }

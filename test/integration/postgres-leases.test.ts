@@ -125,6 +125,27 @@ describe('PostgreSQL leases', () => {
     expect(statements() - before).toBe(0);
   });
 
+  it("of a key with several limits give up what blocks a request decided alone: a lease whose row leaves its limit too little shrinks", async () => {
+    const storage = await open();
+    const plan = [
+      { name: '5h', tokens: 1000, windowMs: WINDOW },
+      { name: 'glm', tokens: 40, windowMs: WINDOW, models: ['glm-*'] },
+    ];
+    const { record } = await storage.createKey({ name: 'tight', limits: plan, expiresAt: Date.now() + 3600_000 });
+    const admit = (limits: typeof plan) => storage.admit({ keyId: record.id, tokenLimit: 1000, limits, estimate: 30, requestId: randomUUID(), now: Date.now(), windowMs: WINDOW });
+    expect((await admit([plan[0]!])).admitted).toBe(true); // a 5h lease of 120, 30 in flight
+    // Another instance holds what else there is: the 5h lease's own row is what leaves too little.
+    await direct`insert into reservations (id, key_id, limit_name, tokens, partial, expires_at) values ('elsewhere', ${record.id}, '5h', 870, false, ${Date.now() + 60_000})`;
+    const glm = await admit(plan); // glm has too little for a lease: decided alone
+    if (!glm.admitted) throw new Error('refused');
+    expect(glm.reservation.meters!.map((meter) => [meter.limit, meter.tokens, meter.partial])).toEqual([
+      ['5h', 30, false],
+      ['glm', 30, false],
+    ]);
+    const [lease] = await direct`select tokens::int from reservations where starts_with(id, 'lease:') and limit_name = '5h'`;
+    expect(lease!.tokens).toBe(30); // what is in flight on it, no more
+  });
+
   it('decide a key near its limit request by request: a full reservation, then one partial, then nothing', async () => {
     const storage = await open();
     const { record } = await storage.createKey({ name: 'small', tokenLimit: 100, expiresAt: Date.now() + 3600_000 });
