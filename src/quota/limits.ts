@@ -220,7 +220,7 @@ export function bucketsOf(record: UsageRecord): readonly (readonly [string, numb
 }
 
 /** The record with the buckets of the limits its request was admitted on (none when it was admitted the old way). */
-export function withBuckets(record: UsageRecord, reservation: Reservation): UsageRecord {
+export function withLimitBuckets(record: UsageRecord, reservation: Reservation): UsageRecord {
   if (!reservation.meters || record.buckets) return record;
   return { ...record, buckets: reservation.meters.map((meter) => [meter.limit, bucketStartFor(record.at, meter.windowMs)] as const) };
 }

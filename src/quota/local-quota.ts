@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { StorageError } from '../errors.js';
 import { validateCharge } from '../keys/validate.js';
 import type { Admission, AdmitRequest, Limit, LimitWindow, Reservation, UsageRecord, WindowUsage } from '../types.js';
-import { bucketsOf, LEGACY, meterOf, withBuckets } from './limits.js';
+import { bucketsOf, LEGACY, meterOf, withLimitBuckets } from './limits.js';
 import { GroupCommit } from './group-commit.js';
 import { KeyWindow } from './key-window.js';
 import { ReservationBook, type LimitWindows } from './reservations.js';
@@ -125,7 +125,7 @@ export class LocalQuota {
       this.release(reservation);
       throw error;
     }
-    await this.commits.add({ record: withBuckets(record, reservation), reservation });
+    await this.commits.add({ record: withLimitBuckets(record, reservation), reservation });
   }
 
   release(reservation: Reservation): void {

@@ -6,7 +6,7 @@ import { StorageError } from '../errors.js';
 import type { Logger } from '../types.js';
 import { countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
-import { withBuckets } from '../quota/limits.js';
+import { withLimitBuckets } from '../quota/limits.js';
 import type { Admission, AdmitRequest, CreatedKey, KeyRecord, Limit, LimitWindow, MirrorStorage, Reservation, SharedStorage, Storage, StorageHealth, UsageRecord, WindowUsage } from './types.js';
 
 export interface FallbackOptions {
@@ -160,7 +160,7 @@ export class FallbackStorage implements Storage {
 
   async settle(reservation: Reservation, given: UsageRecord): Promise<void> {
     // The limits' buckets go with the record wherever it goes: the database, the journal, the mirror.
-    const record = withBuckets(given, reservation);
+    const record = withLimitBuckets(given, reservation);
     try {
       validateCharge(record.tokens); // a bad charge is refused as it is, not journaled
     } catch (error) {

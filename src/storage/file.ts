@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, ConflictError, NotFoundError, StorageError } from '../errors.js';
 import type { Limit, LimitWindow, Logger } from '../types.js';
-import { bucketsOf, LEGACY, meterOf, withBuckets } from '../quota/limits.js';
+import { bucketsOf, LEGACY, meterOf, withLimitBuckets } from '../quota/limits.js';
 import { ReservationBook, type LimitWindows } from '../quota/reservations.js';
 import { countsAfter, DEFAULT_WINDOW_MS, type Bucket } from '../quota/window.js';
 import { buildKey, patchChanges } from '../keys/build.js';
@@ -172,7 +172,7 @@ export class FileStorage implements MirrorStorage {
     this.reservations.release(reservation);
     validateCharge(usage.tokens);
     // It counts against each limit its request was admitted on, here or (in fallback) by the database.
-    const record = withBuckets(usage, reservation);
+    const record = withLimitBuckets(usage, reservation);
     const fresh = this.apply(record);
     if (!fresh && !this.unjournaled.has(record.id)) return;
     try {

@@ -6,7 +6,7 @@ import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '.
 import { GroupCommit } from '../quota/group-commit.js';
 import { judge, refusal } from '../quota/admission.js';
 import { bucketStart, countsAfter, type Bucket } from '../quota/window.js';
-import { admittedOn, decideAll, LEGACY, limitWait, MAX_WINDOW_MS, refusedOn, withBuckets as withLimitBuckets, type LimitReading } from '../quota/limits.js';
+import { admittedOn, decideAll, LEGACY, limitWait, MAX_WINDOW_MS, refusedOn, withLimitBuckets, type LimitReading } from '../quota/limits.js';
 import { validateCharge, type KeyPatch, type NewKey } from '../keys/validate.js';
 import { KeyCache } from './key-cache.js';
 import { Lease, LeaseBook, LEASE_TTL_MS, type LeaseView } from '../quota/leases.js';
