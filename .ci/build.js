@@ -1,9 +1,11 @@
 // @ts-check
 // The build: dist/ from scratch, holding the postgres.js driver tokengate runs (refused unless it carries the fix in .patches/) and tsc's output.
 import { spawnSync } from 'node:child_process';
-import { cpSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 
 const root = join(import.meta.dirname, '..');
 const dist = join(root, 'dist');
@@ -63,6 +65,61 @@ writeFileSync(join(vendorDir, 'package.json'), `${JSON.stringify(manifest, null,
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 const compiled = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
 if (compiled.status !== 0) process.exit(compiled.status ?? 1);
+
+await buildDashboard();
+
+/**
+ * The dashboard's page (src/dashboard/): one minified script and one stylesheet, named by their
+ * hash so that browsers may keep them, each beside its gzip; the page names both. No file is fetched
+ * from anywhere at run time.
+ */
+async function buildDashboard() {
+  // Loaded here: the driver's checks above run without it.
+  const { build } = await import('esbuild');
+  const source = join(root, 'src/dashboard');
+  const out = join(dist, 'dashboard');
+  mkdirSync(out, { recursive: true });
+  const bundled = await build({
+    entryPoints: [join(source, 'main.tsx')],
+    bundle: true,
+    minify: true,
+    format: 'iife',
+    target: 'es2022',
+    jsx: 'automatic',
+    jsxImportSource: 'preact',
+    legalComments: 'none',
+    write: false,
+    logLevel: 'warning',
+  });
+  const script = bundled.outputFiles[0]?.contents;
+  if (!script) throw new Error('build: the dashboard bundle is empty');
+  const styles = await build({
+    stdin: { contents: `@import "uplot/dist/uPlot.min.css";\n@import "./style.css";`, resolveDir: source, loader: 'css' },
+    bundle: true,
+    minify: true,
+    write: false,
+    logLevel: 'warning',
+  });
+  const style = styles.outputFiles[0]?.contents;
+  if (!style) throw new Error('build: the dashboard stylesheet is empty');
+  const files = { script: hashed('app', '.js', script), style: hashed('app', '.css', style) };
+  const page = readFileSync(join(source, 'index.html'), 'utf8').replace('{{script}}', files.script).replace('{{style}}', files.style);
+  const written = { [files.script]: script, [files.style]: style, 'index.html': Buffer.from(page) };
+  for (const [name, body] of Object.entries(written)) {
+    writeFileSync(join(out, name), body);
+    writeFileSync(join(out, `${name}.gz`), gzipSync(body, { level: 9 }));
+  }
+  writeFileSync(join(out, 'manifest.json'), `${JSON.stringify({ files: Object.keys(written) }, null, 2)}\n`);
+}
+
+/**
+ * @param {string} name
+ * @param {string} extension
+ * @param {Uint8Array} body
+ */
+function hashed(name, extension, body) {
+  return `${name}-${createHash('sha256').update(body).digest('hex').slice(0, 12)}${extension}`;
+}
 
 /**
  * The runs of consecutive lines a patch section adds, each joined into one block.

@@ -1,7 +1,7 @@
 // statsHandler() and statsUsageHandler(): the caller's own key, its windows and totals (/stats), its usage over each window (/stats/usage).
 import type { RequestHandler } from 'express';
 import { digestKey } from '../src/keys/secret.js';
-import { statsView, type StatsView } from '../src/keys/view.js';
+import { limitStats, statsView, type LimitStats, type StatsView } from '../src/keys/view.js';
 import { usageView, type UsageView } from '../src/keys/usage-view.js';
 import { FIVE_HOURS, limitsOf } from '../src/keys/limits.js';
 import { StorageError } from '../src/errors.js';
@@ -28,6 +28,11 @@ async function statsOf(storage: Storage, key: KeyRecord, now: number, windowMs: 
   const limits = await windowsOf(storage, key, now, windowMs);
   const shown = limits.find((seen) => seen.limit.name === FIVE_HOURS) ?? limits[0]!;
   return statsView(key, shown, now, shown.limit.windowMs, limits);
+}
+
+/** Where each of the key's limits stands, as /stats lists them: the admin list of keys with their usage. */
+export async function limitsStatsOf(storage: Storage, key: KeyRecord, now: number, windowMs: number): Promise<LimitStats[]> {
+  return (await windowsOf(storage, key, now, windowMs)).map((seen) => limitStats(seen, now));
 }
 
 /** The key's usage over each of its limits' windows, in points whose width the server picks. */

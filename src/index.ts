@@ -2,6 +2,7 @@
 export { tokenGate, statsHandler, statsUsageHandler, metricsHandler, healthHandler, readyHandler } from '../middleware/index.js';
 export type { TokenGateMiddleware, TokenGateOptions, StatsOptions, Rejection, RejectionHandler, RejectionType, ErrorType, ErrorBody, RequestBody, TokenGateContext } from '../middleware/index.js';
 export { proxy, type ProxyOptions, type ProxyHandler } from './sidecar/proxy.js';
+export { dashboardHandler, DASHBOARD_CSP, type DashboardOptions } from './sidecar/dashboard.js';
 export type { KeyStyle } from './sidecar/headers.js';
 export { createStorage, DEFAULT_DATABASE_PATH, type StorageConfig } from './storage/create.js';
 export type { Storage, StorageHealth, KeyRecord, CreatedKey, NewKey, KeyPatch, WindowUsage, Admission, AdmitRequest, Reservation, UsageRecord } from './storage/types.js';

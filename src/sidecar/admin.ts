@@ -9,7 +9,7 @@ import { checkWeights, formatWeights } from '../usage/weights.js';
 import { checkLimits, type Limit } from '../quota/limits.js';
 import type { Logger } from '../types.js';
 import type { Storage } from '../storage/types.js';
-import { usageOf } from '../../middleware/stats.js';
+import { limitsStatsOf, usageOf } from '../../middleware/stats.js';
 import { windowFor } from '../../middleware/options.js';
 
 export interface AdminOptions {
@@ -57,8 +57,11 @@ export function adminRouter(options: AdminOptions): Router {
       });
       res.status(201).location(`${req.baseUrl}/keys/${record.id}`).json({ ...keyView(record), key });
     }))
-    .get(handle(async (_req, res) => {
-      res.json({ keys: (await storage.listKeys()).map(keyView) });
+    .get(handle(async (req, res) => {
+      const records = await storage.listKeys();
+      if (!withUsage(req.query.usage)) return void res.json({ keys: records.map(keyView) });
+      const now = Date.now();
+      res.json({ keys: await inBatches(records, USAGE_BATCH, async (record) => ({ ...keyView(record), limits: await limitsStatsOf(storage, record, now, windowMs) })) });
     }))
     .all(methodNotAllowed('GET, POST'));
 
@@ -91,6 +94,23 @@ export function adminRouter(options: AdminOptions): Router {
   router.use(notFound);
   router.use(adminErrors(options.logger));
   return router;
+}
+
+/** How many keys' windows `GET /admin/keys?usage=1` reads at once: a long list does not take every connection of a pool. */
+const USAGE_BATCH = 8;
+
+/** `?usage=1` (or `true`) adds each limit's window to the list; absent, the list is only the keys. */
+function withUsage(value: unknown): boolean {
+  if (value === undefined) return false;
+  if (value === '1' || value === 'true') return true;
+  throw new ValidationError('usage', 'must be 1 or true');
+}
+
+/** `work` over `items`, `size` at a time, results in order. */
+async function inBatches<T, R>(items: readonly T[], size: number, work: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = [];
+  for (let start = 0; start < items.length; start += size) results.push(...(await Promise.all(items.slice(start, start + size).map(work))));
+  return results;
 }
 
 /** An async handler whose failure goes to the error handler (Express 5 does that itself; Express 4 does not). */

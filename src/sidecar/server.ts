@@ -5,6 +5,7 @@ import express, { type Express, type RequestHandler } from 'express';
 import { Gauge } from 'prom-client';
 import { tokenGate, type TokenGateMiddleware } from '../../middleware/gate.js';
 import { statsHandler, statsUsageHandler } from '../../middleware/stats.js';
+import { dashboardHandler } from './dashboard.js';
 import { errorBody } from '../http/error-body.js';
 import { healthHandler, metricsHandler, readyHandler } from '../../middleware/ops.js';
 import { scheduleBackups, type BackupSchedule } from '../ops/backup-schedule.js';
@@ -35,7 +36,7 @@ export interface SidecarApp {
 
 /**
  * The routes, in order: refusal of targets that cannot be forwarded, health, readiness and metrics,
- * /stats, /admin, then everything else gated and proxied.
+ * /stats, /admin, /dashboard, then everything else gated and proxied.
  */
 export function createSidecarApp(parts: SidecarParts): SidecarApp {
   const { config, storage, logger, metrics, monitor } = parts;
@@ -51,6 +52,7 @@ export function createSidecarApp(parts: SidecarParts): SidecarApp {
   app.get('/stats/usage', statsUsageHandler({ storage, allowQueryKey: config.allowQueryKey, logger }));
   app.all('/stats/usage', onlyGet);
   app.use('/admin', adminRouter({ storage, adminToken: config.adminToken, logger }));
+  app.use('/dashboard', dashboardHandler({ storage, adminToken: config.adminToken, logger }));
   const { bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, tokenWeights: weights } = config;
   // With OVERRIDE_MODEL the upstream gets the key's model: limits scoped to models match that one.
   const gate = tokenGate({ storage, logger, metrics, bodyLimit, bodyTimeoutMs, bodyMemoryLimit, allowQueryKey, weights, keyModelWins: config.overrideModel });

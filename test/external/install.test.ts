@@ -117,11 +117,11 @@ afterAll(() => {
 });
 
 describe('the installed package', () => {
-  it('holds the built code with its types, the migrations, the patched driver, README and LICENSE, and no source maps', () => {
+  it('holds the built code with its types, the migrations, the patched driver, the dashboard, README and LICENSE, and no source maps', () => {
     expect(readdirSync(installed).sort()).toEqual(['LICENSE', 'README.md', 'dist', 'drizzle', 'package.json']);
-    expect(readdirSync(join(installed, 'dist')).sort()).toEqual(['middleware', 'src', 'vendor']);
+    expect(readdirSync(join(installed, 'dist')).sort()).toEqual(['dashboard', 'middleware', 'src', 'vendor']);
     const files = filesUnder(installed);
-    expect(files).toEqual(expect.arrayContaining(['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js', 'dist/middleware/gate.js', 'dist/vendor/postgres/index.js', 'dist/vendor/postgres/connection.js', 'drizzle/sqlite/0000_init.sql', 'drizzle/postgres/meta/_journal.json']));
+    expect(files).toEqual(expect.arrayContaining(['dist/src/index.js', 'dist/src/index.d.ts', 'dist/src/cli/main.js', 'dist/middleware/gate.js', 'dist/vendor/postgres/index.js', 'dist/vendor/postgres/connection.js', 'drizzle/sqlite/0000_init.sql', 'drizzle/postgres/meta/_journal.json', 'dist/dashboard/index.html', 'dist/dashboard/index.html.gz', 'dist/dashboard/manifest.json']));
     expect(files.filter((file) => file.endsWith('.map'))).toEqual([]);
     expect(files.filter((file) => file.endsWith('.js') && readFileSync(join(installed, file), 'utf8').includes('sourceMappingURL'))).toEqual([]);
 

@@ -15,6 +15,7 @@ const FLOORS: Record<string, number> = {
   'src/logger.ts': 0,
   'src/private-files.ts': 0,
   'src/http/': 0,
+  'src/dashboard/': 0,
   'src/quota/': 1,
   'src/usage/': 1,
   'src/keys/': 1,

@@ -1,0 +1,71 @@
+// The page's calls to its own API: the key or the admin token goes in the Authorization header, never in a URL.
+
+/** An answer other than 2xx, with the error envelope's code and message. */
+export class ApiError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string) {
+    super(message);
+  }
+}
+
+export interface LimitStats {
+  name: string;
+  tokens: number;
+  window: string;
+  window_seconds: number;
+  models?: string[];
+  used: number;
+  reserved: number;
+  remaining: number;
+  window_ends_at: string;
+}
+
+export interface LimitUsage extends LimitStats {
+  resolution_seconds: number;
+  points: { start: string; tokens: number }[];
+}
+
+export interface UsageView {
+  key: string;
+  name: string;
+  is_expired: boolean;
+  generated_at: string;
+  limits: LimitUsage[];
+}
+
+export interface AdminKey {
+  id: string;
+  key: string;
+  name: string;
+  model: string | null;
+  token_limit_per_5h: number | null;
+  limits: LimitStats[];
+  expiry_date: string;
+  created_at: string;
+  last_used: string | null;
+  total_lifetime_tokens: number;
+  total_requests: number;
+}
+
+/** `path` relative to the page (so the page works wherever it is mounted), as JSON. */
+export async function call<T>(path: string, token: string, method = 'GET', body?: unknown): Promise<T> {
+  const headers: Record<string, string> = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response: Response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store', credentials: 'omit' });
+  } catch {
+    throw new ApiError(0, 'unreachable', 'The server cannot be reached.');
+  }
+  const text = await response.text();
+  let json: unknown;
+  try {
+    json = text === '' ? {} : JSON.parse(text);
+  } catch {
+    throw new ApiError(response.status, 'invalid_response', `The server answered ${response.status} with something that is not JSON.`);
+  }
+  if (!response.ok) {
+    const error = (json as { error?: { code?: string; message?: string } }).error;
+    throw new ApiError(response.status, error?.code ?? 'error', error?.message ?? `The server answered ${response.status}.`);
+  }
+  return json as T;
+}
