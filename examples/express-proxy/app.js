@@ -1,7 +1,7 @@
 // @ts-check
 // An Express proxy to any OpenAI-compatible upstream, gated by one app.use(tokenGate(...)).
 import express from 'express';
-import { tokenGate, proxy, statsHandler, metricsHandler, healthHandler, readyHandler } from 'tokengate';
+import { tokenGate, proxy, statsHandler, dashboardHandler, metricsHandler, healthHandler, readyHandler } from 'tokengate';
 
 /**
  * The app, the gate (await `gate.settled()` on shutdown, before closing the storage) and the
@@ -21,6 +21,8 @@ export function createProxyApp({ storage, upstreamUrl, upstreamApiKey, gate: gat
     app.get('/readyz', readyHandler(monitor));
   }
   app.get('/stats', statsHandler({ storage, ...gateOptions }));
+  // The key holder's usage page; before the gate, which would otherwise ask the page for a key.
+  app.use('/dashboard', dashboardHandler({ storage, logger: gateOptions.logger }));
   const gate = tokenGate({ storage, ...gateOptions });
   // Mounted on /v1, the proxy still forwards the whole path (/v1/chat/completions), under upstreamUrl's own path.
   const forward = proxy({ target: upstreamUrl, apiKey: upstreamApiKey, logger: gateOptions.logger });

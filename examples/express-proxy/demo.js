@@ -66,6 +66,7 @@ if (once) {
   console.log(`  curl -s ${base}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'content-type: application/json' \\`);
   console.log(`    -d '{"model":"mock-model","stream":true,"messages":[{"role":"user","content":"hi"}]}'`);
   console.log(`  curl -s ${base}/stats -H 'Authorization: Bearer ${key}'`);
+  console.log(`  open ${base}/dashboard/ in a browser and enter the key`);
   console.log(`  curl -s ${base}/healthz; curl -s ${base}/metrics | grep ^tokengate_`);
   process.once('SIGINT', () => void stop());
 }
