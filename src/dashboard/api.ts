@@ -1,4 +1,9 @@
 // The page's calls to its own API: the key or the admin token goes in the Authorization header, never in a URL.
+import type { KeyView, LimitStats } from '../keys/view.js';
+import type { UsageView } from '../keys/usage-view.js';
+
+export type { LimitStats, UsageView };
+export type { LimitUsage } from '../keys/usage-view.js';
 
 /** An answer other than 2xx, with the error envelope's code and message. */
 export class ApiError extends Error {
@@ -7,44 +12,8 @@ export class ApiError extends Error {
   }
 }
 
-export interface LimitStats {
-  name: string;
-  tokens: number;
-  window: string;
-  window_seconds: number;
-  models?: string[];
-  used: number;
-  reserved: number;
-  remaining: number;
-  window_ends_at: string;
-}
-
-export interface LimitUsage extends LimitStats {
-  resolution_seconds: number;
-  points: { start: string; tokens: number }[];
-}
-
-export interface UsageView {
-  key: string;
-  name: string;
-  is_expired: boolean;
-  generated_at: string;
-  limits: LimitUsage[];
-}
-
-export interface AdminKey {
-  id: string;
-  key: string;
-  name: string;
-  model: string | null;
-  token_limit_per_5h: number | null;
-  limits: LimitStats[];
-  expiry_date: string;
-  created_at: string;
-  last_used: string | null;
-  total_lifetime_tokens: number;
-  total_requests: number;
-}
+/** A key in `GET api/admin/keys?usage=1`: its record, each limit with where its window stands. */
+export type AdminKey = Omit<KeyView, 'limits'> & { limits: LimitStats[] };
 
 /** `path` relative to the page (so the page works wherever it is mounted), as JSON. */
 export async function call<T>(path: string, token: string, method = 'GET', body?: unknown): Promise<T> {

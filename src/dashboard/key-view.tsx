@@ -51,7 +51,7 @@ function KeyUsage({ secret, onSignOut }: { secret: string; onSignOut(): void }) 
       )}
       {!view.is_expired && exhausted.length > 0 && (
         <p class="state exhausted" role="alert" data-testid="state">
-          {exhausted.map((limit) => `The ${limit.name} limit is used up; tokens free up in ${duration(Date.parse(limit.window_ends_at) - now)}.`).join(' ')}
+          {exhausted.map((limit) => (limit.used > 0 ? `The ${limit.name} limit is used up; tokens free up in ${duration(Date.parse(limit.window_ends_at) - now)}.` : `The ${limit.name} limit is held by requests in flight; it frees up as they finish.`)).join(' ')}
         </p>
       )}
       {error && <p class="error" role="status">Last refresh failed ({error.message}); showing usage as of {date(view.generated_at)}.</p>}
