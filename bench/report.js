@@ -87,12 +87,16 @@ export function writeReport(out, { settings, proxy, scale }) {
         `| ${r.variant} | ${r.response} | ${r.requestsPerSecond} | ${r.ratioToBare} | ${r.cpuUsPerRequest} | ${r.cpuUsPerRequestLeast} | ${r.cpuRatioToBare} | ${r.databaseCpuUsPerRequest ?? ''} | ${r.p50Ms} / ${r.p99Ms} | ${r.alone.p50Ms} / ${r.alone.p99Ms} | ${r.alone.addedP99Ms} | ${r.failures} | ${r.peakRssMiB} |`,
     ),
     '',
-    'Scale run, straight against the store: decisions (digest, key lookup, admission, release; one at a time) and recording (admission then usage record, 32 at once) on one hot key.',
-    '',
-    '| store | keys | hot key history | decisions/s | µs per decision | records/s |',
-    '|---|---:|---|---:|---:|---:|',
-    ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${HISTORIES[s.history]?.(s.pastRecords) ?? s.history} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
-    '',
+    ...(scale.length === 0
+      ? []
+      : [
+          'Scale run, straight against the store: decisions (digest, key lookup, admission, release; one at a time) and recording (admission then usage record, 32 at once) on one hot key.',
+          '',
+          '| store | keys | hot key history | decisions/s | µs per decision | records/s |',
+          '|---|---:|---|---:|---:|---:|',
+          ...scale.map((s) => `| ${s.backend} | ${s.keys} | ${HISTORIES[s.history]?.(s.pastRecords) ?? s.history} | ${s.decisionsPerSecond} | ${s.decisionUs} | ${s.recordsPerSecond} |`),
+          '',
+        ]),
   ].join('\n');
   writeFileSync(join(out, 'latest.md'), markdown);
   process.stdout.write(markdown);

@@ -17,6 +17,9 @@ import { pinBenchmark, root, startProcess, unpinBenchmark } from './processes.js
 import { summarize, writeReport } from './report.js';
 import { runScale } from './scale.js';
 
+/** The groups of rows `--rows` can pick from (the bare proxy always runs: the ratios are to it). */
+const ROW_GROUPS = ['sqlite', 'postgres', 'sidecar', 'fallback', 'peer', 'sse'];
+
 const { values: args } = parseArgs({
   options: {
     smoke: { type: 'boolean', default: false },
@@ -27,10 +30,15 @@ const { values: args } = parseArgs({
     'no-pin': { type: 'boolean', default: false },
     profile: { type: 'string' },
     baseline: { type: 'string' },
+    rows: { type: 'string', default: ROW_GROUPS.join(',') },
+    'no-scale': { type: 'boolean', default: false },
     out: { type: 'string', default: join(root, 'bench/results') },
   },
 });
 const smoke = args.smoke;
+const wanted = new Set(args.rows.split(',').map((name) => name.trim()).filter((name) => name !== '' && name !== 'bare'));
+for (const name of wanted) if (!ROW_GROUPS.includes(name)) throw new Error(`--rows: no row group ${JSON.stringify(name)}; the groups are bare (always run), ${ROW_GROUPS.join(', ')}`);
+const want = (/** @type {string} */ name) => wanted.has(name);
 const settings = {
   smoke,
   rounds: smoke ? 1 : positive('rounds'),
@@ -149,32 +157,42 @@ async function main() {
       return target;
     };
     const bare = await start('bare', ['bench/target.js', 'bare'], {});
-    const sqlite = await start('sqlite', ['bench/target.js'], { DATABASE_PATH: join(tempDir(), 'bench.db') });
-    await expectBackend(sqlite, 'sqlite');
-    const pgTarget = await start('postgres', ['bench/target.js'], { DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() });
-    await expectBackend(pgTarget, 'postgres');
-    const sidecarDb = join(tempDir(), 'sidecar.db');
-    execFileSync(process.execPath, ['bench/target.js', 'seed'], { cwd: root, env: { ...process.env, ...env, DATABASE_PATH: sidecarDb }, stdio: 'inherit' });
-    const sidecar = await start('sidecar', ['dist/src/cli/main.js', 'serve'], { DATABASE_PATH: sidecarDb, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', INCLUDE_STREAM_USAGE: 'false' });
-    const fallback = await start('fallback', ['bench/target.js'], { DATABASE_URL: await freshDatabase(doomed.url), FALLBACK_DIR: tempDir() });
-    await doomed.stop();
-    await fetch(`${fallback.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${benchKeys()[0]}`, 'content-type': 'application/json' }, body: REQUEST });
-    await expectBackend(fallback, 'file');
+    const sqlite = want('sqlite') || want('sse') ? await start('sqlite', ['bench/target.js'], { DATABASE_PATH: join(tempDir(), 'bench.db') }) : undefined;
+    if (sqlite) await expectBackend(sqlite, 'sqlite');
+    const pgTarget = want('postgres') ? await start('postgres', ['bench/target.js'], { DATABASE_URL: await freshDatabase(pg.url), FALLBACK_DIR: tempDir() }) : undefined;
+    if (pgTarget) await expectBackend(pgTarget, 'postgres');
+    let sidecar;
+    if (want('sidecar') || want('sse')) {
+      const sidecarDb = join(tempDir(), 'sidecar.db');
+      execFileSync(process.execPath, ['bench/target.js', 'seed'], { cwd: root, env: { ...process.env, ...env, DATABASE_PATH: sidecarDb }, stdio: 'inherit' });
+      sidecar = await start('sidecar', ['dist/src/cli/main.js', 'serve'], { DATABASE_PATH: sidecarDb, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', INCLUDE_STREAM_USAGE: 'false' });
+    }
+    let fallback;
+    if (want('fallback')) {
+      fallback = await start('fallback', ['bench/target.js'], { DATABASE_URL: await freshDatabase(doomed.url), FALLBACK_DIR: tempDir() });
+      await doomed.stop();
+      await fetch(`${fallback.url}/v1/chat/completions`, { method: 'POST', headers: { authorization: `Bearer ${benchKeys()[0]}`, 'content-type': 'application/json' }, body: REQUEST });
+      await expectBackend(fallback, 'file');
+    }
 
     // `database`: the row's store is the PostgreSQL server `pg`, whose CPU time is measured with the row's.
     /** @type {{ variant: string, stream: boolean, target: import('./processes.js').BenchProcess, database?: boolean }[]} */
     const rows = [
       { variant: 'bare proxy', stream: false, target: bare },
-      { variant: 'gate, SQLite', stream: false, target: sqlite },
-      { variant: 'gate, PostgreSQL', stream: false, target: pgTarget, database: true },
-      { variant: 'sidecar, SQLite', stream: false, target: sidecar },
-      { variant: 'gate, file fallback (PostgreSQL down)', stream: false, target: fallback },
-      // The SSE rows compare the proxying and metering of a stream; the store's side is the JSON rows'.
+      ...(sqlite && want('sqlite') ? [{ variant: 'gate, SQLite', stream: false, target: sqlite }] : []),
+      ...(pgTarget ? [{ variant: 'gate, PostgreSQL', stream: false, target: pgTarget, database: true }] : []),
+      ...(sidecar && want('sidecar') ? [{ variant: 'sidecar, SQLite', stream: false, target: sidecar }] : []),
+      ...(fallback ? [{ variant: 'gate, file fallback (PostgreSQL down)', stream: false, target: fallback }] : []),
       ...(await baselineRows(start, pg.url)),
-      ...(await peerRows(start, pg.url)),
-      { variant: 'bare proxy', stream: true, target: bare },
-      { variant: 'gate, SQLite', stream: true, target: sqlite },
-      { variant: 'sidecar, SQLite', stream: true, target: sidecar },
+      ...(want('peer') ? await peerRows(start, pg.url) : []),
+      // The SSE rows compare the proxying and metering of a stream; the store's side is the JSON rows'.
+      ...(sqlite && sidecar && want('sse')
+        ? [
+            { variant: 'bare proxy', stream: true, target: bare },
+            { variant: 'gate, SQLite', stream: true, target: sqlite },
+            { variant: 'sidecar, SQLite', stream: true, target: sidecar },
+          ]
+        : []),
     ];
     const label = (/** @type {typeof rows[number]} */ row) => `${row.variant} ${row.stream ? 'SSE' : 'JSON'}`;
     for (const row of rows) await drive(row.target, { stream: row.stream, connections: settings.connections, ...loads.warmup });
@@ -205,7 +223,7 @@ async function main() {
     );
     for (const target of targets.splice(0)) await target.stop();
     unpinBenchmark(pin);
-    const scale = await runScale({ databaseUrl: () => freshDatabase(pg.url), tempDir, keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500, pastRecords: smoke ? 1000 : 1_000_000 });
+    const scale = args['no-scale'] ? [] : await runScale({ databaseUrl: () => freshDatabase(pg.url), tempDir, keyCounts: smoke ? [1, 100] : [1, 10_000, 100_000], measureMs: smoke ? 200 : 1500, pastRecords: smoke ? 1000 : 1_000_000 });
     writeReport(args.out, { settings: { ...settings, pinned: pin.prefix.length > 0 }, proxy: summary, scale });
   } finally {
     for (const target of targets) await target.stop();
