@@ -1,5 +1,5 @@
 // PostgreSQL storage through Drizzle on postgres.js: shared reservations, so quotas hold across instances.
-import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, sql, type SQL } from 'drizzle-orm';
 import { NotFoundError, StorageError } from '../errors.js';
 import type { OpenedPostgres } from '../db/postgres.js';
 import { apiKeys, keyColumns, reservations, usageBuckets, usageRecords } from '../db/schema/postgres.js';
@@ -83,6 +83,66 @@ const num = (value: string | number | null): number | undefined => (value === nu
  * request by request under that lock. Usage is recorded in batches: one statement, one transaction,
  * for the records finished meanwhile, each idempotent by its id.
  */
+/** One usage record of a batch, as the recording statement reads it. */
+export interface RecordingRow {
+  id: string;
+  key_id: string;
+  tokens: number;
+  at: number;
+  /** The 5h minute bucket of a record of the one limit; null when `buckets` names them. */
+  bucket: number | null;
+  buckets: readonly (readonly [string, number])[] | null;
+  /** `[lease id, tokens]`: what each lease the request went through gives up. */
+  leases: (readonly [string, number])[] | null;
+}
+
+/**
+ * The statement that records a batch: one round trip. The key rows are reached through their
+ * primary key as `= any(array(…))`, which the planner takes as a handful of values: with the batch
+ * as a join input it guesses 100 rows (a set-returning function's default) and, from about 10^3 to
+ * 10^5 keys, scans the whole key table instead, twice per batch (docs/benchmarks.md).
+ */
+export function recordingStatement(rows: readonly RecordingRow[], released: readonly string[]): SQL {
+  return sql`
+    with input as (
+      select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
+        as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, buckets jsonb, leases jsonb)
+    ), recorded as (
+      insert into ${usageRecords} (id, key_id, tokens, recorded_at) select id, key_id, tokens, at from input
+      on conflict (id) do nothing returning id
+    ), applied as (
+      select input.* from input join recorded using (id)
+    ), locked as (
+      select id from ${apiKeys} where id = any(array(select key_id from applied)) order by id for update
+    ), charged as (
+      update ${apiKeys} set
+        total_lifetime_tokens = total_lifetime_tokens + per_key.tokens,
+        total_requests = total_requests + per_key.requests,
+        last_used = greatest(coalesce(last_used, 0), per_key.at)
+      from (select key_id, sum(tokens) as tokens, count(*) as requests, max(at) as at from applied group by key_id) as per_key
+      where ${apiKeys.id} = per_key.key_id and ${apiKeys.id} = any(array(select id from locked)) returning ${apiKeys.id} as id
+    ), bucketed as (
+      insert into ${usageBuckets} (key_id, limit_name, bucket_start, tokens)
+      select key_id, name, start, sum(tokens) from (
+        select key_id, ${LEGACY} as name, bucket as start, tokens from applied where bucket is not null
+        union all
+        select key_id, part->>0, (part->>1)::bigint, tokens from applied cross join jsonb_array_elements(applied.buckets) as part where applied.buckets is not null
+      ) as counted
+      where tokens > 0 and key_id in (select id from charged) group by key_id, name, start
+      on conflict (key_id, limit_name, bucket_start) do update set tokens = ${usageBuckets.tokens} + excluded.tokens
+    ), released as (
+      delete from ${reservations} where id in (select jsonb_array_elements_text(${JSON.stringify(released)}::jsonb))
+    ), taken as (
+      update ${reservations} set tokens = greatest(${reservations.tokens} - per_lease.tokens, 0)
+      from (
+        select lease->>0 as lease_id, sum((lease->>1)::bigint) as tokens from applied cross join jsonb_array_elements(applied.leases) as lease
+        where applied.leases is not null and key_id in (select id from charged) group by 1
+      ) as per_lease
+      where ${reservations.id} = per_lease.lease_id
+    )
+    select count(*) from recorded`;
+}
+
 export class PostgresStorage implements SharedStorage {
   readonly backend = 'postgres';
   private readonly reservationTtlMs: number;
@@ -386,7 +446,7 @@ export class PostgresStorage implements SharedStorage {
    */
   private write(batch: readonly Queued[]): Promise<unknown> {
     const released: string[] = [];
-    const rows = batch.map(({ record, reservation }) => {
+    const rows = batch.map(({ record, reservation }): RecordingRow => {
       const leased = this.leases.find(reservation.id);
       if (!leased) released.push(...releasedRows(reservation, record));
       return {
@@ -401,46 +461,7 @@ export class PostgresStorage implements SharedStorage {
         leases: leased ? leased.leases.map((lease) => [lease.id, Math.min(record.tokens, reservation.tokens)]) : null,
       };
     });
-    return withRetry('recording usage', () =>
-      this.opened.db.execute(sql`
-        with input as (
-          select * from jsonb_to_recordset(${JSON.stringify(rows)}::jsonb)
-            as t(id text, key_id text, tokens bigint, at bigint, bucket bigint, buckets jsonb, leases jsonb)
-        ), recorded as (
-          insert into ${usageRecords} (id, key_id, tokens, recorded_at) select id, key_id, tokens, at from input
-          on conflict (id) do nothing returning id
-        ), applied as (
-          select input.* from input join recorded using (id)
-        ), locked as (
-          select id from ${apiKeys} where id in (select key_id from applied) order by id for update
-        ), charged as (
-          update ${apiKeys} set
-            total_lifetime_tokens = total_lifetime_tokens + per_key.tokens,
-            total_requests = total_requests + per_key.requests,
-            last_used = greatest(coalesce(last_used, 0), per_key.at)
-          from (select key_id, sum(tokens) as tokens, count(*) as requests, max(at) as at from applied group by key_id) as per_key
-          where ${apiKeys.id} = per_key.key_id and per_key.key_id in (select id from locked) returning ${apiKeys.id} as id
-        ), bucketed as (
-          insert into ${usageBuckets} (key_id, limit_name, bucket_start, tokens)
-          select key_id, name, start, sum(tokens) from (
-            select key_id, ${LEGACY} as name, bucket as start, tokens from applied where bucket is not null
-            union all
-            select key_id, part->>0, (part->>1)::bigint, tokens from applied cross join jsonb_array_elements(applied.buckets) as part where applied.buckets is not null
-          ) as counted
-          where tokens > 0 and key_id in (select id from charged) group by key_id, name, start
-          on conflict (key_id, limit_name, bucket_start) do update set tokens = ${usageBuckets.tokens} + excluded.tokens
-        ), released as (
-          delete from ${reservations} where id in (select jsonb_array_elements_text(${JSON.stringify(released)}::jsonb))
-        ), taken as (
-          update ${reservations} set tokens = greatest(${reservations.tokens} - per_lease.tokens, 0)
-          from (
-            select lease->>0 as lease_id, sum((lease->>1)::bigint) as tokens from applied cross join jsonb_array_elements(applied.leases) as lease
-            where applied.leases is not null and key_id in (select id from charged) group by 1
-          ) as per_lease
-          where ${reservations.id} = per_lease.lease_id
-        )
-        select count(*) from recorded`),
-    );
+    return withRetry('recording usage', () => this.opened.db.execute(recordingStatement(rows, released)));
   }
 
   /** A request admitted against a lease gives its estimate back here; one decided alone, in the database. */

@@ -5,10 +5,13 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { sql } from 'drizzle-orm';
+import { drizzle } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createProxyApp } from '../../examples/express-proxy/app.js';
 import { createStorage } from '../../src/storage/create.js';
+import { recordingStatement } from '../../src/storage/postgres.js';
 import type { Storage } from '../../src/storage/types.js';
 import { StorageError } from '../../src/errors.js';
 import { createLogger } from '../../src/logger.js';
@@ -197,6 +200,35 @@ describe('PostgreSQL storage', () => {
       expect(admission).toMatchObject({ admitted: true, window: { used: 5 * 300 } });
     } finally {
       await sql.end();
+    }
+  });
+
+  it('records a batch through the key index at 10^4 keys, where the planner once scanned the key table', async () => {
+    // Its own database: the test above left 10^5 keys in the shared one, a size at which the index was always used.
+    const fresh = await freshDatabase();
+    const store = await createStorage({ databaseUrl: fresh, fallback: false, logger: quietLogger() });
+    const client = postgres(fresh, { max: 1 });
+    try {
+      const now = Date.now();
+      await client`insert into api_keys (id, key_hash, key_prefix, name, token_limit_per_5h, expiry_date, created_at)
+                   select 'bulk_' || i, md5(i::text), 'x', 'bulk', 1000, ${now + HOUR}, ${now} from generate_series(1, 10000) i`;
+      await client`analyze`;
+      // A batch as the gate writes one under load: 32 records over a few keys, each through a lease.
+      const rows = Array.from({ length: 32 }, (_, i) => ({
+        id: `record-${i}`,
+        key_id: `bulk_${(i % 4) + 1}`,
+        tokens: 40,
+        at: now,
+        bucket: Math.floor(now / 60_000) * 60_000,
+        buckets: null,
+        leases: [[`lease-${i % 4}`, 40] as const],
+      }));
+      const plan = (await drizzle(client).execute(sql`explain ${recordingStatement(rows, ['reservation-1'])}`)).map((row) => String(row['QUERY PLAN'])).join('\n');
+      expect(plan).toMatch(/Index Scan using api_keys_pkey|Bitmap Index Scan on api_keys_pkey/);
+      expect(plan).not.toMatch(/Seq Scan on api_keys/);
+    } finally {
+      await client.end();
+      await store.close();
     }
   });
 
