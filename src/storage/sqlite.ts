@@ -1,6 +1,7 @@
 // SQLite storage on better-sqlite3 through Drizzle: synchronous, so each admission is atomic in-process.
 import { existsSync } from 'node:fs';
-import { and, asc, eq, gt, sql } from 'drizzle-orm';
+import type { Statement } from 'better-sqlite3';
+import { and, asc, eq, gt, is, Param, Placeholder, sql } from 'drizzle-orm';
 import { derivedDigestPrefix } from '../db/random-ids.js';
 import { StorageError } from '../errors.js';
 import type { OpenedSqlite } from '../db/sqlite.js';
@@ -37,6 +38,22 @@ export interface SqliteStorageOptions {
 }
 
 const p = sql.placeholder;
+
+/**
+ * A Drizzle query (its SQL built from the schema) as a better-sqlite3 statement that takes its
+ * placeholders positionally, in the order `names` gives (checked here, once): the writes of every
+ * record skip Drizzle's mapping of named placeholders on each run.
+ */
+function positional(sqlite: OpenedSqlite['sqlite'], query: { toSQL(): { sql: string; params: unknown[] } }, names: readonly string[]): Statement {
+  const { sql: text, params } = query.toSQL();
+  const order = params.map((param) => {
+    const value = is(param, Param) ? param.value : param;
+    if (!is(value, Placeholder)) throw new Error(`a positional statement takes placeholders only: ${text}`);
+    return value.name;
+  });
+  if (order.join() !== names.join()) throw new Error(`the statement takes ${order.join(', ')}, not ${names.join(', ')}: ${text}`);
+  return sqlite.prepare(text);
+}
 const inWindow = and(eq(usageBuckets.keyId, p('keyId')), eq(usageBuckets.limitName, p('limit')), gt(usageBuckets.bucketStart, p('since')));
 
 /**
@@ -80,25 +97,6 @@ export class SqliteStorage implements Storage {
         .where(inWindow)
         .orderBy(asc(usageBuckets.bucketStart))
         .prepare(),
-      insertRecord: db
-        .insert(usageRecords)
-        .values({ id: p('id'), keyId: p('keyId'), tokens: p('tokens'), recordedAt: p('at') })
-        .onConflictDoNothing()
-        .prepare(),
-      chargeKey: db
-        .update(apiKeys)
-        .set({
-          totalLifetimeTokens: sql`${apiKeys.totalLifetimeTokens} + ${p('tokens')}`,
-          totalRequests: sql`${apiKeys.totalRequests} + 1`,
-          lastUsedAt: sql`max(coalesce(${apiKeys.lastUsedAt}, 0), ${p('at')})`,
-        })
-        .where(eq(apiKeys.id, p('keyId')))
-        .prepare(),
-      addToBucket: db
-        .insert(usageBuckets)
-        .values({ keyId: p('keyId'), limitName: p('limit'), bucketStart: p('bucket'), tokens: p('tokens') })
-        .onConflictDoUpdate({ target: [usageBuckets.keyId, usageBuckets.limitName, usageBuckets.bucketStart], set: { tokens: sql`${usageBuckets.tokens} + excluded.tokens` } })
-        .prepare(),
       hasRecord: db.select({ id: usageRecords.id }).from(usageRecords).where(eq(usageRecords.id, p('id'))).prepare(),
       keyExists: db.select({ id: apiKeys.id }).from(apiKeys).where(eq(apiKeys.id, p('keyId'))).prepare(),
       keyByDigestPrefix: db
@@ -112,12 +110,38 @@ export class SqliteStorage implements Storage {
         .onConflictDoUpdate({ target: healthProbes.id, set: { at: sql`excluded.at` } })
         .prepare(),
     };
+    const insertRecord = positional(
+      sqlite,
+      db.insert(usageRecords).values({ id: p('id'), keyId: p('keyId'), tokens: p('tokens'), recordedAt: p('at') }).onConflictDoNothing(),
+      ['id', 'keyId', 'tokens', 'at'],
+    );
+    const chargeKey = positional(
+      sqlite,
+      db
+        .update(apiKeys)
+        .set({
+          totalLifetimeTokens: sql`${apiKeys.totalLifetimeTokens} + ${p('tokens')}`,
+          totalRequests: sql`${apiKeys.totalRequests} + 1`,
+          lastUsedAt: sql`max(coalesce(${apiKeys.lastUsedAt}, 0), ${p('at')})`,
+        })
+        .where(eq(apiKeys.id, p('keyId'))),
+      ['at', 'tokens', 'keyId'],
+    );
+    const addToBucket = positional(
+      sqlite,
+      db
+        .insert(usageBuckets)
+        .values({ keyId: p('keyId'), limitName: p('limit'), bucketStart: p('bucket'), tokens: p('tokens') })
+        .onConflictDoUpdate({ target: [usageBuckets.keyId, usageBuckets.limitName, usageBuckets.bucketStart], set: { tokens: sql`${usageBuckets.tokens} + excluded.tokens` } }),
+      ['keyId', 'limit', 'bucket', 'tokens'],
+    );
     // The record id goes in first: when it is already there, the record was applied before.
     this.applyRecords = sqlite.transaction((records: readonly UsageRecord[]): ApplyOutcome[] =>
       records.map((record) => {
-        if (this.statements.insertRecord.run({ ...record }).changes === 0) return 'duplicate';
-        if (this.statements.chargeKey.run({ ...record }).changes === 0) return 'no-key'; // key deleted meanwhile
-        if (record.tokens > 0) for (const [limit, bucket] of bucketsOf(record)) this.statements.addToBucket.run({ keyId: record.keyId, tokens: record.tokens, limit, bucket });
+        const { id, keyId, tokens, at } = record;
+        if (insertRecord.run(id, keyId, tokens, at).changes === 0) return 'duplicate';
+        if (chargeKey.run(at, tokens, keyId).changes === 0) return 'no-key'; // key deleted meanwhile
+        if (tokens > 0) for (const [limit, bucket] of bucketsOf(record)) addToBucket.run(keyId, limit, bucket, tokens);
         return 'applied';
       }),
     );
