@@ -5,6 +5,12 @@ import { LEGACY, meterOf } from './limits.js';
 
 /** A lease stops admitting once its view of the window is this old: the next admission reads the database again. */
 export const LEASE_VIEW_MS = 2_000;
+/**
+ * A view this old is read again in the background, while the lease goes on admitting on it: a busy
+ * key's view does not run out on a request's path. Late in the view's life, so that a busy key asks
+ * the database about as often as when its requests waited for the view to run out (every 2 s).
+ */
+export const LEASE_REFRESH_MS = (LEASE_VIEW_MS * 3) / 4;
 /** A lease row counts this long after its last renewal; renewals come every third of it. */
 export const LEASE_TTL_MS = 30_000;
 /** A lease with nothing in flight for this long is given back. */
@@ -49,6 +55,10 @@ export class Lease {
   view: LeaseView | undefined;
   /** The round trip in flight for this key; other admissions of the key wait for it. */
   granting: Promise<unknown> | undefined;
+  /** The background read of a view growing old (see refreshes()); admissions wait for it only when this lease cannot admit them. */
+  refreshing: Promise<unknown> | undefined;
+  /** Bumped when the view is forgotten, so that a refresh read before then does not bring it back. */
+  epoch = 0;
 
   constructor(
     readonly id: string,
@@ -80,6 +90,22 @@ export class Lease {
     );
   }
 
+  /** Whether the view should be read again in the background: old enough, and nothing else in flight for the lease. */
+  refreshes(now: number): boolean {
+    return this.view !== undefined && this.granting === undefined && this.refreshing === undefined && now - this.view.at >= LEASE_REFRESH_MS;
+  }
+
+  /** The round trip or refresh in flight, if any. */
+  get busy(): Promise<unknown> | undefined {
+    return this.granting ?? this.refreshing;
+  }
+
+  /** Forgets the view: the next admission asks the database. */
+  forgetView(): void {
+    this.view = undefined;
+    this.epoch++;
+  }
+
   /** A round trip for the lease starts: what settles take and charge from now on is counted apart. Returns what is in flight. */
   deciding(): number {
     this.takenSinceGrant = 0;
@@ -108,6 +134,11 @@ export class Lease {
   window(): WindowUsage {
     const view = this.view!;
     return { used: view.used + this.settledSinceView, reserved: view.reservedElsewhere + this.inFlight, oldestBucketStart: view.oldestBucketStart };
+  }
+
+  /** The most a grant may give the row, given what is free for this process (as target() with the whole spare). */
+  ceiling(free: number): number {
+    return this.inFlight + Math.floor((free - this.inFlight) / 2);
   }
 
   /**
@@ -192,7 +223,7 @@ export class LeaseBook {
     const renew: Lease[] = [];
     const drop: Lease[] = [];
     for (const lease of this.current.values()) {
-      const idle = lease.inFlight === 0 && lease.granting === undefined && now - lease.lastUsedAt > LEASE_IDLE_MS;
+      const idle = lease.inFlight === 0 && lease.busy === undefined && now - lease.lastUsedAt > LEASE_IDLE_MS;
       if (idle) {
         this.current.delete(lease.meter);
         drop.push(lease);
@@ -203,7 +234,7 @@ export class LeaseBook {
 
   /** Usage reached the database another way (a replayed journal): every lease asks the database again before it admits. */
   forgetViews(): void {
-    for (const lease of this.current.values()) lease.view = undefined;
+    for (const lease of this.current.values()) lease.forgetView();
   }
 
   /** Stops admitting against a lease (its row is gone); requests in flight on it finish as usual. */

@@ -149,6 +149,8 @@ export class PostgresStorage implements SharedStorage {
   private readonly keyCache: KeyCache;
   private readonly keys: PostgresKeys;
   private readonly leases = new LeaseBook();
+  /** Lease views being read again in the background (close() waits for them). */
+  private readonly refreshing = new Set<Promise<void>>();
   private readonly renewer: NodeJS.Timeout;
   private renewing: Promise<void> = Promise.resolve();
   /** Usage is recorded in batches: one statement for the records finished while the last one ran. */
@@ -204,8 +206,9 @@ export class PostgresStorage implements SharedStorage {
     const known = this.leases.find(requestId);
     if (known) return { admitted: true, reservation: known.reservation, window: await this.windowUsage(keyId, now, request.windowMs) };
     let lease = this.leases.lease(keyId);
-    while (lease.granting) {
-      await lease.granting.catch(() => undefined);
+    // A refresh in flight holds up only the admissions the lease cannot take on its current view.
+    while (lease.granting || (lease.refreshing && !lease.admits(estimate, tokenLimit, request.windowMs, now))) {
+      await lease.busy!.catch(() => undefined);
       lease = this.leases.lease(keyId);
     }
     if (!lease.admits(estimate, tokenLimit, request.windowMs, now)) {
@@ -222,7 +225,50 @@ export class PostgresStorage implements SharedStorage {
     }
     const reservation = { id: requestId, keyId, tokens: estimate, partial: false };
     this.leases.admit([lease], reservation, now);
-    return { admitted: true, reservation, window: lease.window() };
+    const window = lease.window();
+    if (lease.refreshes(now)) this.refresh(lease, request);
+    return { admitted: true, reservation, window };
+  }
+
+  /**
+   * Reads a busy lease's window again before its view runs out, off the request path: admissions go
+   * on against the lease meanwhile. The row is renewed and may grow, never shrink (those admissions
+   * count on what it holds); a lease that would have to shrink is left for the admission that finds
+   * its view too old, which decides with every other admission of the key waiting; so is a row that
+   * is gone. A failed refresh is not retried and changes nothing: the view ages out as it would have.
+   */
+  private refresh(lease: Lease, request: AdmitRequest): void {
+    const { epoch } = lease;
+    const refreshing = this.opened.db
+      .transaction((tx) => this.reread(tx, lease, request))
+      .then((grant) => {
+        // A view forgotten meanwhile (usage replayed from the journal) stays forgotten; the row is renewed all the same.
+        if (grant && lease.epoch === epoch) lease.granted(grant.held, grant.view, request.now);
+      })
+      .catch(() => undefined)
+      .finally(() => {
+        lease.refreshing = undefined;
+        this.refreshing.delete(refreshing);
+      });
+    lease.refreshing = refreshing;
+    this.refreshing.add(refreshing);
+  }
+
+  private async reread(tx: Tx, lease: Lease, request: AdmitRequest): Promise<{ held: number; view: LeaseView } | undefined> {
+    const { keyId, now, windowMs, tokenLimit, estimate } = request;
+    lease.deciding();
+    await this.lockKey(tx, keyId);
+    const row = await this.windowRow(tx, keyId, windowMs, now, lease.id, lease.id);
+    const used = Number(row.used);
+    const reservedElsewhere = Number(row.reserved_elsewhere);
+    const free = tokenLimit - used - reservedElsewhere;
+    // A row gone (expired, or its lease retired) is not written again from here.
+    const holds = num(row.lease_row);
+    const target = row.partial ? 0 : lease.target(free, estimate, tokenLimit);
+    if (holds === undefined || target === 0 || holds > lease.ceiling(free)) return undefined;
+    const held = Math.max(target, holds);
+    await this.holdLeases(tx, [lease], [held], now);
+    return { held, view: { used, oldestBucketStart: num(row.oldest), reservedElsewhere, tokenLimit, windowMs, at: now } };
   }
 
   /**
@@ -239,8 +285,8 @@ export class PostgresStorage implements SharedStorage {
     }
     const current = () => limits.map((limit) => this.leases.lease(keyId, limit.name));
     let leases = current();
-    for (let busy = leases.find((lease) => lease.granting); busy; busy = leases.find((lease) => lease.granting)) {
-      await busy.granting!.catch(() => undefined);
+    for (let busy = leases.find((lease) => lease.busy); busy; busy = leases.find((lease) => lease.busy)) {
+      await busy.busy!.catch(() => undefined);
       leases = current();
     }
     if (!leases.every((lease, index) => lease.admits(estimate, limits[index]!.tokens, limits[index]!.windowMs, now))) {
@@ -267,18 +313,7 @@ export class PostgresStorage implements SharedStorage {
     const since = countsAfter(now, windowMs);
     const inFlight = lease.deciding();
     await this.lockKey(tx, keyId);
-    const [row] = await tx.execute<WindowRow>(sql`
-      with expired as (delete from ${reservations} where ${reservations.keyId} = ${keyId} and ${reservations.expiresAt} <= ${now})
-      select
-        (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as used,
-        (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as oldest,
-        coalesce(sum(tokens) filter (where expires_at > ${now} and not starts_with(id, ${this.leases.prefix})), 0) as reserved_elsewhere,
-        coalesce(bool_or(partial) filter (where expires_at > ${now}), false) as partial,
-        max(tokens) filter (where id = ${requestId}) as mine,
-        bool_or(partial) filter (where id = ${requestId}) as mine_partial,
-        max(tokens) filter (where id = ${lease.id} and expires_at > ${now}) as lease_row
-      from ${reservations} where key_id = ${keyId} and limit_name = ${LEGACY}`);
-    if (!row) throw new Error('window query returned no row');
+    const row = await this.windowRow(tx, keyId, windowMs, now, requestId, lease.id);
     const used = Number(row.used);
     const reservedElsewhere = Number(row.reserved_elsewhere);
     const oldestBucketStart = num(row.oldest);
@@ -305,6 +340,27 @@ export class PostgresStorage implements SharedStorage {
     }
     await tx.insert(reservations).values({ ...verdict.reservation, expiresAt: now + this.reservationTtlMs });
     return { lease: false, admission: verdict };
+  }
+
+  /**
+   * The key's window of its one limit under its row lock, expired reservations gone: usage, what is
+   * reserved elsewhere, and what `requestId` (`mine`) and this process's lease (`lease_row`) hold.
+   */
+  private async windowRow(tx: Tx, keyId: string, windowMs: number, now: number, requestId: string, leaseId: string): Promise<WindowRow> {
+    const since = countsAfter(now, windowMs);
+    const [row] = await tx.execute<WindowRow>(sql`
+      with expired as (delete from ${reservations} where ${reservations.keyId} = ${keyId} and ${reservations.expiresAt} <= ${now})
+      select
+        (select coalesce(sum(tokens), 0) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as used,
+        (select min(bucket_start) from ${usageBuckets} where key_id = ${keyId} and limit_name = ${LEGACY} and bucket_start > ${since}) as oldest,
+        coalesce(sum(tokens) filter (where expires_at > ${now} and not starts_with(id, ${this.leases.prefix})), 0) as reserved_elsewhere,
+        coalesce(bool_or(partial) filter (where expires_at > ${now}), false) as partial,
+        max(tokens) filter (where id = ${requestId}) as mine,
+        bool_or(partial) filter (where id = ${requestId}) as mine_partial,
+        max(tokens) filter (where id = ${leaseId} and expires_at > ${now}) as lease_row
+      from ${reservations} where key_id = ${keyId} and limit_name = ${LEGACY}`);
+    if (!row) throw new Error('window query returned no row');
+    return row;
   }
 
   /** The key's row lock serializes its admissions across instances; reads after it see fresh data. */
@@ -586,6 +642,7 @@ export class PostgresStorage implements SharedStorage {
     clearInterval(this.renewer);
     await this.pruner?.stop();
     await this.commits.drain();
+    await Promise.all([...this.refreshing]);
     await this.renewing;
     const leaseIds = this.leases.clear();
     if (leaseIds.length > 0) await this.opened.sql`delete from reservations where id = any(${leaseIds}::text[])`.catch(() => undefined); // they expire anyway

@@ -7,7 +7,7 @@ import { drizzle } from 'drizzle-orm/postgres-js';
 import { connectPostgres, migratePostgres } from '../../src/db/postgres.js';
 import * as schema from '../../src/db/schema/postgres.js';
 import { PostgresStorage } from '../../src/storage/postgres.js';
-import { LEASE_TTL_MS } from '../../src/quota/leases.js';
+import { LEASE_REFRESH_MS, LEASE_TTL_MS, LEASE_VIEW_MS } from '../../src/quota/leases.js';
 import type { Admission } from '../../src/storage/types.js';
 import { quietLogger } from '../helpers/gate.js';
 import { freshDatabase } from '../helpers/postgres.js';
@@ -68,6 +68,25 @@ describe('PostgreSQL leases', () => {
     // The lease row gave up what was charged: used + held never exceeds the limit.
     const [lease] = await leaseRows();
     expect(lease!.tokens + 200 * 60).toBeLessThanOrEqual(10_000_000);
+  });
+
+  it("of a busy key read the window again in the background, so that the key's requests never wait for its view to run out", async () => {
+    const { storage, statements } = countingStore();
+    const { record } = await storage.createKey({ name: 'busy', tokenLimit: 10_000_000, expiresAt: Date.now() + 3600_000 });
+    const at = Date.now();
+    const admit = (now: number) => storage.admit({ keyId: record.id, tokenLimit: 10_000_000, estimate: 100, requestId: randomUUID(), now, windowMs: WINDOW });
+    expect(await admit(at)).toMatchObject({ admitted: true }); // the grant: its view is of `at`
+    // Late in the view's life: admitted on the lease at once, and the window is read again behind it.
+    const sent = statements();
+    const second = await admit(at + LEASE_REFRESH_MS + 100);
+    expect(second).toMatchObject({ admitted: true, window: { reserved: 200 } });
+    const expiry = () => direct`select expires_at::bigint as at from reservations where starts_with(id, 'lease:')`.then((rows) => rows.map((row) => Number(row.at)));
+    await expect.poll(expiry).toEqual([at + LEASE_REFRESH_MS + 100 + LEASE_TTL_MS]);
+    expect(statements()).toBeGreaterThan(sent);
+    // Past the first view's life, within the second's: no round trip.
+    const quiet = statements();
+    expect(await admit(at + LEASE_VIEW_MS + 100)).toMatchObject({ admitted: true, window: { used: 0, reserved: 300 } });
+    expect(statements()).toBe(quiet);
   });
 
   it('of a key with several limits, one per limit, admit its busy requests and record them per limit in a few statements', async () => {
