@@ -89,7 +89,10 @@ export async function startProcess(argv, env, prefix = [], cwd = root) {
       });
     });
     lines.removeAllListeners('line');
-    lines.resume();
+    // What a process under test warns about (a store falling back, usage it could not read) shows, so a row's figures are never silently those of another path.
+    lines.on('line', (line) => {
+      if (/"level":(40|50|60)\b/.test(line)) process.stderr.write(`${argv.join(' ')}: ${line}\n`);
+    });
     return processHandle(child, `http://127.0.0.1:${port}`);
   } catch (error) {
     child.kill('SIGKILL');
